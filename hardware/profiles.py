@@ -1,0 +1,190 @@
+"""Device profiles: what each node of a model graph costs on one device, in milliseconds.
+
+Three kinds, one interface (:meth:`Profile.node_ms`):
+
+* :class:`RooflineProfile` — from a spec sheet: peak FLOP/s, memory bandwidth, per-kernel overhead and an
+  efficiency per op kind, calibrated against published whole-model measurements (see ``conf/hardware``).
+* :class:`LocalProfile` — each node measured on this machine (warm-up, repeats, median), cached per model.
+* :class:`TableProfile` — per-node times read from a CSV written by ``python run.py mode=profile`` on any machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import statistics
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import fx
+
+from harness.graph import ModelGraph
+
+CACHE_DIR = Path(os.environ.get("SPLITBENCH_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+
+
+class Profile(ABC):
+    """Predicts each node's time on one device."""
+
+    name: str
+
+    @abstractmethod
+    def node_ms(self, graph: ModelGraph) -> dict[str, float]:
+        """Milliseconds per node, for every node of ``graph`` (zero for inputs, outputs and pure views)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": type(self).__name__}
+
+
+@dataclass
+class RooflineProfile(Profile):
+    """time(node) = overhead + max(FLOPs / (peak · efficiency[kind]), bytes moved / (bandwidth · memory_efficiency))."""
+
+    name: str
+    peak_gflops: float
+    memory_gbps: float
+    kernel_overhead_us: float
+    efficiency: dict[str, float] = field(default_factory=dict)
+    default_efficiency: float = 0.5
+    memory_efficiency: float = 0.7
+    sources: dict[str, str] = field(default_factory=dict)
+    published_ms: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in ("peak_gflops", "memory_gbps"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"hardware profile {self.name!r}: {key} must be > 0, got {getattr(self, key)}")
+        bad = {k: v for k, v in self.efficiency.items() if not 0 < v <= 1}
+        if bad:
+            raise ValueError(f"hardware profile {self.name!r}: efficiencies must lie in (0, 1], got {bad}")
+
+    def node_ms(self, graph: ModelGraph) -> dict[str, float]:
+        times = {}
+        for name, node in graph.nodes.items():
+            if node.op in ("placeholder", "output", "get_attr") or node.is_view:
+                times[name] = 0.0
+                continue
+            eff = self.efficiency.get(node.kind, self.default_efficiency)
+            compute_s = node.flops / (self.peak_gflops * 1e9 * eff)
+            memory_s = (node.in_bytes + node.out_bytes + node.param_bytes) / (
+                self.memory_gbps * 1e9 * self.memory_efficiency)
+            times[name] = (self.kernel_overhead_us * 1e-6 + max(compute_s, memory_s)) * 1e3
+        return times
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "peak_gflops": self.peak_gflops, "memory_gbps": self.memory_gbps,
+                "kernel_overhead_us": self.kernel_overhead_us, "sources": self.sources}
+
+
+class _TimingInterpreter(fx.Interpreter):
+    """Runs the graph node by node and records each node's wall time."""
+
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self.times: dict[str, float] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        start = time.perf_counter()
+        result = super().run_node(n)
+        self.times[n.name] = (time.perf_counter() - start) * 1e3
+        return result
+
+
+def measure_node_ms(graph: ModelGraph, warmup: int = 2, repeats: int = 7) -> dict[str, float]:
+    """Median wall time of every node on this machine, with the current torch thread count."""
+    samples: dict[str, list[float]] = {n: [] for n in graph.order}
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            interp = _TimingInterpreter(graph.module)
+            interp.run(graph.example_input)
+            if i >= warmup:
+                for n, t in interp.times.items():
+                    samples[n].append(t)
+    return {n: (statistics.median(s) if s and graph[n].op not in ("placeholder", "output") else 0.0)
+            for n, s in samples.items()}
+
+
+def _graph_key(graph: ModelGraph, threads: int) -> str:
+    spec = graph.spec.to_dict()
+    digest = hashlib.sha1(json.dumps({**spec, "threads": threads, "torch": torch.__version__},
+                                     sort_keys=True).encode()).hexdigest()[:12]
+    shape = "x".join(str(d) for d in graph.spec.input_shape)
+    return f"{graph.spec.name}_{shape}_t{threads}_{digest}"
+
+
+@dataclass
+class LocalProfile(Profile):
+    """This machine, measured now: per-node medians, cached per model, input shape and thread count."""
+
+    name: str = "local"
+    threads: int = 1
+    warmup: int = 2
+    repeats: int = 7
+    cache: bool = True
+
+    def cache_path(self, graph: ModelGraph) -> Path:
+        return CACHE_DIR / "local_profiles" / f"{_graph_key(graph, self.threads)}.csv"
+
+    def node_ms(self, graph: ModelGraph) -> dict[str, float]:
+        path = self.cache_path(graph)
+        if self.cache and path.exists():
+            return TableProfile(name=self.name, path=str(path)).node_ms(graph)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            times = measure_node_ms(graph, self.warmup, self.repeats)
+        finally:
+            torch.set_num_threads(previous)
+        if self.cache:
+            write_table(path, graph, times, {"threads": self.threads})
+        return times
+
+
+def write_table(path: Path | str, graph: ModelGraph, times: Mapping[str, float], meta: Mapping[str, Any]) -> Path:
+    """Write per-node times as CSV (``node,kind,ms``) with the model and machine in ``#`` header lines."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        f.write(f"# model: {json.dumps(graph.spec.to_dict())}\n# meta: {json.dumps(dict(meta))}\n")
+        writer = csv.writer(f)
+        writer.writerow(["node", "kind", "ms"])
+        for name in graph.order:
+            writer.writerow([name, graph[name].kind, f"{times[name]:.6f}"])
+    tmp.replace(path)  # atomic: concurrent readers never see half a table
+    return path
+
+
+@dataclass
+class TableProfile(Profile):
+    """Per-node times measured on a real device and saved as CSV (``node,kind,ms``)."""
+
+    name: str
+    path: str
+
+    def node_ms(self, graph: ModelGraph) -> dict[str, float]:
+        path = Path(self.path)
+        if not path.exists():
+            raise FileNotFoundError(f"hardware profile {self.name!r}: table {path} does not exist; write one with "
+                                    f"`python run.py mode=profile model={graph.name}` on the device")
+        with path.open() as f:
+            rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+        times = {row["node"]: float(row["ms"]) for row in rows}
+        unknown = sorted(set(times) - set(graph.nodes))
+        if unknown:
+            raise ValueError(f"hardware profile {self.name!r}: table {path} names nodes that model {graph.name!r} "
+                             f"does not have: {unknown[:5]}; its nodes are e.g. {graph.order[:5]}")
+        missing = [n for n in graph.order if n not in times]
+        if missing:
+            raise ValueError(f"hardware profile {self.name!r}: table {path} lacks {len(missing)} nodes of model "
+                             f"{graph.name!r}, e.g. {missing[:5]}")
+        return times
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "path": self.path}

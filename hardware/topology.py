@@ -1,0 +1,53 @@
+"""Which profile each endpoint of an experiment runs: a device/server pair, or a star of N edge servers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from harness.graph import ModelGraph
+from hardware.profiles import Profile
+
+TOPOLOGIES = ("pair", "star")
+
+
+@dataclass
+class Hardware:
+    """Endpoints and their profiles. ``pair``: ``device`` and ``server``; ``star``: host ``es0`` and ``es1..``."""
+
+    name: str
+    topology: str
+    endpoints: dict[str, Profile]
+
+    def __post_init__(self) -> None:
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"hardware {self.name!r}: topology {self.topology!r} is not one of {TOPOLOGIES}")
+
+    @classmethod
+    def pair(cls, name: str, device: Profile, server: Profile) -> "Hardware":
+        return cls(name=name, topology="pair", endpoints={"device": device, "server": server})
+
+    @classmethod
+    def star(cls, name: str, server: Profile, num_servers: int) -> "Hardware":
+        if not 2 <= num_servers <= 8:
+            raise ValueError(f"hardware {name!r}: num_servers must be in 2..8, got {num_servers}")
+        return cls(name=name, topology="star", endpoints={f"es{i}": server for i in range(num_servers)})
+
+    @property
+    def cut_roles(self) -> tuple[str, str]:
+        """The endpoints a device/server method runs on: the pair itself, or the host and one secondary."""
+        return ("device", "server") if self.topology == "pair" else ("es0", "es1")
+
+    def node_ms(self, graph: ModelGraph) -> dict[str, dict[str, float]]:
+        """Per-endpoint, per-node milliseconds; each distinct profile is evaluated once."""
+        by_profile: dict[int, dict[str, float]] = {}
+        out = {}
+        for endpoint, profile in self.endpoints.items():
+            if id(profile) not in by_profile:
+                by_profile[id(profile)] = profile.node_ms(graph)
+            out[endpoint] = by_profile[id(profile)]
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "topology": self.topology,
+                "endpoints": {e: p.describe() for e, p in self.endpoints.items()}}

@@ -1,0 +1,105 @@
+"""The interface every method implements, and the problems and plans they exchange with the harness.
+
+A method never does I/O and never times itself: the harness times ``prepare`` (offline, independent of the network)
+and ``decide`` (online, for one link state) and runs the plan it returns.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+DEVICE, SERVER = "device", "server"
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """What a method knows about the network when it decides."""
+
+    bandwidth_mbps: float
+    delay_ms: float = 0.0
+
+    def transfer_ms(self, nbytes: float) -> float:
+        """Serialisation time of ``nbytes`` of payload at this bandwidth (delay not included)."""
+        return nbytes * 8.0 / (self.bandwidth_mbps * 1e3)
+
+
+@dataclass
+class CutProblem:
+    """A model DAG with per-node costs on the two sides of a device/server cut.
+
+    ``order`` is topological; ``input`` is pinned to the device; ``result`` is the node whose value is the output.
+    Times are milliseconds on the real (undilated) boards; ``out_bytes`` is what a node sends if it is cut.
+    """
+
+    order: list[str]
+    preds: dict[str, tuple[str, ...]]
+    succs: dict[str, tuple[str, ...]]
+    out_bytes: dict[str, int]
+    device_ms: dict[str, float]
+    server_ms: dict[str, float]
+    input: str
+    result: str
+
+    def latency_ms(self, device_side: set[str], link: LinkState) -> float:
+        """Sequential latency of a cut: device part + every crossing tensor once + server part (+ delay)."""
+        device = sum(self.device_ms[n] for n in device_side)
+        server = sum(self.server_ms[n] for n in self.order if n not in device_side)
+        crossing = sum(self.out_bytes[n] for n in device_side if any(s not in device_side for s in self.succs[n]))
+        delay = link.delay_ms if crossing else 0.0
+        return device + link.transfer_ms(crossing) + server + delay
+
+    def stage_ms(self, device_side: set[str], link: LinkState) -> tuple[float, float, float]:
+        """(device stage, link stage, server stage): the pipeline stages when inferences overlap."""
+        device = sum(self.device_ms[n] for n in device_side)
+        server = sum(self.server_ms[n] for n in self.order if n not in device_side)
+        crossing = sum(self.out_bytes[n] for n in device_side if any(s not in device_side for s in self.succs[n]))
+        return device, link.transfer_ms(crossing), server
+
+
+@dataclass
+class Plan:
+    """A method's decision, as plain JSON (``plan.json``)."""
+
+    method: str
+    kind: str  # "cut" or "spatial"
+    predicted_latency_ms: float
+    bandwidth_mbps: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "kind": self.kind, "bandwidth_mbps": self.bandwidth_mbps,
+                "predicted_latency_ms": self.predicted_latency_ms, **self.detail}
+
+
+def cut_plan(method: str, problem: CutProblem, device_side: set[str], link: LinkState,
+             extra: Mapping[str, Any] | None = None) -> Plan:
+    """The plan of a device/server cut, with the per-node table that ``plan.json`` promises."""
+    device_side = set(device_side) | {problem.input}
+    nodes = [{"name": n, "inputs": list(problem.preds[n]), "device_ms": problem.device_ms[n],
+              "server_ms": problem.server_ms[n], "out_bytes": problem.out_bytes[n],
+              "side": DEVICE if n in device_side else SERVER} for n in problem.order]
+    return Plan(method=method, kind="cut", predicted_latency_ms=problem.latency_ms(device_side, link),
+                bandwidth_mbps=link.bandwidth_mbps, detail={"nodes": nodes, **(extra or {})})
+
+
+def device_side_of(plan: Plan | Mapping[str, Any]) -> set[str]:
+    """The set of nodes a cut plan runs on the device."""
+    data = plan.to_json() if isinstance(plan, Plan) else plan
+    return {n["name"] for n in data["nodes"] if n["side"] == DEVICE}
+
+
+class Partitioner(ABC):
+    """A collaborative-inference method: offline ``prepare``, online ``decide``."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "cut"  # "cut": one device + one server; "spatial": N edge servers
+
+    @abstractmethod
+    def prepare(self, problem: Any) -> Any:
+        """Offline work that does not depend on the network (timed as ``offline_time_ms``)."""
+
+    @abstractmethod
+    def decide(self, prepared: Any, link: LinkState) -> Plan:
+        """The online decision for one link state (timed as ``decision_time_ms``)."""
