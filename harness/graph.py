@@ -21,7 +21,7 @@ from harness.models import ModelSpec, build_model, make_input
 # Nodes whose output aliases or reshapes their input: no arithmetic, no kernel worth timing on a GPU.
 _VIEW_KINDS = {
     "flatten", "view", "reshape", "getitem", "size", "contiguous", "dropout", "identity", "squeeze", "unsqueeze",
-    "transpose", "permute", "chunk", "split", "stochasticdepth", "getattr", "dropout2d",
+    "transpose", "permute", "chunk", "split", "stochasticdepth", "stochastic_depth", "getattr", "dropout2d",
 }
 _ELEMENTWISE_KINDS = {
     "relu", "relu6", "relu_", "silu", "sigmoid", "hardswish", "hardsigmoid", "gelu", "tanh", "add", "iadd", "mul",

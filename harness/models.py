@@ -35,6 +35,9 @@ class ModelSpec:
         """Accept a Hydra/OmegaConf model node or a plain dict (as sent to workers)."""
         get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
         target = get("_target_") or get("target")
+        if target is None:  # e.g. conf/model/custom.yaml, whose mandatory _target_ the user has not set
+            raise ModelBuildError(f"model {get('name')!r}: model._target_ is not set; name an importable factory, "
+                                  "e.g. model._target_=mypackage.models.build")
         args = get("args") or {}
         if hasattr(args, "items"):
             args = {k: (list(v) if hasattr(v, "__iter__") and not isinstance(v, str) else v) for k, v in args.items()}

@@ -1,0 +1,132 @@
+"""Structured config schema and the checks that stop a bad experiment before any work is done.
+
+OmegaConf enforces the types of the schema below (``link.bandwidth_mbps=abc`` fails at composition); :func:`validate`
+checks the values and the combinations, naming the bad value and the accepted ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.utils import get_class
+from omegaconf import MISSING, DictConfig
+
+MODES = ("run", "profile")
+SCENARIOS = ("single_stream", "stream", "dynamic")
+BACKENDS = ("auto", "netem", "tbf", "htb", "userspace")
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    _target_: str = MISSING
+    input_shape: list[int] = MISSING
+    seed: int = 0
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LinkConfig:
+    name: str = "custom"
+    bandwidth_mbps: float = MISSING
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+    compensate_headers: bool = True
+    trace: Optional[str] = None
+
+
+@dataclass
+class ScenarioConfig:
+    name: str = MISSING
+    warmup: int = 1
+    inferences: int = 5
+    in_flight: int = 1
+    deadline_ms: Optional[float] = None
+    estimator: str = "last"  # dynamic: how the runtime estimates bandwidth before each decision
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+
+
+@dataclass
+class RuntimeConfig:
+    threads_per_worker: int = 1
+    tdf: Any = "auto"
+    tdf_margin: float = 1.5
+    timeout_s: float = 900.0
+    base_port: int = 47000
+    max_payload_mb: int = 1024
+    backend: str = "auto"
+
+
+@dataclass
+class SplitbenchConfig:
+    mode: str = "run"
+    model: ModelConfig = MISSING
+    hardware: Any = MISSING
+    link: LinkConfig = MISSING
+    method: Any = MISSING
+    scenario: ScenarioConfig = MISSING
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    profile_out: Optional[str] = None
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="splitbench_schema", node=SplitbenchConfig)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message names the value and what is accepted."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def method_kind(cfg: DictConfig) -> str:
+    """``cut`` or ``spatial``, read from the method class named by ``method._target_``."""
+    try:
+        cls = get_class(cfg.method._target_)
+    except Exception as exc:
+        raise ConfigError(f"method {cfg.method.get('name')!r}: cannot import {cfg.method._target_}: {exc}") from exc
+    return getattr(cls, "kind", "cut")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first value that cannot run."""
+    _require(cfg.mode in MODES, f"mode={cfg.mode!r} is not one of {list(MODES)}")
+    link, scenario, runtime, hw = cfg.link, cfg.scenario, cfg.runtime, cfg.hardware
+    _require(link.bandwidth_mbps > 0, f"link.bandwidth_mbps must be > 0 Mbit/s, got {link.bandwidth_mbps}")
+    _require(link.delay_ms >= 0, f"link.delay_ms must be >= 0, got {link.delay_ms}")
+    _require(link.jitter_ms >= 0, f"link.jitter_ms must be >= 0, got {link.jitter_ms}")
+    _require(0 <= link.loss_pct < 100, f"link.loss_pct must be in [0, 100), got {link.loss_pct}")
+    _require(scenario.name in SCENARIOS, f"scenario {scenario.name!r} is not one of {list(SCENARIOS)}")
+    _require(scenario.inferences >= 1, f"scenario.inferences must be >= 1, got {scenario.inferences}")
+    _require(scenario.warmup >= 0, f"scenario.warmup must be >= 0, got {scenario.warmup}")
+    _require(scenario.in_flight >= 1, f"scenario.in_flight must be >= 1, got {scenario.in_flight}")
+    _require(scenario.deadline_ms is None or scenario.deadline_ms > 0,
+             f"scenario.deadline_ms must be > 0 or null, got {scenario.deadline_ms}")
+    _require(scenario.name != "dynamic" or link.trace is not None,
+             "scenario=dynamic needs a bandwidth trace: set link.trace (e.g. link=trace_stepped)")
+    _require(runtime.backend in BACKENDS, f"runtime.backend={runtime.backend!r} is not one of {list(BACKENDS)}")
+    _require(runtime.tdf == "auto" or (isinstance(runtime.tdf, (int, float)) and runtime.tdf >= 1),
+             f"runtime.tdf must be 'auto' or a number >= 1, got {runtime.tdf!r}")
+    _require(runtime.threads_per_worker >= 1, f"runtime.threads_per_worker must be >= 1, got {runtime.threads_per_worker}")
+    _require(hw.topology in ("pair", "star"), f"hardware.topology={hw.topology!r} is not one of ['pair', 'star']")
+    if hw.topology == "star":
+        _require(2 <= hw.num_servers <= 4, f"hardware.num_servers must be in 2..4, got {hw.num_servers}")
+    _require(len(cfg.model.input_shape) >= 2 and all(d > 0 for d in cfg.model.input_shape),
+             f"model.input_shape must be positive dimensions [N, C, H, W, ...], got {list(cfg.model.input_shape)}")
+    kind = method_kind(cfg)
+    _require(kind in ("cut", "spatial"), f"method {cfg.method.name!r} has kind {kind!r}; expected 'cut' or 'spatial'")
+    if kind == "spatial":
+        _require(hw.topology == "star",
+                 f"method {cfg.method.name!r} splits feature maps across edge servers and needs a star topology; "
+                 f"hardware {hw.name!r} is a {hw.topology}. Accepted: hardware=4x_1080ti, 4x_xavier or 4x_local")

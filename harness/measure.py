@@ -1,0 +1,75 @@
+"""From what the controller observed to the metrics DESIGN.md names, and the Gantt chart of one inference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from harness.runtime import RunResult, latencies_ms  # noqa: E402
+
+
+def latency_metrics(result: RunResult) -> dict[str, float]:
+    lat = latencies_ms(result)
+    if not len(lat):
+        return {}
+    return {"latency_ms": float(lat.mean()), "latency_p50_ms": float(np.percentile(lat, 50)),
+            "latency_p90_ms": float(np.percentile(lat, 90)), "latency_p99_ms": float(np.percentile(lat, 99)),
+            "latency_std_ms": float(lat.std())}
+
+
+def throughput_ips(result: RunResult) -> float:
+    """Measured inferences per emulated second over the measured window (first start to last end)."""
+    seqs = [s for s in result.ends_ns if s >= result.warmup and s in result.starts_ns]
+    if not seqs:
+        return float("nan")
+    window_ns = max(result.ends_ns[s] for s in seqs) - min(result.starts_ns[s] for s in seqs)
+    return len(seqs) / (window_ns / 1e9 / result.tdf)
+
+
+def link_metrics(result: RunResult) -> dict[str, float]:
+    """Bytes sent per measured inference and the bandwidth achieved by sends (sender start to receiver ACK)."""
+    sends = [s for s in result.spans if s["kind"] == "send" and s["seq"] >= result.warmup]
+    measured = max(1, len({s["seq"] for s in result.spans if s["seq"] >= result.warmup}))
+    total = sum(s.get("bytes", 0) for s in sends)
+    busy_ns = sum(s["end_ns"] - s["start_ns"] for s in sends)
+    out = {"bytes_transferred": total / measured}
+    big = [s for s in sends if s.get("bytes", 0) >= 64 * 1024]  # small frames measure latency, not bandwidth
+    if big:
+        seconds = sum(s["end_ns"] - s["start_ns"] for s in big) / 1e9 / result.tdf
+        out["measured_bandwidth_mbps"] = sum(s["bytes"] for s in big) * 8 / seconds / 1e6
+    elif busy_ns:
+        out["measured_bandwidth_mbps"] = total * 8 / (busy_ns / 1e9 / result.tdf) / 1e6
+    return out
+
+
+_COLORS = {"compute": "#4C72B0", "pad": "#A6BDDB", "send": "#DD8452", "recv": "#55A868"}
+
+
+def timeline_figure(result: RunResult, seq: int | None = None, title: str = "") -> Any:
+    """Gantt chart of one inference: a row per endpoint, compute/pad/send/recv spans in emulated ms."""
+    if seq is None:
+        measured = sorted(s for s in result.ends_ns if s >= result.warmup)
+        seq = measured[len(measured) // 2] if measured else 0
+    spans = [s for s in result.spans if s["seq"] == seq]
+    start = result.starts_ns.get(seq, min((s["start_ns"] for s in spans), default=0))
+    rows = sorted({s["endpoint"] for s in spans})
+    fig, ax = plt.subplots(figsize=(9, 1 + 0.7 * len(rows)))
+    for i, row in enumerate(rows):
+        for s in (s for s in spans if s["endpoint"] == row):
+            left = (s["start_ns"] - start) / 1e6 / result.tdf
+            width = max((s["end_ns"] - s["start_ns"]) / 1e6 / result.tdf, 1e-3)
+            lane = {"send": 0.25, "recv": 0.25}.get(s["kind"], 0.0)
+            ax.barh(i + lane, width, left=left, height=0.4, color=_COLORS.get(s["kind"], "grey"),
+                    edgecolor="black", linewidth=0.3)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("emulated time since the first compute started (ms)")
+    ax.set_title(title or f"inference {seq}")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in _COLORS.values()]
+    ax.legend(handles, list(_COLORS), loc="upper right", fontsize=7, ncol=4)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,116 @@
+"""MLflow records: one run per experiment job, with the names DESIGN.md fixes for other tools to read."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Mapping
+
+import mlflow
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"link": {"bandwidth_mbps": 1.1}}`` -> ``{"link.bandwidth_mbps": 1.1}``."""
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}{'-dirty' if dirty else ''}" if commit else "unknown"
+
+
+def environment() -> dict[str, Any]:
+    """The machine and software a result was measured on."""
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "kernel": platform.release(), "cpu": cpu, "cpus": os.cpu_count(), "hostname": platform.node(),
+            "git_commit": git_commit(), "mlflow": mlflow.__version__, "euid": os.geteuid()}
+
+
+class RunRecord:
+    """An open MLflow run; ``with RunRecord(cfg) as rec:`` ends it FINISHED, or FAILED with the reason."""
+
+    def __init__(self, cfg: DictConfig, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.failed_reason: str | None = None
+        self.run_id: str | None = None
+
+    def __enter__(self) -> "RunRecord":
+        mlflow.set_tracking_uri(tracking_uri())
+        mlflow.set_experiment(self.cfg.experiment.name)
+        run = mlflow.start_run(run_name=self.run_name)
+        self.run_id = run.info.run_id
+        params = {k: str(v)[:6000] for k, v in flatten(OmegaConf.to_container(self.cfg, resolve=True)).items()}
+        items = list(params.items())
+        for i in range(0, len(items), 100):
+            mlflow.log_params(dict(items[i:i + 100]))
+        mlflow.log_text(OmegaConf.to_yaml(self.cfg, resolve=True), "config.yaml")
+        env = environment()
+        mlflow.log_dict(env, "environment.json")
+        mlflow.set_tags({"git_commit": env["git_commit"], **self.tags})
+        return self
+
+    def metrics(self, values: Mapping[str, float | None]) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in values.items() if v is not None})
+
+    def series(self, name: str, values: list[float]) -> None:
+        """A per-inference metric, one step per inference (MLflow draws it as a curve)."""
+        for step, value in enumerate(values):
+            mlflow.log_metric(name, float(value), step=step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def artifact_json(self, data: Any, name: str) -> None:
+        mlflow.log_dict(json.loads(json.dumps(data, default=str)), name)
+
+    def text(self, text: str, name: str) -> None:
+        mlflow.log_text(text, name)
+
+    def figure(self, fig: Any, name: str) -> None:
+        mlflow.log_figure(fig, name)
+
+    def fail(self, reason: str) -> None:
+        """Mark the run FAILED: ``valid=false`` and the reason, never a result."""
+        self.failed_reason = reason
+        mlflow.set_tags({"valid": "false", "invalid_reason": reason[:5000]})
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is not None and self.failed_reason is None:
+            self.fail(f"{exc_type.__name__}: {exc}")
+        status = "FAILED" if self.failed_reason is not None else "FINISHED"
+        if isinstance(exc, KeyboardInterrupt):
+            status = "KILLED"
+        mlflow.end_run(status=status)

@@ -1,0 +1,285 @@
+"""The controller side of split inference: start workers in their namespaces, drive a scenario, collect spans.
+
+The controller owns the clock and the verdict (after MLPerf LoadGen): workers only compute, send and report spans
+on the shared monotonic clock; latency, throughput, bandwidth and validity are computed here.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import selectors
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from harness import wire
+from harness.network import LinkSpec, Topology
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RunFailed(RuntimeError):
+    """The run could not produce a result (a worker crashed, a timeout); the message is the reason."""
+
+    worker_logs: dict[str, str] = {}
+
+
+@dataclass
+class WorkerSpec:
+    """One endpoint to start: its name and its setup message (without the transport details)."""
+
+    endpoint: str
+    setup: dict[str, Any]
+
+
+@dataclass
+class RunResult:
+    """What the controller observed, in real (dilated) nanoseconds; :mod:`harness.measure` turns it into metrics."""
+
+    tdf: float
+    backend: str
+    warmup: int
+    starts_ns: dict[int, int] = field(default_factory=dict)
+    ends_ns: dict[int, int] = field(default_factory=dict)
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    spans: list[dict[str, Any]] = field(default_factory=list)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    overruns: dict[str, int] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    link_record: dict[str, Any] = field(default_factory=dict)
+
+
+class _Endpoint:
+    def __init__(self, name: str, process: Any, sock: socket.socket, log_path: Path) -> None:
+        self.name, self.process, self.sock, self.log_path = name, process, sock, log_path
+
+    def crash_reason(self) -> str | None:
+        code = self.process.poll()
+        if code is None:
+            return None
+        tail = self.log_path.read_text(errors="replace").strip().splitlines()[-8:] if self.log_path.exists() else []
+        return f"worker {self.name!r} exited with code {code}: " + " | ".join(tail)
+
+
+class Controller:
+    """Starts one worker per endpoint inside ``topology`` and talks to them over Unix control sockets."""
+
+    def __init__(self, topology: Topology, workers: list[WorkerSpec], timeout_s: float, max_payload: int) -> None:
+        self.topology = topology
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self.max_payload = max_payload
+        self.token = secrets.token_hex(16)
+        self.tmp = Path(tempfile.mkdtemp(prefix="splitbench-"))
+        self.endpoints: dict[str, _Endpoint] = {}
+        self.selector = selectors.DefaultSelector()
+        self.deadline = time.monotonic() + timeout_s
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SPLITBENCH_WORKER": "1",
+               "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed weights go back to the OS, so peak RSS is honest
+        for w in self.workers:
+            path = self.tmp / f"{w.endpoint}.sock"
+            log_path = self.tmp / f"{w.endpoint}.log"
+            with log_path.open("w") as log:
+                proc = self.topology.spawn(w.endpoint, [sys.executable, "-m", "harness.worker", "--control",
+                                                        f"unix:{path}", "--token", self.token], env=env,
+                                           stdout=log, stderr=log, cwd=PROJECT_ROOT)
+            self.endpoints[w.endpoint] = _Endpoint(w.endpoint, proc, None, log_path)  # type: ignore[arg-type]
+        for w in self.workers:
+            ep = self.endpoints[w.endpoint]
+            ep.sock = self._connect(self.tmp / f"{w.endpoint}.sock", ep)
+            wire.send_json(ep.sock, {"token": self.token, "setup": {**w.setup, "token": self.token}})
+            self.selector.register(ep.sock, selectors.EVENT_READ, ep)
+        pending = set(self.endpoints)
+        while pending:
+            ep, frame = self.next_message()
+            if frame.kind == wire.Kind.JSON and frame.obj.get("event") == "ready":
+                pending.discard(ep.name)
+
+    def _connect(self, path: Path, ep: _Endpoint) -> socket.socket:
+        while True:
+            if (reason := ep.crash_reason()) is not None:
+                raise RunFailed(reason)
+            if time.monotonic() > self.deadline:
+                raise RunFailed(f"worker {ep.name!r} did not open its control socket in time")
+            if path.exists():
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.connect(str(path))
+                    return sock
+                except OSError:
+                    sock.close()
+            time.sleep(0.02)
+
+    def send(self, endpoint: str, obj: dict[str, Any]) -> None:
+        wire.send_json(self.endpoints[endpoint].sock, obj)
+
+    def next_message(self) -> tuple[_Endpoint, wire.Frame]:
+        """The next frame from any worker; raises :class:`RunFailed` on a crash, an error report or the timeout."""
+        while True:
+            for ep in self.endpoints.values():
+                if (reason := ep.crash_reason()) is not None:
+                    raise RunFailed(reason)
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise RunFailed(f"timeout: the run exceeded runtime.timeout_s={self.timeout_s:g} s")
+            for key, _ in self.selector.select(timeout=min(remaining, 0.5)):
+                ep = key.data
+                try:
+                    frame = wire.recv_frame(ep.sock, self.max_payload)
+                except wire.ConnectionClosed:
+                    time.sleep(0.2)  # let the process finish exiting so the crash check sees its code
+                    raise RunFailed(self.endpoints[ep.name].crash_reason() or
+                                    f"worker {ep.name!r} closed its control connection")
+                if frame.kind == wire.Kind.JSON and frame.obj.get("event") == "error":
+                    raise RunFailed(f"worker {ep.name!r}: {frame.obj.get('reason')}")
+                return ep, frame
+
+    def stop(self, result: RunResult) -> None:
+        for name in self.endpoints:
+            self.send(name, {"cmd": "stop"})
+        pending = set(self.endpoints)
+        while pending:
+            ep, frame = self.next_message()
+            if frame.kind == wire.Kind.JSON and frame.obj.get("event") == "stopped":
+                result.peak_rss_mb[ep.name] = float(frame.obj["peak_rss_mb"])
+                result.overruns[ep.name] = int(frame.obj["overruns"])
+                pending.discard(ep.name)
+            else:
+                absorb(frame, result)
+        for ep in self.endpoints.values():
+            ep.process.wait(timeout=30)
+
+    def worker_logs(self) -> dict[str, str]:
+        """The last lines each worker wrote: kept with a failed run, so its reason can be read later."""
+        return {name: "\n".join(ep.log_path.read_text(errors="replace").splitlines()[-200:])
+                for name, ep in self.endpoints.items() if ep.log_path.exists()}
+
+    def close(self) -> None:
+        self.selector.close()
+        for ep in self.endpoints.values():
+            if ep.sock is not None:
+                ep.sock.close()
+            if ep.process.poll() is None:
+                ep.process.kill()
+                ep.process.wait(timeout=10)
+        for path in self.tmp.iterdir():
+            path.unlink(missing_ok=True)
+        self.tmp.rmdir()
+
+
+def absorb(frame: wire.Frame, result: RunResult) -> bool:
+    """File a worker's report into ``result``; True when it completes an inference."""
+    if frame.kind == wire.Kind.TENSOR:
+        result.outputs[frame.seq] = frame.tensor
+    elif frame.kind == wire.Kind.JSON and frame.obj.get("event") == "spans":
+        result.spans.extend(frame.obj["spans"])
+        if frame.obj.get("final"):
+            result.ends_ns[frame.obj["seq"]] = int(frame.obj["done_ns"])
+            return True
+    elif frame.kind == wire.Kind.JSON:
+        result.events.append(frame.obj)
+    return False
+
+
+def wait_all(controller: Controller, event: str, result: RunResult) -> None:
+    """Wait until every worker reports ``event``; other reports are filed into ``result`` meanwhile."""
+    pending = set(controller.endpoints)
+    while pending:
+        ep, frame = controller.next_message()
+        if frame.kind == wire.Kind.JSON and frame.obj.get("event") == event:
+            pending.discard(ep.name)
+        else:
+            absorb(frame, result)
+
+
+def wait_for_span(controller: Controller, result: RunResult, seq: int, kind: str) -> None:
+    """Wait until some worker has reported a ``kind`` span of inference ``seq``."""
+    while not any(s["seq"] == seq and s["kind"] == kind for s in result.spans):
+        absorb(controller.next_message()[1], result)
+
+
+BeforeIssue = Callable[[int], None]
+
+
+def drive(controller: Controller, first: str, total: int, warmup: int, in_flight: int, result: RunResult,
+          before_issue: BeforeIssue | None = None, progress: bool = True) -> None:
+    """Issue ``total`` inferences to the first endpoint with at most ``in_flight`` outstanding; collect results."""
+    issued = done = 0
+    bar = tqdm(total=total, desc="inferences", unit="inf", disable=not progress, leave=False)
+    while done < total:
+        # Warm-up inferences run one at a time; measured ones keep ``in_flight`` outstanding.
+        limit = 1 if done < warmup else in_flight
+        while issued < total and issued - done < limit:
+            if before_issue is not None:
+                before_issue(issued)
+            controller.send(first, {"cmd": "infer", "seq": issued})
+            issued += 1
+        _, frame = controller.next_message()
+        if absorb(frame, result):
+            done += 1
+            bar.update(1)
+    bar.close()
+
+
+def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], workers: list[WorkerSpec],
+                first: str, scenario: Mapping[str, Any], tdf: float, timeout_s: float, max_payload: int,
+                backend: str = "auto", compensate_headers: bool = True,
+                make_hook: Callable[[Topology, Controller, RunResult], BeforeIssue] | None = None,
+                progress: bool = True) -> RunResult:
+    """Build the topology, run the scenario's inferences through the workers, tear everything down."""
+    with Topology(endpoints, links, tdf=tdf, backend=None if backend == "auto" else backend,
+                  compensate_headers=compensate_headers) as topology:
+        for w in workers:  # transport details depend on the topology: fill them in now
+            w.setup = _resolve_addresses(w.setup, topology)
+        result = RunResult(tdf=tdf, backend=topology.backend, warmup=int(scenario["warmup"]),
+                           link_record=topology.record())
+        controller = Controller(topology, workers, timeout_s, max_payload)
+        try:
+            controller.start()
+            hook = make_hook(topology, controller, result) if make_hook else None
+            drive(controller, first, int(scenario["warmup"]) + int(scenario["inferences"]), int(scenario["warmup"]),
+                  int(scenario["in_flight"]), result, hook, progress)
+            controller.stop(result)
+        except RunFailed as exc:
+            exc.worker_logs = controller.worker_logs()
+            if topology.failure:
+                exc.args = (f"{exc.args[0]} ({topology.failure})",)
+            raise
+        finally:
+            controller.close()
+    for span in result.spans:
+        if span["kind"] == "compute" and span["endpoint"] == first:
+            result.starts_ns[span["seq"]] = min(result.starts_ns.get(span["seq"], span["start_ns"]), span["start_ns"])
+    return result
+
+
+def _resolve_addresses(setup: dict[str, Any], topology: Topology) -> dict[str, Any]:
+    """Replace ``{"listen": peer}`` / ``{"connect": peer}`` placeholders with the topology's addresses."""
+    setup = dict(setup)
+    me = setup["endpoint"]
+    for key in ("listen", "connect"):
+        if key in setup and isinstance(setup[key], dict):
+            peer, port = setup[key]["peer"], int(setup[key]["port"])
+            host = topology.address(me, peer) if key == "listen" else topology.address(peer, me)
+            setup[key] = [host, port]
+    if "pacer" in setup and isinstance(setup["pacer"], dict) and "peer" in setup["pacer"]:
+        setup["pacer"] = topology.pacer_config(me, setup["pacer"]["peer"])
+    return setup
+
+
+def latencies_ms(result: RunResult) -> np.ndarray:
+    """Per measured inference: (end of the last stage − start of the first compute) / TDF, in ms."""
+    seqs = sorted(s for s in result.ends_ns if s >= result.warmup and s in result.starts_ns)
+    return np.array([(result.ends_ns[s] - result.starts_ns[s]) / 1e6 / result.tdf for s in seqs])

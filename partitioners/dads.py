@@ -1,0 +1,90 @@
+"""DADS (Hu, Bao, Wang, Liu, INFOCOM 2019): the optimal device/server cut of a DAG as a minimum s-t cut.
+
+DSL (light load, ``objective="latency"``) is exact: the min-cut of the network in :mod:`partitioners.flow` at the
+link's bandwidth is the least sequential latency. DSH (heavy load, ``objective="throughput"``) minimises the slowest
+pipeline stage, max(device, link, server), which is NP-hard; as in the paper, it solves DSL with device times scaled
+by alpha and server times by gamma over a grid, then refines the grid around the best point with shrinking steps,
+and keeps the cut with the smallest bottleneck. The grid holds alpha = gamma = 1, so DSH is never worse than DSL.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from partitioners.base import CutProblem, LinkState, Partitioner, Plan, cut_plan
+from partitioners.flow import (CutGraph, Cut, FLOWS, NetworkxCut, ScipyCut, check_choice, cheapest, min_cut_solver,
+                               ms_per_byte, zero_crossing_cut)
+
+OBJECTIVES = ("latency", "throughput")
+
+
+@dataclass
+class Network:
+    """What ``prepare`` leaves for the online decision: the model's min-cut network, ready for any bandwidth."""
+
+    problem: CutProblem
+    graph: CutGraph
+    solver: NetworkxCut | ScipyCut
+    silent: Cut  # the best cut that sends nothing (it pays no delay)
+
+
+class DADS(Partitioner):
+    """DSL (exact min-cut) for latency, DSH (scaled min-cut grid search) for throughput."""
+
+    name = "dads"
+    kind = "cut"
+
+    def __init__(self, name: str = "dads", objective: str = "latency", flow: str = "networkx",
+                 grid_exponents: int = 2, refine_rounds: int = 4) -> None:
+        self.objective = check_choice("objective", objective, OBJECTIVES, name)
+        self.flow = check_choice("flow", flow, FLOWS, name)
+        if grid_exponents < 0 or refine_rounds < 0:
+            raise ValueError(f"{name}: grid_exponents and refine_rounds must be >= 0, got {grid_exponents}, "
+                             f"{refine_rounds}")
+        self.grid_exponents = grid_exponents  # DSH's first grid: alpha, gamma in 2**-k .. 2**k
+        self.refine_rounds = refine_rounds  # DSH's refinements: 3x3 around the best, step square-rooted each time
+
+    def prepare(self, problem: CutProblem) -> Network:
+        graph = CutGraph.from_problem(problem)
+        return Network(problem, graph, min_cut_solver(graph, self.flow), zero_crossing_cut(graph))
+
+    def decide(self, prepared: Network, link: LinkState) -> Plan:
+        if self.objective == "latency":
+            return cut_plan(self.name, prepared.problem, set(self.best_cut(prepared, link).device), link)
+        cut, stages, (alpha, gamma) = self.throughput_cut(prepared, link)
+        return cut_plan(self.name, prepared.problem, set(cut.device), link,
+                        {"stage_ms": list(stages), "alpha": alpha, "gamma": gamma})
+
+    def best_cut(self, prepared: Network, link: LinkState) -> Cut:
+        """The decision without its plan: DSL's cut of least latency, or DSH's cut (``throughput_cut``)."""
+        if self.objective == "throughput":
+            return self.throughput_cut(prepared, link)[0]
+        cut = Cut.of(prepared.graph, prepared.solver.solve(ms_per_byte(link)))
+        return cheapest(cut, prepared.silent, link)
+
+    def throughput_cut(self, prepared: Network, link: LinkState) -> tuple[Cut, tuple[float, float, float],
+                                                                        tuple[float, float]]:
+        """DSH: the cut with the smallest bottleneck stage found by the alpha/gamma search, its stages and weights."""
+        graph, x = prepared.graph, ms_per_byte(link)
+        seen: dict[tuple[float, float], tuple[tuple[float, float], tuple[int, ...]]] = {}
+
+        def evaluate(alpha: float, gamma: float) -> tuple[tuple[float, float], tuple[int, ...]]:
+            if (alpha, gamma) not in seen:
+                groups = tuple(prepared.solver.solve(x, alpha, gamma))
+                dev, nbytes, srv = graph.stages(groups)
+                stages = (dev, x * nbytes, srv)
+                seen[(alpha, gamma)] = ((max(stages), dev + x * nbytes + srv), groups)  # ties: lower latency
+            return seen[(alpha, gamma)]
+
+        k = self.grid_exponents
+        grid = [2.0**e for e in range(-k, k + 1)]
+        best = min(itertools.product(grid, grid), key=lambda w: evaluate(*w)[0])
+        step = 2.0
+        for _ in range(self.refine_rounds):
+            step = step**0.5
+            around = [(best[0] * fa, best[1] * fg) for fa, fg in itertools.product((1 / step, 1.0, step), repeat=2)]
+            best = min(around, key=lambda w: evaluate(*w)[0])
+        groups = evaluate(*best)[1]
+        dev, nbytes, srv = graph.stages(groups)
+        return Cut.of(graph, groups), (dev, link.transfer_ms(nbytes), srv), best

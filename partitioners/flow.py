@@ -1,0 +1,369 @@
+"""The min-cut form of the device/server cut problem, shared by DADS, QDMP and CIC.
+
+A :class:`CutGraph` is a cut problem over *groups* of model nodes: each group runs wholly on the device or wholly on
+the server, and each tensor is one value leaving a group for one or more consumer groups. A model's own graph is the
+case of one node per group; QDMP's blocks and CIC's splitting model are contractions of it. A cut is the set of
+groups on the device (closed under predecessors); its latency is a line in x, the link's milliseconds per byte::
+
+    latency(S, x) = a(S) + x * b(S)    a: device time of S + server time of the rest,  b: bytes crossing the link
+
+:class:`NetworkxCut` and :class:`ScipyCut` find the S of least latency for one x by a minimum s-t cut on the network
+of the DADS paper (Hu et al., INFOCOM 2019) with its two fixes (papers.md): source = device, sink = server; arc
+source->g costs g's server time (paid when g is on the server), g->sink g's device time; a tensor with one consumer
+is an arc producer->consumer costing x*bytes, one with several consumers goes through an auxiliary node (producer->aux
+x*bytes, aux->consumer infinite) so that it is paid once; every DAG edge u->w has an infinite reverse arc w->u (no
+data flows back to the device); pinned groups get infinite arcs from the source or to the sink. The one-way link
+delay is not a capacity: it is paid by every cut that sends something, so :func:`cheapest` weighs the min-cut
+against the cheapest cut that sends nothing.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import networkx as nx
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import breadth_first_order, maximum_flow
+
+from partitioners.base import DEVICE, SERVER, CutProblem, LinkState, Plan
+
+_SOURCE, _SINK = "source", "sink"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """Bytes that leave ``producer`` for ``consumers`` (sorted group indices): they cross the link once if any
+    consumer is on the server while the producer is on the device."""
+
+    producer: int
+    consumers: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass
+class CutGraph:
+    """A cut problem over groups of model nodes (see the module docstring)."""
+
+    members: list[tuple[str, ...]]
+    device_ms: list[float]
+    server_ms: list[float]
+    tensors: list[Tensor]
+    on_device: frozenset[int]  # groups pinned to the device (the input's)
+    on_server: frozenset[int] = frozenset()  # groups pinned to the server
+
+    @classmethod
+    def from_problem(cls, problem: CutProblem) -> "CutGraph":
+        """One group per model node, in the problem's topological order."""
+        index = {n: i for i, n in enumerate(problem.order)}
+        tensors = [Tensor(index[n], tuple(sorted(index[s] for s in problem.succs[n])), problem.out_bytes[n])
+                   for n in problem.order if problem.succs[n]]
+        return cls(members=[(n,) for n in problem.order],
+                   device_ms=[problem.device_ms[n] for n in problem.order],
+                   server_ms=[problem.server_ms[n] for n in problem.order],
+                   tensors=tensors, on_device=frozenset({index[problem.input]}))
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def contract(self, label: Sequence[int]) -> "CutGraph":
+        """Merge the groups that share a label (labels 0..k-1); tensors between the same groups are summed.
+
+        Each merged set must be convex (no path leaves it and comes back), else the result has a cycle: raises.
+        """
+        if len(label) != len(self):
+            raise ValueError(f"contract: {len(label)} labels for a graph of {len(self)} groups")
+        size = max(label) + 1
+        members: list[list[str]] = [[] for _ in range(size)]
+        device, server = [0.0] * size, [0.0] * size
+        for g, new in enumerate(label):
+            members[new].extend(self.members[g])
+            device[new] += self.device_ms[g]
+            server[new] += self.server_ms[g]
+        merged: dict[tuple[int, tuple[int, ...]], int] = {}
+        for t in self.tensors:
+            producer = label[t.producer]
+            consumers = tuple(sorted({label[c] for c in t.consumers} - {producer}))
+            if consumers:  # a tensor inside one group never crosses
+                merged[(producer, consumers)] = merged.get((producer, consumers), 0) + t.nbytes
+        on_device = frozenset(label[g] for g in self.on_device)
+        on_server = frozenset(label[g] for g in self.on_server)
+        if on_device & on_server:
+            raise ValueError(f"contract: groups {sorted(on_device & on_server)} would be pinned to both sides")
+        graph = CutGraph([tuple(m) for m in members], device, server,
+                         [Tensor(p, c, b) for (p, c), b in merged.items()], on_device, on_server)
+        graph.topological_order()
+        return graph
+
+    def edges(self) -> set[tuple[int, int]]:
+        """Precedence pairs (producer, consumer)."""
+        return {(t.producer, c) for t in self.tensors for c in t.consumers}
+
+    def topological_order(self) -> list[int]:
+        preds: dict[int, set[int]] = {g: set() for g in range(len(self))}
+        for p, c in self.edges():
+            preds[c].add(p)
+        try:
+            return list(graphlib.TopologicalSorter(preds).static_order())
+        except graphlib.CycleError as exc:
+            raise ValueError(f"cut graph has a cycle through groups {exc.args[1]}: a contraction merged a "
+                             "non-convex set of nodes") from exc
+
+    def line(self, device: Iterable[int]) -> tuple[float, int]:
+        """(a, b) of the cut whose device side is ``device``: latency = a + x*b (+ delay if b > 0)."""
+        on = [False] * len(self)
+        for g in device:
+            on[g] = True
+        a = math.fsum(d if o else s for d, s, o in zip(self.device_ms, self.server_ms, on))
+        b = sum(t.nbytes for t in self.tensors if on[t.producer] and not all(on[c] for c in t.consumers))
+        return a, b
+
+    def stages(self, device: Iterable[int]) -> tuple[float, int, float]:
+        """(device ms, crossing bytes, server ms) of a cut: the pipeline stages of the throughput objective."""
+        side = set(device)
+        dev = math.fsum(self.device_ms[g] for g in side)
+        srv = math.fsum(self.server_ms[g] for g in range(len(self)) if g not in side)
+        return dev, self.line(side)[1], srv
+
+    def names(self, groups: Iterable[int]) -> frozenset[str]:
+        """The model nodes of ``groups``."""
+        return frozenset(n for g in groups for n in self.members[g])
+
+    def is_closed(self, device: Iterable[int]) -> bool:
+        """True when ``device`` holds every predecessor of its groups and respects the pins."""
+        side = set(device)
+        return (self.on_device <= side and not (self.on_server & side)
+                and all(p in side for p, c in self.edges() if c in side))
+
+    def descendants(self, start: Iterable[int]) -> set[int]:
+        """``start`` and every group that depends on it."""
+        succs: dict[int, list[int]] = {}
+        for p, c in self.edges():
+            succs.setdefault(p, []).append(c)
+        todo, seen = list(start), set()
+        while todo:
+            g = todo.pop()
+            if g not in seen:
+                seen.add(g)
+                todo.extend(succs.get(g, ()))
+        return seen
+
+
+def ms_per_byte(link: LinkState) -> float:
+    """x of the latency line: milliseconds per byte on this link."""
+    return link.transfer_ms(1.0)
+
+
+# ---- the min-cut network and its two solvers ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Arc:
+    tail: Any
+    head: Any
+    kind: str  # "device" (ms, scaled), "server" (ms, scaled), "transfer" (bytes, times x) or "infinite"
+    value: float = 0.0
+
+
+def _arcs(graph: CutGraph) -> list[_Arc]:
+    arcs = []
+    for g in range(len(graph)):
+        arcs.append(_Arc(_SOURCE, g, "infinite") if g in graph.on_device else
+                    _Arc(_SOURCE, g, "server", graph.server_ms[g]))
+        arcs.append(_Arc(g, _SINK, "infinite") if g in graph.on_server else
+                    _Arc(g, _SINK, "device", graph.device_ms[g]))
+    for k, t in enumerate(graph.tensors):
+        if len(t.consumers) == 1:
+            arcs.append(_Arc(t.producer, t.consumers[0], "transfer", t.nbytes))
+        else:
+            aux = ("aux", k)
+            arcs.append(_Arc(t.producer, aux, "transfer", t.nbytes))
+            arcs.extend(_Arc(aux, c, "infinite") for c in t.consumers)
+    arcs.extend(_Arc(c, p, "infinite") for p, c in sorted(graph.edges()))
+    return arcs
+
+
+def _capacity(arc: _Arc, x: float, device_scale: float, server_scale: float) -> float:
+    if arc.kind == "device":
+        return device_scale * arc.value
+    if arc.kind == "server":
+        return server_scale * arc.value
+    return x * arc.value if arc.value else 0.0  # transfer; a zero-byte tensor is free even at x = inf
+
+
+class NetworkxCut:
+    """Minimum cut by networkx (preflow-push, its fastest here) on exact integers.
+
+    networkx decides which arcs are saturated by ``flow == capacity``; with float capacities, rounding can leave an
+    arc a hair short of saturation and give a cut that is not minimal. Every float is a dyadic rational, so one power
+    of two turns all capacities into Python integers *exactly*: the cut found is the exact minimum for the costs given.
+    """
+
+    def __init__(self, graph: CutGraph, flow_func: Callable[..., Any] = nx.algorithms.flow.preflow_push) -> None:
+        self.graph = graph
+        self.flow_func = flow_func
+        self.network = nx.DiGraph()
+        self._finite: list[tuple[dict, _Arc]] = []
+        for arc in _arcs(graph):
+            self.network.add_edge(arc.tail, arc.head)
+            if arc.kind != "infinite":  # networkx reads a missing capacity as infinite
+                self._finite.append((self.network.edges[arc.tail, arc.head], arc))
+
+    def solve(self, x: float, device_scale: float = 1.0, server_scale: float = 1.0) -> list[int]:
+        """The groups on the device in a minimum cut at ``x`` ms per byte, device and server times scaled.
+
+        ``x = inf`` (no bandwidth) gives the cheapest cut that sends no byte; one must exist (no server pins).
+        """
+        caps = [_capacity(arc, x, device_scale, server_scale) for _, arc in self._finite]
+        shift = max((_exponent(c) for c in caps if not math.isinf(c)), default=0)
+        for (attrs, _), cap in zip(self._finite, caps):
+            if math.isinf(cap):
+                attrs.pop("capacity", None)
+            else:
+                attrs["capacity"] = _scaled(cap, shift)
+        _, (source_side, _) = nx.minimum_cut(self.network, _SOURCE, _SINK, flow_func=self.flow_func)
+        return sorted(g for g in source_side if isinstance(g, int))
+
+
+def _exponent(value: float) -> int:
+    """k such that value * 2**k is an integer."""
+    return value.as_integer_ratio()[1].bit_length() - 1
+
+
+def _scaled(value: float, shift: int) -> int:
+    numerator, denominator = value.as_integer_ratio()
+    return numerator << (shift - (denominator.bit_length() - 1))
+
+
+class ScipyCut:
+    """Minimum cut by ``scipy.sparse.csgraph.maximum_flow`` (Dinic), which takes 32-bit integer capacities.
+
+    Capacities are rounded to ticks of ``resolution_ms`` (1 ns) and the caller costs the device side found exactly,
+    so rounding can only matter between cuts whose latencies differ by less than one tick per arc of the cut. scipy
+    wraps larger values around silently, so every capacity is clipped below 2**31 and the tick grows above 1 ns when
+    a feasible cut (all on the device but the server pins and their descendants) costs more than ~1 s: no minimum
+    cut uses an arc dearer than a feasible cut.
+    """
+
+    resolution_ms = 1e-6
+    _LIMIT = 2**30  # ticks of the feasible cut's value: the max flow stays well inside int32
+    _CEILING = 2**31 - 1
+
+    def __init__(self, graph: CutGraph) -> None:
+        self.graph = graph
+        arcs = _arcs(graph)
+        nodes = list(dict.fromkeys(n for arc in arcs for n in (arc.tail, arc.head)))
+        index = {n: i for i, n in enumerate(nodes)}
+        rows = np.array([index[a.tail] for a in arcs])
+        cols = np.array([index[a.head] for a in arcs])
+        order = np.lexsort((cols, rows))
+        self.size, self.source, self.sink = len(nodes), index[_SOURCE], index[_SINK]
+        self.group_of = np.array([n if isinstance(n, int) else -1 for n in nodes])
+        self.indices = cols[order].astype(np.int32)
+        self.indptr = np.searchsorted(rows[order], np.arange(self.size + 1)).astype(np.int32)
+        kinds = np.array([a.kind for a in arcs])[order]
+        values = np.array([a.value for a in arcs])[order]
+        self._infinite = kinds == "infinite"
+        self._device = np.where(kinds == "device", values, 0.0)
+        self._server = np.where(kinds == "server", values, 0.0)
+        self._bytes = np.where(kinds == "transfer", values, 0.0)
+        blocked = graph.descendants(graph.on_server)
+        self._feasible = graph.stages(g for g in range(len(graph)) if g not in blocked)
+
+    def solve(self, x: float, device_scale: float = 1.0, server_scale: float = 1.0) -> list[int]:
+        """The groups on the device in a minimum cut at ``x`` ms per byte, device and server times scaled."""
+        if not math.isfinite(x):
+            raise ValueError(f"scipy flow needs a finite ms per byte, got {x}")
+        dev, nbytes, srv = self._feasible
+        bound_ms = device_scale * dev + x * nbytes + server_scale * srv
+        ticks_per_ms = min(1.0 / self.resolution_ms, self._LIMIT / bound_ms) if bound_ms > 0 else 1.0 / self.resolution_ms
+        ms = device_scale * self._device + server_scale * self._server + x * self._bytes
+        caps = np.minimum(np.rint(ms * ticks_per_ms), self._CEILING)
+        caps[self._infinite] = self._CEILING
+        capacity = sp.csr_array((caps.astype(np.int32), self.indices, self.indptr), shape=(self.size, self.size))
+        flow = maximum_flow(capacity, self.source, self.sink).flow
+        # Source side = reachable from the source through arcs with residual capacity (int64: no wrap-around).
+        residual = (capacity.astype(np.int64) - flow.astype(np.int64)).tocsr()
+        residual.data[residual.data < 0] = 0
+        residual.eliminate_zeros()
+        reached = breadth_first_order(residual, self.source, directed=True, return_predecessors=False)
+        groups = self.group_of[reached]
+        return sorted(int(g) for g in groups[groups >= 0])
+
+
+FLOWS: dict[str, type] = {"networkx": NetworkxCut, "scipy": ScipyCut}
+
+
+def min_cut_solver(graph: CutGraph, flow: str) -> NetworkxCut | ScipyCut:
+    """The solver named ``flow`` (one of :data:`FLOWS`) for ``graph``."""
+    return FLOWS[check_choice("flow", flow, FLOWS)](graph)
+
+
+def check_choice(option: str, value: str, accepted: Iterable[str], method: str = "") -> str:
+    accepted = sorted(accepted)
+    if value not in accepted:
+        where = f"{method}: " if method else ""
+        raise ValueError(f"{where}{option} {value!r} is not one of {accepted}")
+    return value
+
+
+# ---- cuts, the link delay and plans ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A device side (model node names) with its latency line a + x*b."""
+
+    device: frozenset[str]
+    a: float
+    b: int
+
+    @classmethod
+    def of(cls, graph: CutGraph, groups: Iterable[int]) -> "Cut":
+        groups = list(groups)
+        a, b = graph.line(groups)
+        return cls(graph.names(groups), a, b)
+
+    def latency_ms(self, link: LinkState) -> float:
+        """As ``CutProblem.latency_ms``: compute + transfer, + the one-way delay when anything crosses."""
+        return self.a + link.transfer_ms(self.b) + (link.delay_ms if self.b else 0.0)
+
+
+def zero_crossing_cut(graph: CutGraph) -> Cut:
+    """The cheapest cut that sends nothing: the delay-free alternative to every cut that sends something."""
+    if all(t.nbytes > 0 for t in graph.tensors) and not graph.on_server:
+        return Cut.of(graph, range(len(graph)))  # only the all-device cut sends nothing
+    return Cut.of(graph, NetworkxCut(graph).solve(math.inf))
+
+
+def cheapest(cut: Cut, silent: Cut, link: LinkState) -> Cut:
+    """The min-cut ignores the delay; with a delay, the best cut that sends nothing may win."""
+    if link.delay_ms and cut.b and silent.latency_ms(link) < cut.latency_ms(link):
+        return silent
+    return cut
+
+
+class PlanTable:
+    """``cut_plan``'s output with every node row made once (in ``prepare``), so a decision builds no dicts.
+
+    Rows are shared between plans: treat plans as read-only (``plan.json`` is written from them as is).
+    """
+
+    def __init__(self, problem: CutProblem) -> None:
+        self.order = problem.order
+        self.rows = [tuple({"name": n, "inputs": list(problem.preds[n]), "device_ms": problem.device_ms[n],
+                            "server_ms": problem.server_ms[n], "out_bytes": problem.out_bytes[n], "side": side}
+                           for side in (SERVER, DEVICE)) for n in problem.order]
+
+    def nodes(self, device: frozenset[str]) -> list[dict[str, Any]]:
+        return [row[n in device] for n, row in zip(self.order, self.rows)]
+
+    def plan(self, method: str, cut: Cut, link: LinkState, extra: Mapping[str, Any] | None = None,
+             nodes: list[dict[str, Any]] | None = None) -> Plan:
+        """The plan of ``cut`` (``nodes``: its table, if made before)."""
+        table = self.nodes(cut.device) if nodes is None else nodes
+        return Plan(method=method, kind="cut", predicted_latency_ms=cut.latency_ms(link),
+                    bandwidth_mbps=link.bandwidth_mbps, detail={"nodes": table, **(extra or {})})

@@ -1,0 +1,29 @@
+"""splitbench entry point: `python run.py [group=option ...]`, or `python run.py -m ...` to sweep.
+
+Composes the Hydra config under conf/, runs one experiment (decide a plan, run it as real split inference over
+shaped links) and records it in MLflow. See README.md.
+"""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from harness.config import register
+
+register()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from harness.experiment import run_job  # after Hydra parsed the command line: fast --help and errors
+
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    metrics = run_job(cfg, multirun=multirun)
+    return metrics.get("latency_ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Shared fixtures: a private MLflow store per test, root detection for namespace tests, run.py as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="network namespaces and kernel qdiscs need root (CI runs as root)")
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite MLflow store for this test only."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def run_cli(args: list[str], tracking_uri: str, cwd: Path, timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python run.py args`` as a user would, recording to ``tracking_uri``; outputs go under ``cwd``."""
+    full_env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args,
+                           f"hydra.run.dir={cwd}/outputs", f"hydra.sweep.dir={cwd}/multirun"],
+                          cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,425 @@
+"""Namespaces, kernel-shaped links and their cleanup, checked on the real kernel (root; CI runs as root).
+
+Every test uses its own prefix family ("sbt...") so that it never touches another run's objects.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from harness import network, wire
+from harness.network import BackendError, LinkSpec, Pacer, Topology, available_backends, leftovers
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "sbt"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root (CI runs as root)")
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_by_this_process():
+    yield
+    mine = [n for n in leftovers(PREFIX) if network._owner_pid(n, PREFIX) == os.getpid()]
+    assert mine == [], f"left behind: {mine}"
+
+
+def pair(mbps: float, **kw) -> Topology:
+    return Topology(["device", "server"], [("device", "server", LinkSpec(mbps, **kw.pop("link", {})))],
+                    prefix=PREFIX, **kw)
+
+
+def transfer_s(topo: Topology, src: str, dst: str, nbytes: int, pacers: bool = False) -> float:
+    """Seconds from the first byte of a tensor frame sent src -> dst until dst's ACK is back (sender's clock)."""
+    listener = topo.socket(dst)
+    listener.bind((topo.address(dst, src), 0))
+    listener.listen()
+    back = topo.pacer(dst, src) if pacers else None
+
+    def receive():
+        conn, _ = listener.accept()
+        with conn:
+            frame = wire.recv_frame(wire.nodelay(conn), nbytes)
+            if back:
+                back.before_send(wire.HEADER.size)
+            wire.send_ack(conn, frame.seq)
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    with topo.socket(src) as conn:
+        conn.connect(listener.getsockname())
+        wire.nodelay(conn)
+        tensor = torch.zeros(nbytes, dtype=torch.uint8)
+        start = time.perf_counter()
+        if pacers:
+            topo.pacer(src, dst).before_send(nbytes)
+        wire.send_tensor(conn, tensor, seq=1, tag=0)
+        ack = wire.recv_frame(conn, 0)
+        elapsed = time.perf_counter() - start
+    receiver.join(10)
+    listener.close()
+    assert ack.kind is wire.Kind.ACK and not receiver.is_alive()
+    return elapsed
+
+
+def goodput_ratio(seconds: float, nbytes: int, mbps: float) -> float:
+    return nbytes * 8 / seconds / 1e6 / mbps
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # a zombie whose parent (not us) has not reaped it yet
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def qdisc_rate(namespace: str, ifname: str) -> int:
+    with IPRoute(netns=namespace) as ip:
+        index = ip.link_lookup(ifname=ifname)[0]
+        (qdisc,) = [q for q in ip.get_qdiscs(index=index) if q.get_attr("TCA_KIND") == "tbf"]
+        return qdisc.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")["rate"]
+
+
+# -- configuration errors (no root needed) -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"bandwidth_mbps": 0}, "bandwidth_mbps must be a finite number > 0, got 0"),
+    ({"bandwidth_mbps": float("nan")}, "bandwidth_mbps must be"),
+    ({"bandwidth_mbps": 1, "delay_ms": -1}, "delay_ms must be a finite number >= 0, got -1"),
+    ({"bandwidth_mbps": 1, "jitter_ms": float("inf")}, "jitter_ms must be"),
+    ({"bandwidth_mbps": 1, "loss_pct": 100}, r"loss_pct must be in \[0, 100\), got 100"),
+])
+def test_link_spec_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LinkSpec(**kwargs)
+
+
+def test_link_spec_from_config():
+    cfg = {"name": "wifi", "bandwidth_mbps": 18.88, "delay_ms": 0, "jitter_ms": 0, "loss_pct": 0,
+           "compensate_headers": True, "trace": None}
+    assert LinkSpec.from_config(cfg) == LinkSpec(18.88)
+
+
+@pytest.mark.parametrize("endpoints, links, kwargs, message", [
+    (["a", "b"], [("a", "c", LinkSpec(1))], {}, "must join two distinct endpoints"),
+    (["a", "b"], [("a", "a", LinkSpec(1))], {}, "must join two distinct endpoints"),
+    (["a", "b"], [("a", "b", LinkSpec(1)), ("b", "a", LinkSpec(2))], {}, "already linked"),
+    (["a", "a"], [], {}, "distinct names"),
+    (["a b"], [], {}, "distinct names"),
+    (["a", "b"], [], {"tdf": 0}, "tdf must be"),
+    (["a", "b"], [], {"prefix": "SB"}, "prefix must match"),
+    (["a", "b"], [], {"backend": "dummynet"}, "backend 'dummynet' is not one of"),
+])
+def test_topology_rejects_bad_configuration(endpoints, links, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Topology(endpoints, links, **kwargs)
+
+
+def test_header_compensation_and_dilation_set_the_kernel_rate():
+    link = LinkSpec(18.88)
+    plain = Topology(["a", "b"], [("a", "b", link)], compensate_headers=False, tdf=2.0)
+    compensated = Topology(["a", "b"], [("a", "b", link)], tdf=2.0)
+    assert plain._kernel_rate(link) == round(18.88e6 / 8 / 2)  # an integer number of bytes/s, dilated
+    assert compensated._kernel_rate(link) == round(18.88e6 / 8 / 2 * 1514 / 1448)
+
+
+# -- the sender's pacer (no root needed) ---------------------------------------------------------------------------
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+        self.slept = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_pacer_serialises_at_its_rate_and_adds_delay_once_per_message():
+    clock = FakeClock()
+    pacer = Pacer(rate_mbps=8.0, delay_ms=10.0, clock=clock, sleep=clock.sleep)  # 1 MB/s
+    assert pacer.before_send(100_000) == pytest.approx(0.1 + 0.01)
+    # ready now, but the link is free already: serialisation of the next starts when it is ready
+    assert pacer.departure(100_000, ready_at=clock.now) == pytest.approx(clock.now + 0.11)
+    # two messages ready together: the second waits for the first's serialisation, not for its delay
+    clock.now += 1
+    first, second = pacer.departure(50_000, clock.now), pacer.departure(50_000, clock.now)
+    assert second - first == pytest.approx(0.05)
+    pacer.set_rate(80.0)
+    clock.now += 1
+    assert pacer.departure(100_000, clock.now) - clock.now == pytest.approx(0.01 + 0.01)
+
+
+def test_pacer_jitter_is_seeded_bounded_and_never_reorders():
+    def departures(seed):
+        clock = FakeClock()
+        pacer = Pacer(delay_ms=20.0, jitter_ms=5.0, seed=seed, clock=clock, sleep=clock.sleep)
+        out = []
+        for _ in range(200):
+            clock.now += 0.001
+            out.append(pacer.departure(1000, clock.now) - clock.now)
+        return out
+
+    a, b, c = departures(1), departures(1), departures(2)
+    assert a == b and a != c
+    assert all(0.015 - 1e-9 <= d for d in a) and max(a) <= 0.025 + 0.001 * 200
+    assert len(set(round(d, 6) for d in a)) > 50  # really jittered
+
+
+def test_pacer_is_idle_when_the_kernel_does_everything():
+    pacer = Pacer()
+    assert pacer.idle and pacer.before_send(10**9) == 0.0
+    with pytest.raises(ValueError, match="does not shape the rate"):
+        pacer.set_rate(5)
+    with pytest.raises(ValueError, match="rate_mbps must be > 0 or None"):
+        Pacer(rate_mbps=0)
+    assert Pacer(**Pacer(rate_mbps=3, delay_ms=2, seed=4).config()).config() == Pacer(3, 2, 0, 4).config()
+
+
+def test_without_root_endpoints_share_loopback_and_the_pacer_shapes(monkeypatch):
+    monkeypatch.setattr(network, "_probe", lambda: (False, ("userspace",)))
+    with pair(40.0) as topo:
+        assert (topo.isolated, topo.backend, topo.netns("device")) == (False, "userspace", None)
+        assert topo.address("device", "server") == "127.213.0.1"
+        ratio = goodput_ratio(transfer_s(topo, "device", "server", 1_000_000, pacers=True), 1_000_000, 40.0)
+        assert 0.9 <= ratio <= 1.1, ratio
+        out = topo.spawn("device", [sys.executable, "-c", "import socket; print(socket.if_nameindex())"],
+                         stdout=subprocess.PIPE, text=True).communicate(timeout=30)[0]
+        assert f"{PREFIX}{os.getpid()}l0" not in out  # the root namespace: no veths
+
+
+# -- probing -------------------------------------------------------------------------------------------------------
+
+def kernel_has(kind: str) -> bool:
+    """Independent of the module: can a scratch namespace's veth take this qdisc as root?"""
+    name = f"{PREFIX}{os.getpid()}-kind"
+    netns.create(name)
+    try:
+        with IPRoute(netns=name) as ip:
+            ip.link("add", ifname="k0", kind="veth", peer={"ifname": "k1"})
+            options = {"delay": 1000} if kind == "netem" else {"rate": 10**6, "burst": 3000, "limit": 10**5}
+            try:
+                ip.tc("add", kind, index=ip.link_lookup(ifname="k0")[0], handle="1:", **options)
+            except NetlinkError as err:
+                if err.code == errno.ENOENT:
+                    return False
+                raise
+            return True
+    finally:
+        netns.remove(name)
+
+
+@needs_root
+def test_probe_picks_the_best_backend_the_kernel_has():
+    expected = "netem" if kernel_has("netem") else "tbf" if kernel_has("tbf") else "htb"
+    assert network.probe_backend() == expected
+    assert available_backends()[-1] == "userspace"
+    out = subprocess.run([sys.executable, "-m", "harness.network", "probe"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert json.loads(out)["backend"] == expected
+
+
+# -- shaped links --------------------------------------------------------------------------------------------------
+
+@needs_root
+@pytest.mark.parametrize("mbps", [20.0, 50.0])
+def test_payload_goodput_matches_the_configured_rate(mbps):
+    with pair(mbps) as topo:
+        assert topo.backend == network.probe_backend()
+        nbytes = 4_000_000
+        ratio = goodput_ratio(transfer_s(topo, "device", "server", nbytes), nbytes, mbps)
+        assert 0.9 <= ratio <= 1.1, f"{mbps} Mbit/s: payload goodput / configured = {ratio:.3f}"
+        back = goodput_ratio(transfer_s(topo, "server", "device", 1_000_000), 1_000_000, mbps)
+        assert 0.9 <= back <= 1.1, f"reverse direction: {back:.3f}"
+
+
+@needs_root
+@pytest.mark.parametrize("backend", ["htb", "userspace"])
+def test_other_backends_shape_too(backend):
+    if backend not in available_backends():
+        pytest.skip(f"{backend} is not offered here: {available_backends()}")
+    with pair(40.0, backend=backend) as topo:
+        ratio = goodput_ratio(transfer_s(topo, "device", "server", 2_000_000, pacers=True), 2_000_000, 40.0)
+        assert 0.9 <= ratio <= 1.1, f"{backend}: {ratio:.3f}"
+
+
+@needs_root
+def test_set_rate_changes_a_live_link_in_both_directions():
+    with pair(50.0) as topo:
+        before = goodput_ratio(transfer_s(topo, "device", "server", 2_000_000), 2_000_000, 50.0)
+        topo.set_rate("server", "device", 10.0)
+        for end in ("device", "server"):
+            ifname = topo._link("device", "server").ifname[end]
+            assert qdisc_rate(topo.netns(end), ifname) == round(10e6 / 8 * 1514 / 1448)
+        after = transfer_s(topo, "device", "server", 1_000_000)
+        assert 0.9 <= before <= 1.1
+        assert 0.9 <= goodput_ratio(after, 1_000_000, 10.0) <= 1.1, after
+        assert topo.bandwidth_mbps("device", "server") == 10.0
+
+
+@needs_root
+def test_delay_is_added_by_the_sender_where_the_kernel_cannot():
+    with pair(200.0, link={"delay_ms": 25.0}) as topo:
+        kernel_delays = topo.backend == "netem"
+        assert topo.sender_delay_ms("device", "server") == (0.0 if kernel_delays else 25.0)
+        transfer_s(topo, "device", "server", 1000, pacers=True)  # warm: connection set-up is not measured
+        rtt = min(transfer_s(topo, "device", "server", 1000, pacers=True) for _ in range(3))
+        assert 0.050 <= rtt < 0.080, f"round trip of a small frame: {rtt * 1e3:.1f} ms, expected ~50 ms"
+
+
+@needs_root
+def test_delays_dilate_and_loss_needs_netem():
+    with pair(100.0, link={"delay_ms": 5.0, "jitter_ms": 1.0}, tdf=3.0) as topo:
+        if topo.backend != "netem":
+            assert topo.pacer_config("device", "server") == {"rate_mbps": None, "delay_ms": 15.0,
+                                                             "jitter_ms": 3.0, "seed": 0}
+        assert topo.record()["links"][0]["kernel_rate_bytes_per_s"] == round(100e6 / 8 / 3 * 1514 / 1448)
+    with pytest.raises(BackendError, match="loss, which needs the netem backend"):
+        pair(10.0, link={"loss_pct": 1.0}, backend="tbf" if "tbf" in available_backends() else "userspace").start()
+
+
+# -- processes in namespaces ---------------------------------------------------------------------------------------
+
+@needs_root
+def test_spawned_process_runs_in_its_endpoints_namespace():
+    with pair(100.0) as topo:
+        proc = topo.spawn("server", [sys.executable, "-c", "import socket; print(socket.if_nameindex())"],
+                          stdout=subprocess.PIPE, text=True)
+        out = proc.communicate(timeout=30)[0]
+        assert topo._link("device", "server").ifname["server"] in out
+        assert topo._link("device", "server").ifname["device"] not in out
+
+
+@needs_root
+def test_killed_process_takes_the_topology_down():
+    with pair(100.0) as topo:
+        names = [topo.netns(e) for e in topo.endpoints]
+        victim = topo.spawn("server", ["sleep", "60"])
+        bystander = topo.spawn("device", ["sleep", "60"])
+        quitter = topo.spawn("device", ["sh", "-c", "exit 3"], critical=False)
+        assert quitter.wait(10) == 3
+        time.sleep(0.2)
+        assert topo.failure is None and set(names) <= set(netns.listnetns())
+        os.kill(victim.pid, signal.SIGKILL)
+        assert wait_for(lambda: topo.failure is not None)
+        assert "SIGKILL" in topo.failure and f"process {victim.pid}" in topo.failure
+        assert wait_for(lambda: not set(names) & set(netns.listnetns()))
+        assert bystander.poll() is not None
+        with pytest.raises(RuntimeError, match="topology is down"):
+            topo.set_rate("device", "server", 5.0)
+        with pytest.raises(RuntimeError, match="died with signal SIGKILL"):
+            topo.check()
+
+
+@needs_root
+def test_exception_inside_the_block_leaves_nothing():
+    with pytest.raises(ZeroDivisionError):
+        with pair(100.0) as topo:
+            names = [topo.netns(e) for e in topo.endpoints]
+            sleeper = topo.spawn("device", ["sleep", "60"])
+            assert set(names) <= set(netns.listnetns())
+            1 / 0
+    assert not set(names) & set(netns.listnetns())
+    assert sleeper.poll() == -signal.SIGTERM
+
+
+@needs_root
+def test_star_topology_gives_each_link_its_own_subnet():
+    links = [("es0", f"es{i}", LinkSpec(100.0)) for i in (1, 2, 3)]
+    with Topology(["es0", "es1", "es2", "es3"], links, prefix=PREFIX) as topo:
+        hosts = {topo.address("es0", f"es{i}") for i in (1, 2, 3)}
+        assert len(hosts) == 3 and topo.address("es2", "es0") == "10.213.0.6"
+        with pytest.raises(KeyError, match="no link between 'es1' and 'es2'"):
+            topo.address("es1", "es2")
+        assert 0.9 <= goodput_ratio(transfer_s(topo, "es0", "es3", 1_000_000), 1_000_000, 100.0) <= 1.1
+
+
+# -- another process holding a topology ----------------------------------------------------------------------------
+
+HOLDER = textwrap.dedent("""
+    import json, sys, time
+    from harness.network import LinkSpec, Topology
+    prefix = sys.argv[1]
+    topo = Topology(["device", "server"], [("device", "server", LinkSpec(50.0))], prefix=prefix)
+    with topo:
+        child = topo.spawn("server", ["sleep", "60"])
+        print(json.dumps({"names": [topo.netns(e) for e in topo.endpoints], "child": child.pid}), flush=True)
+        time.sleep(60)
+""")
+
+
+def start_holder(tmp_path: Path, prefix: str) -> tuple[subprocess.Popen, dict]:
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(tmp_path / "holder.err", "w") as err:  # a KeyboardInterrupt traceback lands here, not in pytest's log
+        proc = subprocess.Popen([sys.executable, str(script), prefix], stdout=subprocess.PIPE, stderr=err, text=True,
+                                env=env)
+    line = proc.stdout.readline()
+    assert line, f"holder died: rc {proc.wait()}: {(tmp_path / 'holder.err').read_text()}"
+    return proc, json.loads(line)
+
+
+@needs_root
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_to_a_holder_removes_everything(tmp_path, sig):
+    proc, held = start_holder(tmp_path, PREFIX)
+    assert set(held["names"]) <= set(netns.listnetns())
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=20)
+    assert rc != 0  # it stopped because of the signal, after cleaning up
+    assert not set(held["names"]) & set(netns.listnetns())
+    assert not [n for n in leftovers(PREFIX) if network._owner_pid(n, PREFIX) == proc.pid]
+    assert wait_for(lambda: gone(held["child"]), 5)
+
+
+@needs_root
+def test_stale_objects_of_a_killed_run_are_removed_at_the_next_start(tmp_path):
+    proc, held = start_holder(tmp_path, PREFIX)
+    proc.kill()
+    proc.wait(timeout=10)
+    assert set(held["names"]) <= set(netns.listnetns())  # SIGKILL: nobody cleaned up
+    assert not gone(held["child"])  # its worker still runs inside the namespace
+    with pair(100.0):
+        assert not set(held["names"]) & set(netns.listnetns())
+    assert wait_for(lambda: gone(held["child"]), 5)
+
+
+@needs_root
+def test_cleanup_command_removes_everything_with_its_prefix(tmp_path):
+    proc, held = start_holder(tmp_path, "sbtc")
+    try:
+        out = subprocess.run([sys.executable, "-m", "harness.network", "cleanup", "--prefix", "sbtc"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+        assert all(name in out for name in held["names"])
+        assert leftovers("sbtc") == []
+        assert wait_for(lambda: gone(held["child"]), 5)
+    finally:
+        proc.kill()
+        proc.wait(10)

@@ -1,0 +1,188 @@
+"""Device profiles: the roofline's arithmetic, the calibrated boards against published times, measuring and tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import hardware.profiles as profiles
+from harness.graph import ModelGraph, build_graph
+from harness.models import ModelSpec
+from hardware.profiles import LocalProfile, RooflineProfile, TableProfile, write_table
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+BOARDS = ["gtx1080ti", "jetson_agx_xavier"]
+USER_SPEC = ModelSpec("custom", "tests.user_models.build", (1, 3, 64, 64), 0, {"width": 8})
+
+
+@functools.lru_cache(maxsize=None)
+def model_graph(name: str) -> ModelGraph:
+    return build_graph(ModelSpec.from_config(OmegaConf.load(CONF / "model" / f"{name}.yaml")))
+
+
+@functools.lru_cache(maxsize=None)
+def user_graph() -> ModelGraph:
+    return build_graph(USER_SPEC)
+
+
+def board(name: str) -> RooflineProfile:
+    return instantiate(OmegaConf.load(CONF / "profile" / f"{name}.yaml"))
+
+
+def plain_roofline(**changes: object) -> RooflineProfile:
+    base = RooflineProfile(name="test", peak_gflops=1000.0, memory_gbps=100.0, kernel_overhead_us=0.0,
+                           efficiency={"conv2d": 0.5}, default_efficiency=0.5, memory_efficiency=1.0)
+    return dataclasses.replace(base, **changes)
+
+
+def no_cost(graph: ModelGraph, name: str) -> bool:
+    node = graph[name]
+    return node.op in ("placeholder", "output", "get_attr") or node.is_view
+
+
+# ---- roofline arithmetic -------------------------------------------------------------------------------------------
+
+def test_roofline_is_positive_for_operators_and_zero_for_views() -> None:
+    graph = user_graph()
+    times = plain_roofline(kernel_overhead_us=5.0).node_ms(graph)
+    assert set(times) == set(graph.nodes)
+    assert times["flatten"] == times["x"] == times[graph.output_name] == 0.0
+    for name in graph.order:
+        assert (times[name] == 0.0) if no_cost(graph, name) else (times[name] > 0.0), name
+
+
+def test_roofline_node_time_is_the_slower_of_arithmetic_and_memory() -> None:
+    graph = user_graph()
+    conv = graph["conv1"]  # 1.18 MFLOP on 32 KiB in / 32 KiB out / 2.3 KiB of weights: arithmetic-bound
+    bytes_moved = conv.in_bytes + conv.out_bytes + conv.param_bytes
+    times = plain_roofline().node_ms(graph)
+    assert times["conv1"] == pytest.approx(max(conv.flops / (1000e9 * 0.5), bytes_moved / 100e9) * 1e3)
+    assert times["conv1"] == pytest.approx(conv.flops / (1000e9 * 0.5) * 1e3)
+    relu = graph["relu_1"]  # element-wise: memory-bound
+    assert times["relu_1"] == pytest.approx((relu.in_bytes + relu.out_bytes) / 100e9 * 1e3)
+
+
+def test_roofline_scales_with_peak_and_bandwidth() -> None:
+    graph = user_graph()
+    base = plain_roofline().node_ms(graph)
+    fast_alu = plain_roofline(peak_gflops=2000.0).node_ms(graph)
+    fast_memory = plain_roofline(memory_gbps=200.0).node_ms(graph)
+    assert fast_alu["conv1"] == pytest.approx(base["conv1"] / 2)  # arithmetic-bound
+    assert fast_alu["relu_1"] == pytest.approx(base["relu_1"])
+    assert fast_memory["relu_1"] == pytest.approx(base["relu_1"] / 2)  # memory-bound
+    assert fast_memory["conv1"] == pytest.approx(base["conv1"])
+    halved = plain_roofline(efficiency={"conv2d": 0.25}).node_ms(graph)
+    assert halved["conv1"] == pytest.approx(2 * base["conv1"])
+
+
+def test_launch_overhead_adds_or_overlaps() -> None:
+    graph = user_graph()
+    kernel = plain_roofline().node_ms(graph)
+    added = plain_roofline(kernel_overhead_us=100.0).node_ms(graph)
+    overlapped = plain_roofline(kernel_overhead_us=100.0, async_launch=True).node_ms(graph)
+    for name in graph.order:
+        if no_cost(graph, name):
+            assert added[name] == overlapped[name] == 0.0
+        else:
+            assert added[name] == pytest.approx(kernel[name] + 0.1)
+            assert overlapped[name] == pytest.approx(max(kernel[name], 0.1))
+
+
+def test_roofline_rejects_impossible_numbers() -> None:
+    with pytest.raises(ValueError, match="peak_gflops"):
+        plain_roofline(peak_gflops=0.0)
+    with pytest.raises(ValueError, match="conv2d"):
+        plain_roofline(efficiency={"conv2d": 1.5})
+
+
+# ---- calibrated boards ---------------------------------------------------------------------------------------------
+
+def published(board_name: str) -> list[tuple[str, str]]:
+    cfg = OmegaConf.load(CONF / "profile" / f"{board_name}.yaml")
+    return [(board_name, model) for model in cfg.published_ms]
+
+
+@pytest.mark.parametrize("board_name", BOARDS)
+def test_board_cites_its_spec_sheet_and_three_published_models(board_name: str) -> None:
+    profile = board(board_name)
+    assert {"peak_gflops", "memory_gbps"} <= set(profile.sources)
+    assert {"vgg16", "resnet50", "mobilenet_v2"} <= set(profile.published_ms)
+    for model, figure in profile.published_ms.items():
+        assert 0 < figure["low"] <= figure["high"], model
+        assert len(figure["source"]) > 40, model
+
+
+@pytest.mark.parametrize("board_name, model", [p for b in BOARDS for p in published(b)])
+def test_calibrated_whole_model_time_lies_in_the_published_range(board_name: str, model: str) -> None:
+    profile = board(board_name)
+    figure = profile.published_ms[model]
+    total = sum(profile.node_ms(model_graph(model)).values())
+    assert figure["low"] <= total <= figure["high"], (
+        f"{board_name}: {model} predicted {total:.2f} ms, published {figure['low']}..{figure['high']} ms")
+
+
+def test_xavier_is_slower_than_1080ti_on_every_model() -> None:
+    gtx, xavier = board("gtx1080ti"), board("jetson_agx_xavier")
+    for model in ("vgg16", "resnet50", "mobilenet_v2"):
+        graph = model_graph(model)
+        assert sum(xavier.node_ms(graph).values()) > 2 * sum(gtx.node_ms(graph).values()), model
+
+
+# ---- measured here: LocalProfile -----------------------------------------------------------------------------------
+
+def test_local_profile_measures_then_reads_its_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    graph = user_graph()
+    profile = LocalProfile(warmup=1, repeats=3, cache_dir=str(tmp_path))
+    path = profile.cache_path(graph)
+    assert path.parent.parent == tmp_path and not path.exists()
+    measured = profile.node_ms(graph)
+    assert path.exists()
+    assert set(measured) == set(graph.nodes)
+    assert measured["x"] == measured[graph.output_name] == 0.0
+    assert all(measured[n] > 0 for n in graph.order if graph[n].kind in ("conv2d", "linear", "add"))
+
+    def no_measuring(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the second call must read the cache, not measure")
+
+    monkeypatch.setattr(profiles, "measure_node_ms", no_measuring)
+    cached = profile.node_ms(graph)
+    assert cached == pytest.approx(measured, abs=1e-6)  # the table keeps 6 decimals
+
+
+def test_local_profile_cache_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPLITBENCH_CACHE", str(tmp_path))
+    graph = user_graph()
+    profile = LocalProfile(warmup=0, repeats=1)
+    profile.node_ms(graph)
+    assert profile.cache_path(graph).is_relative_to(tmp_path) and profile.cache_path(graph).exists()
+    assert LocalProfile(warmup=0, repeats=1, threads=2).cache_path(graph) != profile.cache_path(graph)
+
+
+# ---- measured elsewhere: TableProfile ------------------------------------------------------------------------------
+
+def test_table_round_trip(tmp_path: Path) -> None:
+    graph = user_graph()
+    times = {n: 0.001 * (i + 1) for i, n in enumerate(graph.order)}
+    path = write_table(tmp_path / "tables" / "custom.csv", graph, times, {"device": "test board"})
+    assert path.read_text().startswith("# model: ")
+    assert TableProfile(name="board", path=str(path)).node_ms(graph) == pytest.approx(times, abs=1e-9)
+
+
+def test_table_with_an_unknown_node_names_it_and_the_model(tmp_path: Path) -> None:
+    graph = user_graph()
+    path = write_table(tmp_path / "custom.csv", graph, {n: 1.0 for n in graph.order}, {})
+    path.write_text(path.read_text().replace("\nconv1,", "\nconv_renamed,"))
+    with pytest.raises(ValueError, match="conv_renamed") as info:
+        TableProfile(name="board", path=str(path)).node_ms(graph)
+    assert "'custom'" in str(info.value)
+
+
+def test_missing_table_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "custom.csv"
+    with pytest.raises(FileNotFoundError, match=str(path)):
+        TableProfile(name="board", path=str(path)).node_ms(user_graph())
