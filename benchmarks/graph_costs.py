@@ -58,13 +58,8 @@ def measure(name: str, boards: dict[str, Profile], threads: int, warmup: int, re
     graph_ms = median_ms(lambda: graph_from_module(model, spec, x), 1, 3)
     graph: ModelGraph = graph_from_module(model, spec, x)
     local = LocalProfile(threads=threads, warmup=warmup, repeats=repeats, cache=False).node_ms(graph)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            forward_ms = median_ms(lambda: model(x), warmup, repeats)
-    finally:
-        torch.set_num_threads(previous)
+    with torch.no_grad():
+        forward_ms = median_ms(lambda: model(x), warmup, repeats)
     row = {"nodes": len(graph), "trace_ms": trace_ms, "graph_ms": graph_ms, "gflop": graph.total_flops / 1e9,
            "param_mb": sum(n.param_bytes for n in graph.nodes.values()) / 1e6,
            "local_nodes_ms": sum(local.values()), "local_forward_ms": forward_ms}
@@ -84,6 +79,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown model(s) {unknown}; accepted: {model_names()}")
     boards = {b: board(b) for b in BOARDS}
+    torch.set_num_threads(args.threads)  # extraction's shape propagation too: spare cores keep timings steady
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{args.threads} thread(s), median of {args.repeats} after {args.warmup} warm-up\n")
     print("| model | nodes | trace ms | graph ms | GFLOP | params MB | 1080 Ti ms | Xavier ms | local Σ nodes ms "

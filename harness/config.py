@@ -46,6 +46,7 @@ class ScenarioConfig:
     in_flight: int = 1
     deadline_ms: Optional[float] = None
     estimator: str = "last"  # dynamic: how the runtime estimates bandwidth before each decision
+    interval_ms: float = 500.0  # dynamic: emulated time between inference arrivals
 
 
 @dataclass
@@ -111,6 +112,9 @@ def validate(cfg: DictConfig) -> None:
     _require(scenario.inferences >= 1, f"scenario.inferences must be >= 1, got {scenario.inferences}")
     _require(scenario.warmup >= 0, f"scenario.warmup must be >= 0, got {scenario.warmup}")
     _require(scenario.in_flight >= 1, f"scenario.in_flight must be >= 1, got {scenario.in_flight}")
+    _require(scenario.interval_ms > 0, f"scenario.interval_ms must be > 0, got {scenario.interval_ms}")
+    _require(scenario.estimator in ("last", "oracle"),
+             f"scenario.estimator={scenario.estimator!r} is not one of ['last', 'oracle']")
     _require(scenario.deadline_ms is None or scenario.deadline_ms > 0,
              f"scenario.deadline_ms must be > 0 or null, got {scenario.deadline_ms}")
     _require(scenario.name != "dynamic" or link.trace is not None,

@@ -29,6 +29,7 @@ class Redecider:
     trace: Trace
     estimator: str
     initial_mbps: float
+    interval_ms: float
     delay_ms: float
     make_stage_plans: Callable[[Plan], list[dict[str, Any]]]
     current: frozenset[str]
@@ -48,6 +49,10 @@ class Redecider:
                                   result.tdf).start()
 
         def before_issue(seq: int) -> None:
+            # Inferences arrive every interval_ms of emulated time, so that the run walks through the trace.
+            due_ns = self.player.start_ns + int(seq * self.interval_ms * 1e6 * result.tdf)
+            if (wait_ns := due_ns - time.monotonic_ns()) > 0:
+                time.sleep(wait_ns / 1e9)
             if seq > 0 and self.sends_data:  # the previous transfer's ACK report is the measurement
                 wait_for_span(controller, result, seq - 1, "send")
             self.estimate_mbps = self._estimate(seq, result)

@@ -15,6 +15,7 @@ from hardware.profiles import LocalProfile, Profile, write_table
 from hardware.topology import Hardware
 from harness.config import method_kind, validate
 from harness.costs import cut_problem
+from harness.dynamic import Redecider
 from harness.graph import ModelGraph, build_graph, crossing_tensors
 from harness.measure import latency_metrics, link_metrics, throughput_ips, timeline_figure
 from harness.models import ModelSpec, make_input
@@ -22,6 +23,7 @@ from harness.network import LinkSpec
 from harness.records import RunRecord
 from harness.runtime import RunFailed, RunResult, WorkerSpec, latencies_ms, run_workers
 from harness.submodels import full_assignment
+from harness.traces import load_trace
 from partitioners.base import LinkState, Partitioner, Plan, device_side_of
 
 log = logging.getLogger("splitbench")
@@ -159,12 +161,41 @@ def run_experiment(cfg: DictConfig, rec: RunRecord) -> dict[str, float]:
             metrics[key] = float(plan_json[key])
     pad = not all(is_local(hardware.endpoints[e]) for e in (device, server))
     tdf = _tdf(cfg, graph, plan, hardware, node_ms, pad, concurrent=2 if cfg.scenario.in_flight > 1 else 1)
-    workers, first = cut_workers(cfg, graph, plan, hardware, node_ms, tdf, pad)
-    result = run_workers([device, server], [(device, server, LinkSpec.from_config(cfg.link))], workers, first,
-                         OmegaConf.to_container(cfg.scenario), tdf, float(cfg.runtime.timeout_s),
-                         int(cfg.runtime.max_payload_mb) << 20, backend=cfg.runtime.backend,
-                         compensate_headers=bool(cfg.link.compensate_headers))
+    dynamic = cfg.scenario.name == "dynamic"
+    workers, first = cut_workers(cfg, graph, plan, hardware, node_ms, tdf, pad, keep_model=dynamic)
+    redecider = None
+    if dynamic:
+        first_plans = stage_plans(graph, plan, hardware.cut_roles, node_ms)
+        redecider = Redecider(
+            method=method, prepared=prepared, trace=load_trace(cfg.link.trace), estimator=cfg.scenario.estimator,
+            initial_mbps=float(cfg.link.bandwidth_mbps), interval_ms=float(cfg.scenario.interval_ms), delay_ms=float(cfg.link.delay_ms),
+            make_stage_plans=lambda p: stage_plans(graph, p, hardware.cut_roles, node_ms),
+            current=frozenset(device_side_of(plan)),
+            sends_data=bool(first_plans[0]["send"]) and max(first_plans[0]["assignment"].values()) == 1)
+    try:
+        result = run_workers([device, server], [(device, server, LinkSpec.from_config(cfg.link))], workers, first,
+                             OmegaConf.to_container(cfg.scenario), tdf, float(cfg.runtime.timeout_s),
+                             int(cfg.runtime.max_payload_mb) << 20, backend=cfg.runtime.backend,
+                             compensate_headers=bool(cfg.link.compensate_headers),
+                             make_hook=redecider.hook if redecider else None)
+    finally:
+        if redecider is not None:
+            redecider.close()
+    if redecider is not None:
+        _record_decisions(rec, redecider.decisions, metrics)
     return _finish(cfg, rec, graph, result, metrics)
+
+
+def _record_decisions(rec: RunRecord, decisions: list[dict[str, Any]], metrics: dict[str, float]) -> None:
+    """Every re-decision of a dynamic run: artifact, per-inference series and summary metrics."""
+    rec.artifact_json(decisions, "decisions.json")
+    rec.series("estimate_mbps", [d["estimate_mbps"] for d in decisions])
+    rec.series("true_mbps", [d["true_mbps"] for d in decisions])
+    rec.series("decision_ms", [d["decision_ms"] for d in decisions])
+    errors = [abs(d["estimate_mbps"] - d["true_mbps"]) / d["true_mbps"] for d in decisions]
+    metrics["decision_time_ms"] = statistics.median(d["decision_ms"] for d in decisions)
+    metrics["plan_switches"] = sum(d["switched"] for d in decisions)
+    metrics["estimate_rel_error"] = statistics.mean(errors)
 
 
 def _tdf(cfg: DictConfig, graph: ModelGraph, plan: Plan, hardware: Hardware, node_ms: dict[str, dict[str, float]],

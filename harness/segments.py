@@ -63,18 +63,24 @@ class RowWindow:
         return cls(kernel=1, stride=1, pad_top=0, in_height=height, out_height=height)
 
     def span(self, start: Any, stop: Any) -> tuple[Any, Any]:
-        """Input rows of output rows [start, stop), before clipping to the image (ints or numpy arrays)."""
+        """Input rows of non-empty output rows [start, stop), before clipping to the image (ints or numpy arrays)."""
         return start * self.stride - self.pad_top, (stop - 1) * self.stride - self.pad_top + self.kernel
 
     def input_rows(self, out_rows: Rows) -> Rows:
-        """The input rows that exist in the image and that output rows ``out_rows`` read."""
+        """The input rows that exist in the image and that output rows ``out_rows`` read; ``(0, 0)`` when they read
+        none (no output rows, or rows that see only padding, as with a padding wider than the kernel)."""
+        if out_rows[1] <= out_rows[0]:
+            return 0, 0
         lo, hi = self.span(*out_rows)
-        return max(0, lo), min(self.in_height, hi)
+        lo, hi = max(0, lo), min(self.in_height, hi)
+        return (lo, hi) if hi > lo else (0, 0)
 
     def border_pads(self, out_rows: Rows) -> tuple[int, int]:
         """Rows of padding above and below the band: non-zero only where the band meets the image's border."""
+        if out_rows[1] <= out_rows[0]:
+            return 0, 0
         lo, hi = self.span(*out_rows)
-        return max(0, -lo), max(0, hi - self.in_height)
+        return min(max(0, -lo), hi - lo), min(max(0, hi - self.in_height), hi - lo)
 
 
 def rows_through(windows: Sequence[RowWindow], out_rows: Rows) -> list[Rows]:
@@ -107,6 +113,11 @@ class RowOp:
     def __init__(self, node: str, window: RowWindow) -> None:
         self.node = node
         self.window = window
+        self.out_channels = self.out_width = 0  # set from the graph: the shape of an empty result
+
+    def empty(self, band: torch.Tensor) -> torch.Tensor:
+        """No output rows (a later layer's rows see only padding): an empty result of the right shape."""
+        return band.new_zeros((band.shape[0], self.out_channels, 0, self.out_width))
 
     def __call__(self, band: torch.Tensor, out_rows: Rows) -> torch.Tensor:
         raise NotImplementedError
@@ -199,15 +210,19 @@ def _row_op(graph: ModelGraph, fx_node: fx.Node) -> RowOp | str:
     if shape is None or len(shape) != 4 or in_shape is None or len(in_shape) != 4:
         return f"{node.kind} gives shape {shape}, not an N×C×H×W feature map"
     h_in, h_out = in_shape[2], shape[2]
+    op: RowOp | str
     if node.op == "call_module":
-        mod = graph.module.get_submodule(fx_node.target)
-        return _module_op(node.name, mod, h_in, h_out, shape[3])
-    if node.op in ("call_function", "call_method") and node.kind in _POINTWISE_CALLS:
+        op = _module_op(node.name, graph.module.get_submodule(fx_node.target), h_in, h_out, shape[3])
+    elif node.op in ("call_function", "call_method") and node.kind in _POINTWISE_CALLS:
         operands = [a for a in [*fx_node.args, *fx_node.kwargs.values()] if isinstance(a, fx.Node)]
         if len(operands) != 1:
             return f"{node.kind} combines {len(operands)} tensors ({', '.join(a.name for a in operands)}): a merge"
-        return _Pointwise(node.name, h_out, _call(fx_node))
-    return f"{node.kind} ({node.op}) is not a row-local layer"
+        op = _Pointwise(node.name, h_out, _call(fx_node))
+    else:
+        return f"{node.kind} ({node.op}) is not a row-local layer"
+    if isinstance(op, RowOp):
+        op.out_channels, op.out_width = shape[1], shape[3]
+    return op
 
 
 def _call(fx_node: fx.Node) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -410,15 +425,15 @@ def run_segment(ops: Sequence[RowOp], band: torch.Tensor, in_rows: Rows, out_row
     if band.dim() != 4 or band.shape[2] != b - a:
         raise ValueError(f"band of shape {list(band.shape)} does not hold input rows {list(in_rows)} "
                          f"({b - a} rows of an N×C×H×W map)")
-    if not a <= lo < hi <= b:
+    if hi > lo and not a <= lo < hi <= b:
         raise ValueError(f"output rows {list(out_rows)} of block {ops[0].node}..{ops[-1].node} need input rows "
                          f"[{lo}, {hi}), but the band holds [{a}, {b})")
-    x = band[:, :, lo - a:hi - a]
+    x = band[:, :, lo - a:hi - a] if hi > lo else band[:, :, :0]
     if ops[0].pointwise:
         x = x.clone()  # an in-place activation must not write into the caller's tensor
     with torch.no_grad():
         for op, rows in zip(ops, ranges[1:]):
-            x = op(x, rows)
+            x = op(x, rows) if rows[1] > rows[0] else op.empty(x)
     return x
 
 

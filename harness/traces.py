@@ -114,7 +114,10 @@ class TracePlayer:
             wait = self.start_ns / 1e9 + t_s * self.tdf - time.monotonic_ns() / 1e9
             if self.stop_event.wait(max(0.0, wait)):
                 return
-            self.set_rate(mbps)
+            try:
+                self.set_rate(mbps)
+            except RuntimeError:  # the topology went down: the run is over
+                return
 
     def stop(self) -> None:
         self.stop_event.set()

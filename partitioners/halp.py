@@ -65,10 +65,12 @@ def size_tables(problem: SpatialProblem, first: int, last: int) -> dict[str, Siz
         a = {"top": np.zeros_like(sizes), "middle": (height - sizes) // 2, "bottom": height - sizes}[place]
         b = a + sizes
         rows_out = []  # rows each layer outputs, last layer first
-        for window in reversed(windows):
+        for window in reversed(windows):  # RowWindow.input_rows on every size at once
             rows_out.append(b - a)
             lo, hi = window.span(a, b)
-            a, b = np.maximum(lo, 0), np.minimum(hi, window.in_height)
+            lo, hi = np.maximum(lo, 0), np.minimum(hi, window.in_height)
+            keep = (b > a) & (hi > lo)  # none for no rows, or for rows that see only padding
+            a, b = np.where(keep, lo, 0), np.where(keep, hi, 0)
         rows_out.reverse()
         compute = {e: sum((layer.ms(e, np.where(used, rows, 0))
                            for layer, rows in zip(problem.layers[first:last + 1], rows_out)), np.zeros(height + 1))
