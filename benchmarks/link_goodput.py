@@ -4,8 +4,9 @@ For each rate and tensor size: a device -> server transfer through two namespace
 the sender from the first byte until the receiver's ACK is back. Goodput / configured rate with header compensation
 (qdisc rate x 1514/1448) and without; and the wire protocol (88-byte header, tensor received into a preallocated
 tensor, 88-byte ACK frame) against a raw socket (``sendall`` of the same bytes, 1-byte ack) on the same compensated
-link: the ratio of their times. Medians over repeats (5x for transfers under 0.5 s), wire and raw interleaved. Combinations whose transfer would
-take longer than ``--max-seconds`` are skipped and marked so. Goal: >= 0.95 for tensors >= 1 MB; overhead <= 2 %.
+link: the ratio of their times. Medians over repeats (5x for transfers under 0.5 s), wire and raw interleaved.
+Combinations whose transfer would take longer than ``--max-seconds`` are skipped and marked so.
+Goal: >= 0.95 for tensors >= 1 MB; overhead <= 2 %.
 
     PYTHONPATH=. .venv/bin/python benchmarks/link_goodput.py --quick     # one repeat, skip transfers > 8 s
     PYTHONPATH=. .venv/bin/python benchmarks/link_goodput.py             # three repeats, skip transfers > 20 s

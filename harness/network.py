@@ -46,8 +46,10 @@ PAYLOAD_BYTES = 1448  # TCP payload of that segment (MSS 1460 minus the 12-byte 
 HEADER_FACTOR = FRAME_BYTES / PAYLOAD_BYTES
 BURST_S = 0.001  # tbf/htb bucket: 1 ms of traffic (timer-friendly at 1 Gbit/s) but never less than one frame
 MIN_BURST_BYTES = 1600
-QUEUE_S = 0.1  # queue bound in time at the link rate, with a floor so that slow links do not drop bursts
-MIN_QUEUE_BYTES = 64 * 1024
+# Queue bound: deeper than one TCP flow's send buffer (4 MiB here), so that the qdisc never drops: a drop at the tail
+# of a tensor waits for a retransmission timeout (>= 200 ms on Linux); loss is netem's job.
+QUEUE_S = 0.1
+MIN_QUEUE_BYTES = 16 * 1024 * 1024
 MAX_KERNEL_RATE = (1 << 32) - 1  # tbf and netem carry the rate as u32 bytes/s
 SUBNET = (10, 213)  # the harness owns 10.213.0.0/16: one /30 per link
 LOOPBACK = (127, 213)  # without root: distinct loopback addresses, the same plan
@@ -311,9 +313,6 @@ class _Link:
     ifname: dict[str, str] = field(default_factory=dict)
     address: dict[str, str] = field(default_factory=dict)
 
-    def peer(self, endpoint: str) -> str:
-        return self.b if endpoint == self.a else self.a
-
 
 @dataclass
 class _Spawned:
@@ -381,6 +380,8 @@ class Topology:
         self._up = False
         self._down = False
         self._previous_handlers: dict[int, Any] = {}
+        self._tearing_down: threading.Thread | None = None
+        self._deferred_signal: int | None = None
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -667,28 +668,38 @@ class Topology:
                 self._down = True
                 return
             self._down = True
-            self._watch_stop.set()
-            log.info("topology down (%s)", reason)
-            self._kill_spawned()
-            for link in self._links:
-                ip = self._ipr.get(link.a)
-                if ip is None:
-                    continue
-                try:
-                    ip.link("del", ifname=link.ifname[link.a])  # takes the peer end and both qdiscs with it
-                except Exception as err:  # noqa: BLE001 - keep removing the rest
-                    if not (isinstance(err, NetlinkError) and err.code == errno.ENODEV):
-                        log.warning("could not delete %s: %s", link.ifname[link.a], err)
-            for ip in self._ipr.values():
-                ip.close()
-            self._ipr.clear()
-            ours = f"{self.prefix}{self.owner_pid}-{self.instance}-"
-            for name in [n for n in netns.listnetns() if n.startswith(ours)]:
-                try:
-                    _remove_namespace(name, self.prefix)
-                except Exception as err:  # noqa: BLE001
-                    log.warning("could not remove namespace %s: %s", name, err)
-            self._namespaces.clear()
+            self._tearing_down = threading.current_thread()
+            try:
+                self._remove_everything(reason)
+            finally:
+                self._tearing_down = None
+        if self._deferred_signal is not None and threading.current_thread() is threading.main_thread():
+            signum, self._deferred_signal = self._deferred_signal, None
+            self._redeliver(signum, None)
+
+    def _remove_everything(self, reason: str) -> None:
+        self._watch_stop.set()
+        log.info("topology down (%s)", reason)
+        self._kill_spawned()
+        for link in self._links:
+            ip = self._ipr.get(link.a)
+            if ip is None:
+                continue
+            try:
+                ip.link("del", ifname=link.ifname[link.a])  # takes the peer end and both qdiscs with it
+            except Exception as err:  # noqa: BLE001 - keep removing the rest
+                if not (isinstance(err, NetlinkError) and err.code == errno.ENODEV):
+                    log.warning("could not delete %s: %s", link.ifname[link.a], err)
+        for ip in self._ipr.values():
+            ip.close()
+        self._ipr.clear()
+        ours = f"{self.prefix}{self.owner_pid}-{self.instance}-"
+        for name in [n for n in netns.listnetns() if n.startswith(ours)]:
+            try:
+                _remove_namespace(name, self.prefix)
+            except Exception as err:  # noqa: BLE001
+                log.warning("could not remove namespace %s: %s", name, err)
+        self._namespaces.clear()
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -712,8 +723,15 @@ class Topology:
     def _on_signal(self, signum: int, frame: Any) -> None:
         if os.getpid() != self.owner_pid:
             os._exit(128 + signum)  # a forked child between fork and exec: die as the default would
-        previous = self._previous_handlers.get(signum, signal.SIG_DFL)
+        if self._tearing_down is threading.current_thread():
+            self._deferred_signal = signum  # finish removing everything first; delivered right after
+            return
         self._teardown(f"signal {signal.Signals(signum).name}")
+        self._redeliver(signum, frame)
+
+    def _redeliver(self, signum: int, frame: Any) -> None:
+        """Hand the signal to whoever handled it before us, now that nothing of ours is left."""
+        previous = self._previous_handlers.get(signum, signal.SIG_DFL)
         self._restore_signal_handlers()
         if callable(previous):
             previous(signum, frame)

@@ -156,6 +156,7 @@ class Controller:
                 result.peak_rss_mb[ep.name] = float(frame.obj["peak_rss_mb"])
                 result.overruns[ep.name] = int(frame.obj["overruns"])
                 pending.discard(ep.name)
+                self.selector.unregister(ep.sock)  # it exits now: its end-of-stream is not a failure
             else:
                 absorb(frame, result)
         for ep in self.endpoints.values():
@@ -224,6 +225,7 @@ def drive(controller: Controller, first: str, total: int, warmup: int, in_flight
         while issued < total and issued - done < limit:
             if before_issue is not None:
                 before_issue(issued)
+            result.starts_ns[issued] = time.monotonic_ns()  # the measurer's clock: a query starts when issued
             controller.send(first, {"cmd": "infer", "seq": issued})
             issued += 1
         _, frame = controller.next_message()
@@ -259,9 +261,6 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
             raise
         finally:
             controller.close()
-    for span in result.spans:
-        if span["kind"] == "compute" and span["endpoint"] == first:
-            result.starts_ns[span["seq"]] = min(result.starts_ns.get(span["seq"], span["start_ns"]), span["start_ns"])
     return result
 
 
@@ -276,6 +275,10 @@ def _resolve_addresses(setup: dict[str, Any], topology: Topology) -> dict[str, A
             setup[key] = [host, port]
     if "pacer" in setup and isinstance(setup["pacer"], dict) and "peer" in setup["pacer"]:
         setup["pacer"] = topology.pacer_config(me, setup["pacer"]["peer"])
+    if "peers" in setup:  # a spatial host dials every secondary
+        setup["peers"] = {e: [topology.address(e, me), int(p["port"])] for e, p in setup["peers"].items()}
+    if "pacers" in setup:
+        setup["pacers"] = {e: topology.pacer_config(me, p["peer"]) for e, p in setup["pacers"].items()}
     return setup
 
 

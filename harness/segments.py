@@ -59,7 +59,7 @@ class RowWindow:
     out_height: int
 
     @classmethod
-    def identity(cls, height: int) -> "RowWindow":
+    def identity(cls, height: int) -> RowWindow:
         return cls(kernel=1, stride=1, pad_top=0, in_height=height, out_height=height)
 
     def span(self, start: Any, stop: Any) -> tuple[Any, Any]:

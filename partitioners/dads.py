@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Iterable
 
 from partitioners.base import CutProblem, LinkState, Partitioner, Plan, cut_plan
-from partitioners.flow import (CutGraph, Cut, FLOWS, NetworkxCut, ScipyCut, check_choice, cheapest, min_cut_solver,
+from partitioners.flow import (FLOWS, Cut, CutGraph, NetworkxCut, ScipyCut, check_choice, cheapest, min_cut_solver,
                                ms_per_byte, zero_crossing_cut)
 
 OBJECTIVES = ("latency", "throughput")
@@ -52,39 +53,43 @@ class DADS(Partitioner):
     def decide(self, prepared: Network, link: LinkState) -> Plan:
         if self.objective == "latency":
             return cut_plan(self.name, prepared.problem, set(self.best_cut(prepared, link).device), link)
-        cut, stages, (alpha, gamma) = self.throughput_cut(prepared, link)
+        cut, weights = self.throughput_cut(prepared, link)
+        stages = prepared.problem.stage_ms(set(cut.device), link)
         return cut_plan(self.name, prepared.problem, set(cut.device), link,
-                        {"stage_ms": list(stages), "alpha": alpha, "gamma": gamma})
+                        {"stage_ms": list(stages), "alpha": weights[0], "gamma": weights[1]})
 
     def best_cut(self, prepared: Network, link: LinkState) -> Cut:
-        """The decision without its plan: DSL's cut of least latency, or DSH's cut (``throughput_cut``)."""
+        """The decision without its plan: DSL's cut of least latency, or DSH's (``throughput_cut``)."""
         if self.objective == "throughput":
             return self.throughput_cut(prepared, link)[0]
         cut = Cut.of(prepared.graph, prepared.solver.solve(ms_per_byte(link)))
         return cheapest(cut, prepared.silent, link)
 
-    def throughput_cut(self, prepared: Network, link: LinkState) -> tuple[Cut, tuple[float, float, float],
-                                                                        tuple[float, float]]:
-        """DSH: the cut with the smallest bottleneck stage found by the alpha/gamma search, its stages and weights."""
+    def throughput_cut(self, prepared: Network, link: LinkState) -> tuple[Cut, tuple[float | None, float | None]]:
+        """DSH: the cut with the smallest bottleneck stage found by the alpha/gamma search, and its weights."""
         graph, x = prepared.graph, ms_per_byte(link)
         seen: dict[tuple[float, float], tuple[tuple[float, float], tuple[int, ...]]] = {}
 
-        def evaluate(alpha: float, gamma: float) -> tuple[tuple[float, float], tuple[int, ...]]:
-            if (alpha, gamma) not in seen:
-                groups = tuple(prepared.solver.solve(x, alpha, gamma))
-                dev, nbytes, srv = graph.stages(groups)
-                stages = (dev, x * nbytes, srv)
-                seen[(alpha, gamma)] = ((max(stages), dev + x * nbytes + srv), groups)  # ties: lower latency
-            return seen[(alpha, gamma)]
+        def score(groups: Iterable[int]) -> tuple[float, float]:
+            dev, nbytes, srv = graph.stages(groups)
+            return max(dev, x * nbytes, srv), dev + x * nbytes + srv  # the bottleneck; ties: lower latency
+
+        def evaluate(weights: tuple[float, float]) -> tuple[tuple[float, float], tuple[int, ...]]:
+            if weights not in seen:
+                groups = tuple(prepared.solver.solve(x, *weights))
+                seen[weights] = (score(groups), groups)
+            return seen[weights]
 
         k = self.grid_exponents
         grid = [2.0**e for e in range(-k, k + 1)]
-        best = min(itertools.product(grid, grid), key=lambda w: evaluate(*w)[0])
+        best = min(itertools.product(grid, grid), key=lambda w: evaluate(w)[0])
         step = 2.0
         for _ in range(self.refine_rounds):
             step = step**0.5
-            around = [(best[0] * fa, best[1] * fg) for fa, fg in itertools.product((1 / step, 1.0, step), repeat=2)]
-            best = min(around, key=lambda w: evaluate(*w)[0])
-        groups = evaluate(*best)[1]
-        dev, nbytes, srv = graph.stages(groups)
-        return Cut.of(graph, groups), (dev, link.transfer_ms(nbytes), srv), best
+            best = min(((best[0] * fa, best[1] * fg) for fa, fg in itertools.product((1 / step, 1.0, step), repeat=2)),
+                       key=lambda w: evaluate(w)[0])
+        # DSL may prefer the cut that sends nothing (it pays no delay): keep DSH never worse than DSL.
+        silent = [g for g in range(len(graph)) if graph.members[g][0] in prepared.silent.device]
+        if score(silent) < evaluate(best)[0]:
+            return prepared.silent, (None, None)
+        return Cut.of(graph, evaluate(best)[1]), best

@@ -146,13 +146,18 @@ class HALP(Partitioner):
     def balance(self, prepared: Tables, first: int, last: int,
                 links: Mapping[str, LinkState]) -> tuple[Block, float]:
         """Block ``first..last`` with segment sizes that make the host and the secondaries finish together, using
-        the first m secondaries for the best m (m = 0: the host alone); returns the block and its time."""
+        m secondaries for the best m (m = 0: the host alone); returns the block and its time."""
         problem = prepared.problem
         tables = prepared.blocks[(first, last)]
+        height = problem.layers[last].out_height
+        # The m best-placed secondaries (fastest link, then fastest compute), kept in send order.
+        ranked = sorted(problem.secondaries, key=lambda e: (-links[e].bandwidth_mbps, links[e].delay_ms,
+                                                            tables.places["top"].compute_ms[e][height]))
         best: tuple[Block, float] | None = None
-        for used in range(len(problem.secondaries) + 1):
-            shares = self._shares(problem, tables, first, last, links, used)
-            block = self._layout(problem, first, last, shares)
+        for used in range(len(ranked) + 1):
+            chosen = [e for e in problem.secondaries if e in ranked[:used]]
+            shares = self._shares(problem, tables, first, last, links, chosen)
+            block = self._layout(problem, first, last, chosen, shares)
             makespan = block_timing(problem, block, links).makespan_ms
             if best is None or makespan < best[1]:
                 best = (block, makespan)
@@ -160,15 +165,16 @@ class HALP(Partitioner):
 
     @staticmethod
     def _shares(problem: SpatialProblem, tables: BlockTables, first: int, last: int,
-                links: Mapping[str, LinkState], used: int) -> list[int]:
-        """Rows for each of the first ``used`` secondaries: bisection on the common finish time T."""
+                links: Mapping[str, LinkState], chosen: list[str]) -> list[int]:
+        """Rows for each secondary in ``chosen`` (in send order): bisection on the common finish time T."""
+        used = len(chosen)
         if used == 0:
             return []
         height = problem.layers[last].out_height
         in_bpr, out_bpr = problem.layers[first].in_bytes_per_row, problem.layers[last].out_bytes_per_row
         sizes = np.arange(height + 1)
         send, finish = [], []  # per secondary and row count: send time; send + compute + return (running max)
-        for e, place in zip(problem.secondaries, segment_places(used)):
+        for e, place in zip(chosen, segment_places(used)):
             link, table = links[e], tables.places[place]
             sending = link.transfer_ms(table.in_rows * in_bpr)
             total = sending + np.where(sizes > 0, link.delay_ms + table.compute_ms[e]
@@ -198,11 +204,10 @@ class HALP(Partitioner):
         return shares
 
     @staticmethod
-    def _layout(problem: SpatialProblem, first: int, last: int, shares: list[int]) -> Block:
+    def _layout(problem: SpatialProblem, first: int, last: int, used: list[str], shares: list[int]) -> Block:
         """``[S1 | O]`` for one secondary, ``[S1 | O1 | S2 | ... | Sm]`` for several, all host rows for none."""
         height = problem.layers[last].out_height
         host_rows = height - sum(shares)
-        used = problem.secondaries[:len(shares)]
         if len(used) <= 1:
             rows = [*zip(used, shares), (problem.host, host_rows)]
         else:

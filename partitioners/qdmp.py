@@ -37,7 +37,8 @@ def cut_vertices(problem: CutProblem) -> list[str]:
 
 @dataclass
 class Segment:
-    """The cuts holding cut vertex ``after`` and not ``before`` (None: no such bound): a min-cut or one cut."""
+    """The cuts holding cut vertices c_1..c_k and not c_k+1: the free nodes between them, the rest merged into one
+    node pinned to the device and one pinned to the server."""
 
     graph: CutGraph
     solver: NetworkxCut | ScipyCut | None  # None: nothing is free, the only cut is ``fixed``
@@ -46,6 +47,8 @@ class Segment:
 
 @dataclass
 class Segments:
+    """What ``prepare`` leaves for the online decision."""
+
     problem: CutProblem
     segments: list[Segment]
     silent: Cut

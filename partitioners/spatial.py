@@ -65,13 +65,21 @@ class LayerCost:
 class SpatialProblem:
     """A model's spatial prefix with per-endpoint costs, and the suffix the host runs after it."""
 
-    model: str
+    graph: ModelGraph = field(repr=False)
+    node_ms: dict[str, dict[str, float]] = field(repr=False)  # endpoint -> node -> ms
     endpoints: list[str]  # the host first
-    input: str
-    layers: list[LayerCost]
+    prefix: SpatialPrefix = field(repr=False)
+    layers: list[LayerCost]  # the prefix's layers: geometry (rows, heights), bytes per row, costs
     suffix_nodes: list[str]
     suffix_ms: dict[str, float]  # per endpoint
-    prefix: SpatialPrefix = field(repr=False)
+
+    @property
+    def model(self) -> str:
+        return self.graph.name
+
+    @property
+    def input(self) -> str:
+        return self.graph.input_name
 
     @property
     def host(self) -> str:
@@ -118,8 +126,9 @@ def spatial_problem(graph: ModelGraph, node_ms_by_endpoint: Mapping[str, Mapping
                                 fixed, scaled))
     in_prefix = {graph.input_name, *prefix.nodes}
     suffix = [n for n in graph.order if n not in in_prefix and graph[n].op != "output"]
-    suffix_ms = {e: sum(float(node_ms_by_endpoint[e][n]) for n in suffix) for e in endpoints}
-    return SpatialProblem(graph.name, endpoints, graph.input_name, layers, suffix, suffix_ms, prefix)
+    node_ms = {e: {n: float(t) for n, t in node_ms_by_endpoint[e].items()} for e in endpoints}
+    suffix_ms = {e: sum(node_ms[e][n] for n in suffix) for e in endpoints}
+    return SpatialProblem(graph, node_ms, endpoints, prefix, layers, suffix, suffix_ms)
 
 
 def kernel_overheads_ms(endpoint_profiles: Mapping[str, Any]) -> dict[str, float]:
@@ -218,7 +227,9 @@ def work_by_endpoint(block: Block) -> dict[str, Work]:
     work: dict[str, Work] = {}
     for s in block.segments:
         w = work.setdefault(s.endpoint, Work())
-        w.in_bytes, w.compute_ms, w.out_bytes = w.in_bytes + s.in_bytes, w.compute_ms + s.compute_ms, w.out_bytes + s.out_bytes
+        w.in_bytes += s.in_bytes
+        w.compute_ms += s.compute_ms
+        w.out_bytes += s.out_bytes
     return work
 
 
@@ -316,7 +327,8 @@ def _list_schedule(ops: Mapping[tuple, tuple[str | None, float, float, list[tupl
 def spatial_plan(method: str, problem: SpatialProblem, blocks: Sequence[Block], links: Mapping[str, LinkState],
                  tasks_per_batch: int = 1, pipelined: bool = False, extra: Mapping[str, Any] | None = None) -> Plan:
     """The JSON plan: per block its layers (node names), each endpoint's output and input rows, the bytes every
-    link carries each way, and the predicted times. ``predicted_latency_ms`` is the batch time per task."""
+    link carries each way, and the predicted times. ``predicted_latency_ms`` is the batch time per task;
+    ``bandwidth_mbps`` the slowest secondary link."""
     _check_blocks(problem, blocks)
     done = batch_done_ms(problem, blocks, links, tasks_per_batch, pipelined)
     batch_ms = max(done)
@@ -336,7 +348,8 @@ def spatial_plan(method: str, problem: SpatialProblem, blocks: Sequence[Block], 
                 carried[s.endpoint]["to_secondary_bytes"] += s.in_bytes
                 carried[s.endpoint]["to_host_bytes"] += s.out_bytes
                 seg.update(send_bytes=s.in_bytes, return_bytes=s.out_bytes,
-                           send_ms=float(transfer_ms(link, s.in_bytes)), return_ms=float(transfer_ms(link, s.out_bytes)),
+                           send_ms=float(transfer_ms(link, s.in_bytes)),
+                           return_ms=float(transfer_ms(link, s.out_bytes)),
                            arrived_ms=timing.arrived_ms[s.endpoint], done_ms=timing.done_ms[s.endpoint])
             segments.append(seg)
         for e in problem.secondaries:
@@ -370,8 +383,8 @@ def _check_blocks(problem: SpatialProblem, blocks: Sequence[Block]) -> None:
     expected = 0
     for block in blocks:
         if block.first != expected or block.last < block.first:
-            raise ValueError(f"blocks {[(b.first, b.last) for b in blocks]} do not cover layers 0..{len(problem.layers) - 1} "
-                             "in order")
+            raise ValueError(f"blocks {[(b.first, b.last) for b in blocks]} do not cover layers "
+                             f"0..{len(problem.layers) - 1} in order")
         expected = block.last + 1
     if expected != len(problem.layers):
         raise ValueError(f"blocks end at layer {expected - 1}; the prefix has {len(problem.layers)} layers")

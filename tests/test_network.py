@@ -365,21 +365,21 @@ def test_star_topology_gives_each_link_its_own_subnet():
 HOLDER = textwrap.dedent("""
     import json, sys, time
     from harness.network import LinkSpec, Topology
-    prefix = sys.argv[1]
+    prefix, child_argv = sys.argv[1], sys.argv[2:] or ["sleep", "60"]
     topo = Topology(["device", "server"], [("device", "server", LinkSpec(50.0))], prefix=prefix)
     with topo:
-        child = topo.spawn("server", ["sleep", "60"])
+        child = topo.spawn("server", child_argv)
         print(json.dumps({"names": [topo.netns(e) for e in topo.endpoints], "child": child.pid}), flush=True)
         time.sleep(60)
 """)
 
 
-def start_holder(tmp_path: Path, prefix: str) -> tuple[subprocess.Popen, dict]:
+def start_holder(tmp_path: Path, prefix: str, *child_argv: str) -> tuple[subprocess.Popen, dict]:
     script = tmp_path / "holder.py"
     script.write_text(HOLDER)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(tmp_path / "holder.err", "w") as err:  # a KeyboardInterrupt traceback lands here, not in pytest's log
-        proc = subprocess.Popen([sys.executable, str(script), prefix], stdout=subprocess.PIPE, stderr=err, text=True,
+        proc = subprocess.Popen([sys.executable, str(script), prefix, *child_argv], stdout=subprocess.PIPE, stderr=err, text=True,
                                 env=env)
     line = proc.stdout.readline()
     assert line, f"holder died: rc {proc.wait()}: {(tmp_path / 'holder.err').read_text()}"
@@ -392,11 +392,26 @@ def test_signal_to_a_holder_removes_everything(tmp_path, sig):
     proc, held = start_holder(tmp_path, PREFIX)
     assert set(held["names"]) <= set(netns.listnetns())
     proc.send_signal(sig)
-    rc = proc.wait(timeout=20)
-    assert rc != 0  # it stopped because of the signal, after cleaning up
+    # Python exits an uncaught KeyboardInterrupt by SIGINT; our SIGTERM becomes SystemExit(143) so finally-blocks run
+    assert proc.wait(timeout=20) == (-signal.SIGINT if sig == signal.SIGINT else 128 + signal.SIGTERM)
     assert not set(held["names"]) & set(netns.listnetns())
     assert not [n for n in leftovers(PREFIX) if network._owner_pid(n, PREFIX) == proc.pid]
     assert wait_for(lambda: gone(held["child"]), 5)
+
+
+@needs_root
+def test_second_sigint_during_teardown_does_not_cut_it_short(tmp_path):
+    # The child ignores SIGTERM, so teardown waits its grace period before SIGKILL: the second Ctrl-C lands there.
+    trapped = tmp_path / "trapped"
+    proc, held = start_holder(tmp_path, PREFIX, "sh", "-c", f"trap '' TERM; touch {trapped}; sleep 60")
+    assert wait_for(trapped.exists)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == -signal.SIGINT  # one KeyboardInterrupt, after the cleanup
+    assert not set(held["names"]) & set(netns.listnetns())
+    assert wait_for(lambda: gone(held["child"]), 5)
+    assert "Traceback" in (tmp_path / "holder.err").read_text()
 
 
 @needs_root

@@ -3,6 +3,7 @@ the spatial prefix stops with an error that names the node (resnet18's residual 
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -41,7 +42,7 @@ def split_and_join(graph: ModelGraph, values: dict[str, torch.Tensor], nodes: li
     ops = prefix.block(nodes)
     x = values[prefix.block_input(nodes)]
     pieces = []
-    for rows in zip(cuts, cuts[1:]):
+    for rows in itertools.pairwise(cuts):
         lo, hi = (0, x.shape[2]) if whole_band else segment_input_rows(ops, rows)
         pieces.append((rows, run_segment(ops, x[:, :, lo:hi], (lo, hi), rows)))
     return join_rows(pieces, cuts[-1])
@@ -61,7 +62,7 @@ def uneven_cuts(rng: random.Random, height: int, segments: int) -> list[int]:
             k = rng.randrange(len(inner))
             start = rng.randrange(1, height - 1)
             inner = sorted(set(inner[:k] + [start, start + 1] + inner[k + 1:]))[:segments]
-        inner = sorted(set(min(max(c, 1), height - 1) for c in inner))
+        inner = sorted({min(max(c, 1), height - 1) for c in inner})
     return [0, *inner, height]
 
 
@@ -173,11 +174,27 @@ def test_elementwise_calls_same_padding_and_identity_adaptive_pool():
 def test_segment_does_not_write_into_the_band():
     model = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(2, 2, 3, padding=1)).eval()
     x = torch.randn(1, 2, 12, 6)
-    graph = graph_from_module(model, ModelSpec("inplace", "tests", tuple(x.shape)), x)
+    graph = graph_from_module(model, ModelSpec("inplace", "tests", tuple(x.shape)), x.clone())  # tracing runs it
     ops = spatial_prefix(graph).block(["_0", "_1"])
     band = x.clone()
     run_segment(ops, band, (0, 12), (0, 6))
-    assert torch.equal(band, x)
+    assert (x < 0).any() and torch.equal(band, x)
+
+
+def test_border_rows_that_see_only_padding():
+    """A padding wider than the kernel: the first and last output rows read no input row at all."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 1, padding=3), nn.ReLU(), nn.Conv2d(3, 2, 3, padding=3),
+                          nn.AvgPool2d(3, 2, 1, count_include_pad=False)).eval()
+    x = torch.randn(1, 2, 9, 5)
+    graph = graph_from_module(model, ModelSpec("wide_pad", "tests", tuple(x.shape)), x)
+    values = node_values(graph, x)
+    ops = spatial_prefix(graph).block(["_0", "_1", "_2", "_3"])
+    assert segment_input_rows(ops, (0, 1)) == (0, 0)  # nothing to receive: the row is made of padding
+    height = values["_3"].shape[2]
+    for cuts in ([0, 1, height], [0, 1, 2, height - 1, height], [0, height // 2, height]):
+        joined = split_and_join(graph, values, ["_0", "_1", "_2", "_3"], cuts)
+        assert (joined - values["_3"]).abs().max().item() <= TOL, cuts
 
 
 def test_band_and_join_errors_name_the_rows():

@@ -1,0 +1,173 @@
+"""One side of a device/server cut: the device computes its part and ships the crossing tensors; the server
+receives them, computes the rest and reports the result."""
+
+from __future__ import annotations
+
+import gc
+import queue
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from harness import wire
+from harness.channel import Receiver, Sender
+from harness.graph import graph_from_module
+from harness.models import ModelSpec, build_model, make_input
+from harness.network import Pacer
+from harness.stage import Budget, Control, Timeline, accept_data, connect_data, guard, now_ns
+from harness.submodels import Part, split
+
+
+@dataclass
+class StagePlan:
+    """This endpoint's share of one cut plan."""
+
+    part: Part | None  # None: this endpoint has nothing to compute in this plan
+    sends: list[str]
+    recvs: list[str]
+    budget: Budget
+    is_last: bool
+
+
+class CutStage:
+    """One side of a device/server cut: part 0 starts inferences, the last part reports results.
+
+    In a static run the worker builds the model, keeps its own part and drops the rest. With ``keep_model`` (the
+    dynamic scenario, where the method re-decides as the link changes) it keeps the whole model and splits again
+    for each new plan the controller sends.
+    """
+
+    def __init__(self, setup: dict[str, Any], control: Control) -> None:
+        self.setup = setup
+        self.control = control
+        self.spec = ModelSpec.from_config(setup["model"])
+        self.part_index: int = setup["part"]
+        self.is_first = self.part_index == 0
+        self.timeline = Timeline(setup["endpoint"])
+        self.max_payload = int(setup["max_payload"])
+        self.overruns = 0
+        self.graph = graph_from_module(build_model(self.spec), self.spec)
+        self.plan = self.make_plan(setup["plan"])
+        if not setup.get("keep_model"):
+            self.graph = None  # only this endpoint's part stays in memory
+            gc.collect()
+        self.data: socket.socket | None = None
+        pacer = setup.get("pacer")
+        self.pacer = Pacer(**pacer) if pacer else None
+        self.outbox: queue.Queue = queue.Queue()
+
+    def make_plan(self, plan: dict[str, Any]) -> StagePlan:
+        assert self.graph is not None, "a new plan needs the whole model: start the worker with keep_model"
+        parts = split(self.graph, plan["assignment"], keep=[self.part_index])
+        part = next((p for p in parts if p.index == self.part_index), None)
+        return StagePlan(part=part, sends=list(plan["send"]) if self.is_first else [],
+                         recvs=[] if self.is_first else list(plan["recv"]),
+                         budget=Budget(plan["budget_ms"], self.setup["tdf"], self.setup["pad"]),
+                         is_last=self.part_index == max(plan["assignment"].values()))
+
+    def connect(self) -> None:
+        token = self.setup["token"]
+        if "listen" in self.setup:
+            host, port = self.setup["listen"]
+            self.data = accept_data((host, int(port)), token, self.max_payload)
+        if "connect" in self.setup:
+            host, port = self.setup["connect"]
+            self.data = connect_data((host, int(port)), token)
+
+    def compute(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        assert plan.part is not None
+        start = now_ns()
+        with torch.no_grad():
+            out = plan.part.run(values)
+        real_end = now_ns()
+        end, overran = plan.budget.finish(start)
+        self.overruns += overran
+        self.timeline.add(seq, "compute", start, real_end, overran=overran)
+        if end > real_end:
+            self.timeline.add(seq, "pad", real_end, end)
+        return out
+
+    def finish(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]) -> None:
+        end = now_ns()
+        if plan.is_last:
+            self.control.send_tensor(values[self.setup["result"]].contiguous(), seq)
+        self.control.send({"event": "spans", "seq": seq, "spans": self.timeline.take(seq), "done_ns": end,
+                           "final": plan.is_last})
+
+    def send_loop(self) -> None:
+        """Sender thread: ships each inference's crossing tensors, each acknowledged by the peer."""
+        assert self.data is not None
+        sender = Sender(self.data, self.timeline.add, self.pacer, peer="server")
+        while (item := self.outbox.get()) is not None:
+            seq, names, values = item
+            for tag, name in enumerate(names):
+                sender.send(values[name], seq, tag, value=name)
+            self.control.send({"event": "spans", "seq": seq, "spans": self.timeline.take(seq), "final": False})
+
+    def recv_loop(self, ready: queue.Queue) -> None:
+        """Receiver thread: collects each inference's inputs (each tensor acknowledged on arrival)."""
+        assert self.data is not None
+        receiver = Receiver(self.data, self.timeline.add, self.max_payload, peer="device")
+        pending: dict[int, dict[str, torch.Tensor]] = {}
+        while (frame := receiver.recv()) is not None:
+            plan = self.plan
+            if not 0 <= frame.tag < len(plan.recvs):
+                raise wire.FrameError(f"tensor tag {frame.tag} is not one of the {len(plan.recvs)} this plan expects")
+            got = pending.setdefault(frame.seq, {})
+            got[plan.recvs[frame.tag]] = frame.tensor
+            if len(got) == len(plan.recvs):
+                ready.put((frame.seq, plan, pending.pop(frame.seq)))
+
+    def switch_plan(self, command: dict[str, Any]) -> None:
+        self.plan = self.make_plan(command["plan"])
+        self.control.send({"event": "plan_ready", "id": command["id"]})
+
+    def serve(self) -> None:
+        """Run until the controller says stop."""
+        inputs: queue.Queue = queue.Queue()
+        if self.data is not None:
+            worker = self.send_loop if self.is_first else lambda: self.recv_loop(inputs)
+            threading.Thread(target=guard(worker, self.control), daemon=True).start()
+        if self.is_first:
+            self._serve_first()
+        else:
+            self._serve_later(inputs)
+
+    def _serve_first(self) -> None:
+        input_name = self.setup["input"]
+        while True:
+            frame = self.control.recv()
+            command = frame.obj if frame.kind == wire.Kind.JSON else {}
+            if command.get("cmd") == "stop":
+                self.outbox.put(None)
+                return
+            if command.get("cmd") == "plan":
+                self.switch_plan(command)
+                continue
+            if command.get("cmd") != "infer":
+                raise wire.FrameError(f"unexpected control message {command}")
+            seq, plan = int(command["seq"]), self.plan
+            values = self.compute(seq, plan, {input_name: make_input(self.spec, seq)})
+            if plan.sends:
+                self.outbox.put((seq, plan.sends, values))
+            self.finish(seq, plan, values)
+
+    def _serve_later(self, inputs: queue.Queue) -> None:
+        def watch_control() -> None:
+            while True:
+                frame = self.control.recv()
+                command = frame.obj if frame.kind == wire.Kind.JSON else {}
+                if command.get("cmd") == "plan":
+                    self.switch_plan(command)
+                elif command.get("cmd") == "stop":
+                    inputs.put(None)
+                    return
+
+        threading.Thread(target=guard(watch_control, self.control), daemon=True).start()
+        while (item := inputs.get()) is not None:
+            seq, plan, values = item
+            values.update(self.compute(seq, plan, values))
+            self.finish(seq, plan, values)

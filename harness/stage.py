@@ -1,0 +1,146 @@
+"""What every worker stage shares: the clock, the timeline, time-dilation budgets, the control connection and
+the dialling of data links."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from harness import wire
+
+log = logging.getLogger("splitbench.worker")
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM so that the peak we report covers inference, not model construction."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+@dataclass
+class Timeline:
+    """Spans recorded by this worker for one inference: compute, pad, send, recv."""
+
+    endpoint: str
+    spans: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, seq: int, kind: str, start: int, end: int, **extra: Any) -> None:
+        with self.lock:
+            self.spans.append({"seq": seq, "endpoint": self.endpoint, "kind": kind, "start_ns": start,
+                               "end_ns": end, **extra})
+
+    def take(self, seq: int) -> list[dict[str, Any]]:
+        with self.lock:
+            mine = [s for s in self.spans if s["seq"] == seq]
+            self.spans = [s for s in self.spans if s["seq"] != seq]
+        return mine
+
+
+class Budget:
+    """Time dilation: pad real compute up to the emulated device's time × TDF; report overruns."""
+
+    def __init__(self, budget_ms: float, tdf: float, pad: bool) -> None:
+        self.budget_ns = int(budget_ms * tdf * 1e6)
+        self.pad = pad and self.budget_ns > 0  # a part with no emulated cost (views only) is not padded
+
+    def finish(self, start_ns: int) -> tuple[int, bool]:
+        """Sleep until the budget is spent; returns (end time, whether the real compute overran it)."""
+        if not self.pad:
+            return now_ns(), False
+        deadline = start_ns + self.budget_ns
+        overran = now_ns() > deadline
+        while (remaining := deadline - now_ns()) > 0:
+            time.sleep(remaining / 1e9 if remaining > 2_000_000 else 0)
+        return max(now_ns(), deadline), overran
+
+
+class Control:
+    """The control connection: JSON commands in, JSON reports and result tensors out (thread-safe sends)."""
+
+    def __init__(self, sock: socket.socket, max_payload: int) -> None:
+        self.sock = sock
+        self.max_payload = max_payload
+        self.lock = threading.Lock()
+
+    def send(self, obj: dict[str, Any]) -> None:
+        with self.lock:
+            wire.send_json(self.sock, obj)
+
+    def send_tensor(self, tensor: torch.Tensor, seq: int, tag: int = 0) -> None:
+        with self.lock:
+            wire.send_tensor(self.sock, tensor, seq, tag)
+
+    def recv(self) -> wire.Frame:
+        return wire.recv_frame(self.sock, self.max_payload)
+
+
+def connect_data(address: tuple[str, int], token: str, timeout_s: float = 60.0) -> socket.socket:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            sock = socket.create_connection(address, timeout=5)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    wire.send_json(sock, {"hello": "data", "token": token})
+    return sock
+
+
+def accept_data(address: tuple[str, int], token: str, max_payload: int) -> socket.socket:
+    """Accept the peer's data connection, refusing any that does not present the token."""
+    with socket.create_server(address, reuse_port=False) as server:
+        server.settimeout(120)
+        while True:
+            sock, peer = server.accept()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                hello = wire.recv_frame(sock, 64 * 1024)
+                if hello.kind == wire.Kind.JSON and hmac.compare_digest(str(hello.obj.get("token", "")), token):
+                    return sock
+                log.warning("data connection from %s refused: bad hello or token", peer)
+            except (wire.FrameError, wire.ConnectionClosed, OSError) as exc:
+                log.warning("data connection from %s refused: %s", peer, exc)
+            sock.close()
+
+
+def guard(fn: Callable[[], None], control: Control) -> Callable[[], None]:
+    """Run a worker thread; any error is reported to the controller and ends the worker."""
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception as exc:  # report, then die: the controller marks the run FAILED with this reason
+            log.exception("worker thread failed")
+            try:
+                control.send({"event": "error", "reason": f"{type(exc).__name__}: {exc}"})
+            finally:
+                os._exit(3)
+
+    return run

@@ -1,0 +1,328 @@
+"""The min-cut methods: DADS (DSL, DSH), QDMP and CIC (both online modes).
+
+Small random DAGs are checked against brute force over every valid device side; torchvision models at the 34
+bandwidths of the brief against DADS, which the brute force vouches for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from partitioners.base import CutProblem, LinkState, cut_plan, device_side_of
+from partitioners.cic import CIC, Line, _hull, lower_envelope, merge_dominated
+from partitioners.dads import DADS
+from partitioners.flow import CutGraph, NetworkxCut, ScipyCut, ms_per_byte
+from partitioners.qdmp import QDMP, cut_vertices
+
+ROOT = Path(__file__).resolve().parent.parent
+BANDWIDTHS = [float(b) for b in np.logspace(-1, 3, 30)] + [0.13, 1.1, 5.85, 18.88]
+REL = 1e-9
+
+
+# ---- small random DAGs and brute force --------------------------------------------------------------------------
+
+
+def random_problem(seed: int) -> CutProblem:
+    """A seeded DAG of 6-12 nodes: several successors per node, some zero-cost views, some zero-byte tensors."""
+    rng = random.Random(seed)
+    n = rng.randint(6, 12)
+    names = [f"n{i}" for i in range(n)]
+    preds: dict[str, set[str]] = {names[0]: set()}
+    for i in range(1, n):
+        preds[names[i]] = set(rng.sample(names[:i], min(i, rng.choice([1, 1, 2, 2, 3]))))
+    for i in range(n - 1):  # no dead ends: every node feeds a later one
+        if not any(names[i] in preds[m] for m in names[i + 1:]):
+            preds[rng.choice(names[i + 1:])].add(names[i])
+    succs = {m: tuple(k for k in names if m in preds[k]) for m in names}
+    out_bytes, device_ms, server_ms = {}, {}, {}
+    for m in names:
+        if len(preds[m]) == 1 and rng.random() < 0.2:  # a view: free, as large as what it reads
+            (p,) = preds[m]
+            out_bytes[m], device_ms[m], server_ms[m] = out_bytes[p], 0.0, 0.0
+            continue
+        out_bytes[m] = 0 if rng.random() < 0.05 else rng.randint(1_000, 300_000)
+        device_ms[m] = rng.uniform(0.0, 5.0)
+        server_ms[m] = device_ms[m] * rng.uniform(0.05, 2.0)
+    return CutProblem(order=names, preds={m: tuple(sorted(preds[m])) for m in names}, succs=succs,
+                      out_bytes=out_bytes, device_ms=device_ms, server_ms=server_ms, input=names[0],
+                      result=names[-1])
+
+
+def closed_sides(problem: CutProblem) -> list[set[str]]:
+    """Every device side: holds the input and every predecessor of its nodes."""
+    free = [n for n in problem.order if n != problem.input]
+    sides = []
+    for bits in itertools.product((False, True), repeat=len(free)):
+        side = {problem.input} | {n for n, b in zip(free, bits) if b}
+        if all(p in side for n in side for p in problem.preds[n]):
+            sides.append(side)
+    return sides
+
+
+def is_closed(problem: CutProblem, side: set[str]) -> bool:
+    return problem.input in side and all(p in side for n in side for p in problem.preds[n])
+
+
+SEEDS = range(30)
+RANDOM_LINKS = [LinkState(b, d) for b in (0.1, 1.1, 5.85, 18.88, 100.0, 1000.0) for d in (0.0, 3.0)]
+
+
+@pytest.fixture(scope="module")
+def random_cases() -> list[tuple[CutProblem, list[set[str]]]]:
+    return [(p, closed_sides(p)) for p in map(random_problem, SEEDS)]
+
+
+def brute_latency(problem: CutProblem, sides: list[set[str]], link: LinkState) -> float:
+    return min(problem.latency_ms(s, link) for s in sides)
+
+
+def assert_optimal(problem, sides, plan, link, who):
+    side = device_side_of(plan)
+    assert is_closed(problem, side), f"{who}: device side not closed under predecessors"
+    assert plan.predicted_latency_ms == pytest.approx(problem.latency_ms(side, link), rel=REL)
+    best = brute_latency(problem, sides, link)
+    assert plan.predicted_latency_ms == pytest.approx(best, rel=REL), f"{who} at {link}"
+
+
+@pytest.mark.parametrize("method", [DADS(), DADS(flow="scipy"), QDMP(), CIC(), CIC(online="envelope")],
+                         ids=["dads-networkx", "dads-scipy", "qdmp", "cic-mincut", "cic-envelope"])
+def test_random_dags_optimal(random_cases, method):
+    for problem, sides in random_cases:
+        prepared = method.prepare(problem)
+        for link in RANDOM_LINKS:
+            assert_optimal(problem, sides, method.decide(prepared, link), link, method.name)
+
+
+def test_random_dags_have_shared_tensors_and_views(random_cases):
+    """The generator must exercise the auxiliary nodes and the structural merges, or the tests above prove less."""
+    multi = sum(any(len(p.succs[n]) > 1 for n in p.order) for p, _ in random_cases)
+    merged = sum(len(merge_dominated(CutGraph.from_problem(p))) < len(p.order) for p, _ in random_cases)
+    assert multi >= 25 and merged >= 10
+
+
+def test_envelope_matches_brute_force_envelope(random_cases):
+    """The parametric min-cut finds the lower envelope of all cuts' lines, at and between its breakpoints."""
+    for problem, sides in random_cases:
+        graph = CutGraph.from_problem(problem)
+        index = {n: i for i, n in enumerate(problem.order)}
+        every = _hull([Line(*graph.line([index[n] for n in s]), ()) for s in sides])
+        found = lower_envelope(merge_dominated(graph))
+        xs = [x for x, _ in every] + [x for x, _ in found]
+        xs += [x * f for x in xs if x > 0 for f in (0.5, 1.5)] + [1e-9, 1e-3, 1.0, 1e3]
+        for x in xs:
+            expected = min(line.at(x) for _, line in every)
+            assert min(line.at(x) for _, line in found) == pytest.approx(expected, rel=REL, abs=1e-12)
+        for i in range(1, len(found)):  # neighbouring pieces meet at the breakpoint
+            x = found[i][0]
+            assert found[i - 1][1].at(x) == pytest.approx(found[i][1].at(x), rel=REL)
+
+
+def test_dsh_not_worse_than_dsl_and_not_better_than_optimum(random_cases):
+    dsl, dsh = DADS(), DADS(objective="throughput")
+    for problem, sides in random_cases[::2]:
+        p_dsl, p_dsh = dsl.prepare(problem), dsh.prepare(problem)
+        for link in RANDOM_LINKS[1::4]:
+            plan = dsh.decide(p_dsh, link)
+            side = device_side_of(plan)
+            stages = problem.stage_ms(side, link)
+            assert is_closed(problem, side)
+            assert plan.detail["stage_ms"] == pytest.approx(list(stages), rel=REL)
+            assert max(stages) <= max(problem.stage_ms(device_side_of(dsl.decide(p_dsl, link)), link)) * (1 + REL)
+            assert max(stages) >= min(max(problem.stage_ms(s, link)) for s in sides) * (1 - REL)
+
+
+def test_scipy_never_beats_networkx_and_stays_within_resolution(random_cases):
+    for problem, _ in random_cases:
+        graph = CutGraph.from_problem(problem)
+        exact, ticks = NetworkxCut(graph), ScipyCut(graph)
+        for link in RANDOM_LINKS:
+            x = ms_per_byte(link)
+            best = problem.latency_ms(graph.names(exact.solve(x)), dataclasses.replace(link, delay_ms=0.0))
+            found = problem.latency_ms(graph.names(ticks.solve(x)), dataclasses.replace(link, delay_ms=0.0))
+            assert best * (1 - REL) <= found <= best + ScipyCut.resolution_ms * 2 * (len(graph) + len(graph.tensors))
+
+
+# ---- hand-made graphs ---------------------------------------------------------------------------------------------
+
+
+def diamond(device_ms: float = 1.0, server_ms: float = 0.1) -> CutProblem:
+    """x -> a -> {b, c} -> d -> y: a's tensor feeds two nodes and must be paid once."""
+    order = ["x", "a", "b", "c", "d", "y"]
+    preds = {"x": (), "a": ("x",), "b": ("a",), "c": ("a",), "d": ("b", "c"), "y": ("d",)}
+    succs = {n: tuple(m for m in order if n in preds[m]) for n in order}
+    return CutProblem(order, preds, succs, out_bytes={"x": 1000, "a": 10, "b": 500, "c": 500, "d": 400, "y": 4},
+                      device_ms={n: device_ms for n in order}, server_ms={n: server_ms for n in order},
+                      input="x", result="y")
+
+
+def test_shared_tensor_is_paid_once():
+    problem = diamond()
+    plan = DADS().decide(DADS().prepare(problem), LinkState(1.0))
+    # Best: x, a on the device, a's 10 bytes sent once though b and c both read it.
+    assert device_side_of(plan) == {"x", "a"}
+    assert plan.predicted_latency_ms == pytest.approx(2 * 1.0 + 4 * 0.1 + 10 * 8 / 1e3)
+
+
+def test_cut_vertices_of_diamond():
+    assert cut_vertices(diamond()) == ["x", "a", "d", "y"]
+
+
+def test_no_data_back_to_the_device():
+    """Without the reverse arcs, a server-side b could feed a device-side d for free."""
+    problem = diamond(device_ms=0.1, server_ms=1.0)  # the device is faster: everything stays there
+    problem.device_ms["b"], problem.server_ms["b"] = 5.0, 0.0
+    for method in (DADS(), QDMP(), CIC()):
+        plan = method.decide(method.prepare(problem), LinkState(10.0))
+        assert is_closed(problem, device_side_of(plan)), method.name
+
+
+def chain(costs: list[tuple[float, float, int]]) -> CutProblem:
+    """x -> n1 -> n2 ...: (device ms, server ms, out bytes) per node, the input first."""
+    order = ["x"] + [f"n{i}" for i in range(1, len(costs))]
+    return CutProblem(order, {n: tuple(order[i - 1:i]) for i, n in enumerate(order)},
+                      {n: tuple(order[i + 1:i + 2]) for i, n in enumerate(order)},
+                      out_bytes={n: c[2] for n, c in zip(order, costs)},
+                      device_ms={n: c[0] for n, c in zip(order, costs)},
+                      server_ms={n: c[1] for n, c in zip(order, costs)}, input="x", result=order[-1])
+
+
+@pytest.mark.parametrize("costs, best, merged", [
+    # A free view n2 of n1 (same bytes): cutting before or after it ties, so it joins a neighbour.
+    ([(0, 0, 10**6), (1, 1, 100), (0, 0, 100), (100, 1, 4)], [{"x", "n1"}, {"x", "n1", "n2"}], 2),
+    # n2 is no faster on the server but sends far more than n1: the cut between them must survive.
+    ([(0, 0, 10**6), (1, 0.5, 100), (1, 1, 10**6), (100, 1, 4)], [{"x", "n1"}], 3),
+    # n1 shrinks its input: a device side ending at n1 must survive although the server runs n1 faster.
+    ([(0, 0, 10**6), (1, 0.5, 100), (100, 1, 4)], [{"x", "n1"}], 3),
+    # n1 and n2 keep the size and run faster on the server: never end the device side there.
+    ([(0, 0, 10**4), (1, 0.5, 10**4), (1, 0.5, 10**4), (100, 1, 4)], [{"x"}], 2),
+])
+def test_structural_merges_keep_the_cuts_that_matter(costs, best, merged):
+    problem = chain(costs)
+    assert len(merge_dominated(CutGraph.from_problem(problem))) == merged
+    link = LinkState(10.0)
+    for online in ("mincut", "envelope"):
+        method = CIC(online=online)
+        assert device_side_of(method.decide(method.prepare(problem), link)) in best
+
+
+def test_contract_refuses_a_non_convex_merge():
+    graph = CutGraph.from_problem(diamond())
+    with pytest.raises(ValueError, match="cycle"):
+        graph.contract([0, 1, 2, 3, 1, 4])  # a with d, but b between them stays apart
+
+
+def test_cic_plan_table_equals_cut_plan():
+    problem = random_problem(3)
+    for online in ("mincut", "envelope"):
+        method = CIC(online=online)
+        prepared = method.prepare(problem)
+        for link in RANDOM_LINKS:
+            plan = method.decide(prepared, link)
+            reference = cut_plan("cic", problem, device_side_of(plan), link, prepared.extra)
+            assert plan.detail == reference.detail
+            assert plan.predicted_latency_ms == pytest.approx(reference.predicted_latency_ms, rel=1e-12)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: DADS(objective="energy"), r"objective 'energy' is not one of \['latency', 'throughput'\]"),
+    (lambda: DADS(flow="igraph"), r"flow 'igraph' is not one of \['networkx', 'scipy'\]"),
+    (lambda: QDMP(objective="throughput"), r"qdmp: objective 'throughput' is not one of \['latency'\]"),
+    (lambda: CIC(objective="throughput"), r"cic: objective 'throughput' is not one of \['latency'\]"),
+    (lambda: CIC(online="table"), r"cic: online 'table' is not one of \['envelope', 'mincut'\]"),
+])
+def test_bad_options_are_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("method, cls", [("dads", DADS), ("qdmp", QDMP), ("cic", CIC)])
+def test_method_configs_instantiate(method, cls):
+    cfg = OmegaConf.load(ROOT / "conf" / "method" / f"{method}.yaml")
+    if cfg.objective == "auto":  # the harness resolves it from the scenario
+        cfg.objective = "latency"
+    partitioner = instantiate(cfg)
+    assert isinstance(partitioner, cls) and partitioner.name == cfg.name == cls.name and cls.kind == "cut"
+
+
+# ---- torchvision models on the Xavier -> 1080 Ti roofline costs ------------------------------------------------
+
+MODELS = {
+    "resnet50": ("torchvision.models.resnet50", 224, {}),
+    "googlenet": ("torchvision.models.googlenet", 224, {"aux_logits": False, "init_weights": False}),
+    "densenet121": ("torchvision.models.densenet121", 224, {}),
+    "inception_v3": ("torchvision.models.inception_v3", 299, {"aux_logits": False, "init_weights": False}),
+}
+
+
+@pytest.fixture(scope="module")
+def model_problems() -> dict[str, CutProblem]:
+    from harness.costs import cut_problem
+    from harness.graph import build_graph
+    from harness.models import ModelSpec
+
+    device = instantiate(OmegaConf.load(ROOT / "conf" / "profile" / "jetson_agx_xavier.yaml"))
+    server = instantiate(OmegaConf.load(ROOT / "conf" / "profile" / "gtx1080ti.yaml"))
+    problems = {}
+    for name, (target, size, args) in MODELS.items():
+        graph = build_graph(ModelSpec(name, target, (1, 3, size, size), 0, {"weights": None, **args}))
+        problems[name] = cut_problem(graph, device.node_ms(graph), server.node_ms(graph))
+    # The roofline server is faster at every node; a copy with a server sometimes slower has a richer envelope.
+    rng = random.Random(0)
+    resnet = problems["resnet50"]
+    problems["resnet50_mixed"] = dataclasses.replace(
+        resnet, server_ms={n: v * rng.uniform(0.02, 1.5) for n, v in resnet.device_ms.items()})
+    return problems
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [*MODELS, "resnet50_mixed"])
+def test_models_all_methods_equal_dads(model_problems, name):
+    problem = model_problems[name]
+    dads = DADS()
+    reference = dads.prepare(problem)
+    others = [QDMP(), CIC(), CIC(online="envelope"), DADS(flow="scipy")]
+    prepared = [m.prepare(problem) for m in others]
+    cic = prepared[1]
+    assert cic.extra["nodes_before"] == len(problem.order) > cic.extra["nodes_after"] >= 2
+    for bandwidth in BANDWIDTHS:
+        link = LinkState(bandwidth)
+        best = dads.decide(reference, link)
+        assert is_closed(problem, device_side_of(best))
+        assert best.predicted_latency_ms == pytest.approx(problem.latency_ms(device_side_of(best), link), rel=REL)
+        for method, prep in zip(others, prepared):
+            plan = method.decide(prep, link)
+            assert is_closed(problem, device_side_of(plan)), method.name
+            assert plan.predicted_latency_ms == pytest.approx(best.predicted_latency_ms, rel=REL), \
+                (name, method.name, getattr(method, "online", ""), bandwidth)
+
+
+@pytest.mark.slow
+def test_models_dsh_not_worse_than_dsl(model_problems):
+    dsl, dsh = DADS(flow="scipy"), DADS(objective="throughput", flow="scipy")
+    for problem in model_problems.values():
+        p_dsl, p_dsh = dsl.prepare(problem), dsh.prepare(problem)
+        for bandwidth in (0.13, 1.1, 5.85, 18.88, 100.0):
+            link = LinkState(bandwidth)
+            plan = dsh.decide(p_dsh, link)
+            stages = problem.stage_ms(device_side_of(plan), link)
+            assert plan.detail["stage_ms"] == pytest.approx(list(stages), rel=REL)
+            assert max(stages) <= max(problem.stage_ms(device_side_of(dsl.decide(p_dsl, link)), link)) * (1 + REL)
+
+
+def test_delay_prefers_sending_nothing_when_it_pays():
+    problem = diamond(device_ms=1.0, server_ms=0.5)
+    link = LinkState(1000.0, delay_ms=50.0)  # a fast link, but any transfer costs 50 ms
+    for method in (DADS(), DADS(flow="scipy"), QDMP(), CIC(), CIC(online="envelope")):
+        plan = method.decide(method.prepare(problem), link)
+        assert device_side_of(plan) == set(problem.order), method.name
+        assert plan.predicted_latency_ms == pytest.approx(6.0)
+        assert math.isfinite(plan.predicted_latency_ms)
