@@ -35,8 +35,9 @@ PREFIX = "sbb"
 class Receiver:
     """The server side in its namespace: a wire connection that ACKs frames and a raw one that acks n bytes."""
 
-    def __init__(self, topo: Topology, max_bytes: int):
+    def __init__(self, topo: Topology, max_bytes: int, reuse_buffer: bool):
         self.max_bytes = max_bytes
+        self.into = torch.empty(max_bytes, dtype=torch.uint8) if reuse_buffer else None
         self.raw_sizes: queue.Queue[int] = queue.Queue()
         self.listener = topo.socket("server")
         self.listener.bind((topo.address("server", "device"), 0))
@@ -47,7 +48,7 @@ class Receiver:
         with conn:
             try:
                 while True:
-                    frame = wire.recv_frame(conn, self.max_bytes)
+                    frame = wire.recv_frame(conn, self.max_bytes, into=self.into)
                     wire.send_ack(conn, frame.seq, frame.tag)
             except wire.ConnectionClosed:
                 pass
@@ -94,13 +95,13 @@ def raw_transfer(conn, receiver: Receiver, payload: memoryview) -> float:
 
 
 def measure_link(mbps: float, sizes: dict[str, int], compensate: bool, repeats: int, with_raw: bool,
-                 backend: str | None) -> tuple[str, dict[str, tuple[float, float | None]]]:
+                 backend: str | None, reuse_buffer: bool) -> tuple[str, dict[str, tuple[float, float | None]]]:
     """Per size: (median wire seconds, median raw seconds or None) on one freshly built link."""
     out = {}
     largest = max(sizes.values(), default=1)
     with Topology(["device", "server"], [("device", "server", LinkSpec(mbps))], prefix=PREFIX,
                   compensate_headers=compensate, backend=backend) as topo:
-        receiver = Receiver(topo, largest)
+        receiver = Receiver(topo, largest, reuse_buffer)
         wire_conn, raw_conn = receiver.connect(topo)
         seq = 0
         warm = torch.zeros(min(largest, 20_000), dtype=torch.uint8)  # connections past slow start's first rounds
@@ -126,15 +127,15 @@ def measure_link(mbps: float, sizes: dict[str, int], compensate: bool, repeats: 
 
 
 def table(rates: tuple[float, ...], sizes: dict[str, int], max_seconds: float, repeats: int,
-          backend: str | None, say: Callable[[str], None] = print) -> None:
+          backend: str | None, reuse_buffer: bool, say: Callable[[str], None] = print) -> None:
     say("| rate Mbit/s | tensor | goodput / rate (compensated) | goodput / rate (uncompensated) "
         "| wire / raw socket time |")
     say("| ---: | ---: | ---: | ---: | ---: |")
     used = set()
     for mbps in rates:
         feasible = {k: v for k, v in sizes.items() if v * 8 / (mbps * 1e6) <= max_seconds}
-        used_backend, comp = measure_link(mbps, feasible, True, repeats, True, backend)
-        _, plain = measure_link(mbps, feasible, False, repeats, False, backend)
+        used_backend, comp = measure_link(mbps, feasible, True, repeats, True, backend, reuse_buffer)
+        _, plain = measure_link(mbps, feasible, False, repeats, False, backend, reuse_buffer)
         used.add(used_backend)
         for label, nbytes in sizes.items():
             if label not in feasible:
@@ -145,7 +146,8 @@ def table(rates: tuple[float, ...], sizes: dict[str, int], max_seconds: float, r
             ratio_plain = nbytes * 8 / plain_s / (mbps * 1e6)
             say(f"| {mbps:g} | {label} | {ratio:.3f} | {ratio_plain:.3f} | {wire_s / raw_s:.3f} |")
     say(f"\nbackend {', '.join(sorted(used))} (offered: {', '.join(available_backends())}); tdf 1; "
-        f"median of {repeats}; {platform.node()}, {platform.release()}")
+        f"median of {repeats}; wire receiver {'reuses one buffer' if reuse_buffer else 'allocates each tensor'}; "
+        f"{platform.node()}, {platform.release()}")
 
 
 def main() -> None:
@@ -155,10 +157,12 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=None)
     parser.add_argument("--rates", type=float, nargs="+", default=RATES_MBPS)
     parser.add_argument("--backend", default=None, help="force a backend (default: the best offered)")
+    parser.add_argument("--reuse-buffer", action="store_true",
+                        help="the wire receiver reuses one buffer (recv_frame into=) instead of a fresh tensor each")
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     max_seconds = args.max_seconds or (8.0 if args.quick else 20.0)
-    table(tuple(args.rates), SIZES, max_seconds, repeats, args.backend)
+    table(tuple(args.rates), SIZES, max_seconds, repeats, args.backend, args.reuse_buffer)
 
 
 if __name__ == "__main__":

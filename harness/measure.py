@@ -44,6 +44,10 @@ def link_metrics(result: RunResult) -> dict[str, float]:
         out["measured_bandwidth_mbps"] = sum(s["bytes"] for s in big) * 8 / seconds / 1e6
     elif busy_ns:
         out["measured_bandwidth_mbps"] = total * 8 / (busy_ns / 1e9 / result.tdf) / 1e6
+    if result.probe_mbps:
+        out["probe_bandwidth_mbps"] = min(result.probe_mbps.values())
+        # A plan that sends nothing still records what its link delivered: the probe before the run.
+        out.setdefault("measured_bandwidth_mbps", out["probe_bandwidth_mbps"])
     return out
 
 

@@ -12,6 +12,7 @@ import selectors
 import socket
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from harness import wire
+from harness.channel import Receiver, Sender
 from harness.network import LinkSpec, Topology
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +58,7 @@ class RunResult:
     overruns: dict[str, int] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     link_record: dict[str, Any] = field(default_factory=dict)
+    probe_mbps: dict[str, float] = field(default_factory=dict)
 
 
 class _Endpoint:
@@ -235,6 +238,44 @@ def drive(controller: Controller, first: str, total: int, warmup: int, in_flight
     bar.close()
 
 
+PROBE_REAL_S = 0.3  # a probe lasts about this long in real time, whatever the rate and TDF
+PROBE_PORT = 46999
+
+
+def probe_link(topology: Topology, a: str, b: str, port: int = PROBE_PORT) -> float:
+    """Goodput of the link a -> b (undilated Mbit/s), measured with the wire protocol before the workers start.
+
+    Every run records what its link really delivered, even when its plan sends nothing.
+    """
+    kernel_mbps = topology.bandwidth_mbps(a, b) / topology.tdf
+    nbytes = max(64 * 1024, int(kernel_mbps * 1e6 / 8 * PROBE_REAL_S))
+    spans: list[tuple[int, int]] = []
+    listener = topology.socket(b)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((topology.address(b, a), port))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            Receiver(conn, lambda *args, **kw: None, nbytes + 1024).recv()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        with topology.socket(a) as sock:
+            sock.connect((topology.address(b, a), port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pacer = topology.pacer(a, b)
+            Sender(sock, lambda seq, kind, start, end, **kw: spans.append((start, end)), pacer).send(
+                torch.zeros(nbytes, dtype=torch.uint8), 0, 0)
+        server.join(timeout=30)
+    finally:
+        listener.close()
+    start, end = spans[0]
+    return nbytes * 8 / ((end - start) / 1e9 / topology.tdf) / 1e6
+
+
 def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], workers: list[WorkerSpec],
                 first: str, scenario: Mapping[str, Any], tdf: float, timeout_s: float, max_payload: int,
                 backend: str = "auto", compensate_headers: bool = True,
@@ -247,6 +288,7 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
             w.setup = _resolve_addresses(w.setup, topology)
         result = RunResult(tdf=tdf, backend=topology.backend, warmup=int(scenario["warmup"]),
                            link_record=topology.record())
+        result.probe_mbps = {f"{a}-{b}": probe_link(topology, a, b) for a, b, _ in links}
         controller = Controller(topology, workers, timeout_s, max_payload)
         try:
             controller.start()

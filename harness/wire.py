@@ -183,8 +183,16 @@ def _validate(magic: bytes, version: int, kind: int, dtype: int, ndim: int, shap
     return kind
 
 
-def recv_frame(sock: socket.socket, max_payload: int, max_json: int = MAX_JSON_BYTES) -> Frame:
-    """Receive and validate one frame. Raises ``FrameError`` (bad frame) or ``ConnectionClosed`` (peer gone)."""
+def recv_frame(sock: socket.socket, max_payload: int, max_json: int = MAX_JSON_BYTES,
+               into: torch.Tensor | None = None) -> Frame:
+    """Receive and validate one frame. Raises ``FrameError`` (bad frame) or ``ConnectionClosed`` (peer gone).
+
+    ``into``: a contiguous CPU uint8 tensor to receive a tensor payload into when it fits (else a fresh one is
+    allocated); the frame's tensor is then a view of it, valid until the next receive into it. At gigabit rates
+    this saves faulting in fresh pages (~20 ms for 50 MB here).
+    """
+    if into is not None and not (into.dtype == torch.uint8 and into.device.type == "cpu" and into.is_contiguous()):
+        raise ValueError(f"into must be a contiguous CPU uint8 tensor, got {into.dtype} on {into.device}")
     _check_byteorder()
     raw = bytearray(HEADER.size)
     _recv_exact(sock, memoryview(raw), "header", started=False)
@@ -194,7 +202,8 @@ def recv_frame(sock: socket.socket, max_payload: int, max_json: int = MAX_JSON_B
     if kind is Kind.ACK:
         return Frame(kind, seq, tag)
     if kind is Kind.TENSOR:
-        flat = torch.empty(nbytes, dtype=torch.uint8)
+        fits = into is not None and into.numel() >= nbytes
+        flat = into.reshape(-1)[:nbytes] if fits else torch.empty(nbytes, dtype=torch.uint8)
         _recv_exact(sock, memoryview(flat.numpy()), "tensor payload", started=True)
         return Frame(kind, seq, tag, tensor=flat.view(DTYPES[dtype]).reshape(shape[:ndim]))
     payload = bytearray(nbytes)

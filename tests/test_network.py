@@ -271,16 +271,51 @@ def test_other_backends_shape_too(backend):
 
 @needs_root
 def test_set_rate_changes_a_live_link_in_both_directions():
-    with pair(50.0) as topo:
-        before = goodput_ratio(transfer_s(topo, "device", "server", 2_000_000), 2_000_000, 50.0)
-        topo.set_rate("server", "device", 10.0)
+    """One transfer in flight: the receiver's rate follows set_rate from 40 to 8 Mbit/s within the same stream."""
+    total, switch_at = 2_200_000, 1_000_000
+    arrivals: list[tuple[float, int]] = []  # (receiver clock, bytes so far)
+    switched = threading.Event()
+    with pair(40.0) as topo:
+        listener = topo.socket("server")
+        listener.bind((topo.address("server", "device"), 0))
+        listener.listen()
+
+        def receive():
+            conn, _ = listener.accept()
+            buffer, got = memoryview(bytearray(1 << 16)), 0
+            with conn:
+                while got < total:
+                    got += conn.recv_into(buffer)
+                    arrivals.append((time.perf_counter(), got))
+                    if got >= switch_at and not switched.is_set():
+                        switched.set()
+
+        receiver = threading.Thread(target=receive)
+        receiver.start()
+        with topo.socket("device") as conn:
+            conn.connect(listener.getsockname())
+            sender = threading.Thread(target=conn.sendall, args=(bytes(total),))
+            sender.start()
+            assert switched.wait(10)
+            topo.set_rate("server", "device", 8.0)
+            changed_at = time.perf_counter()
+            receiver.join(20)
+            sender.join(5)
+        listener.close()
         for end in ("device", "server"):
             ifname = topo._link("device", "server").ifname[end]
-            assert qdisc_rate(topo.netns(end), ifname) == round(10e6 / 8 * 1514 / 1448)
-        after = transfer_s(topo, "device", "server", 1_000_000)
-        assert 0.9 <= before <= 1.1
-        assert 0.9 <= goodput_ratio(after, 1_000_000, 10.0) <= 1.1, after
-        assert topo.bandwidth_mbps("device", "server") == 10.0
+            assert qdisc_rate(topo.netns(end), ifname) == round(8e6 / 8 * 1514 / 1448)
+        assert topo.bandwidth_mbps("device", "server") == 8.0
+
+    def mbps_between(lo: int, hi: int, after: float = 0.0) -> float:
+        points = [(t, n) for t, n in arrivals if lo <= n <= hi and t >= after]
+        (t0, n0), (t1, n1) = points[0], points[-1]
+        return (n1 - n0) * 8 / (t1 - t0) / 1e6
+
+    before = mbps_between(100_000, switch_at)
+    after = mbps_between(0, total, after=changed_at + 0.05)
+    assert 0.85 <= before / 40.0 <= 1.15, f"before set_rate: {before:.1f} Mbit/s"
+    assert 0.85 <= after / 8.0 <= 1.15, f"after set_rate: {after:.1f} Mbit/s"
 
 
 @needs_root
@@ -379,8 +414,8 @@ def start_holder(tmp_path: Path, prefix: str, *child_argv: str) -> tuple[subproc
     script.write_text(HOLDER)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(tmp_path / "holder.err", "w") as err:  # a KeyboardInterrupt traceback lands here, not in pytest's log
-        proc = subprocess.Popen([sys.executable, str(script), prefix, *child_argv], stdout=subprocess.PIPE, stderr=err, text=True,
-                                env=env)
+        proc = subprocess.Popen([sys.executable, str(script), prefix, *child_argv], stdout=subprocess.PIPE,
+                                stderr=err, text=True, env=env)
     line = proc.stdout.readline()
     assert line, f"holder died: rc {proc.wait()}: {(tmp_path / 'holder.err').read_text()}"
     return proc, json.loads(line)

@@ -80,6 +80,21 @@ def test_non_contiguous_and_large_tensor_round_trip(tcp_pair):
     assert bits_equal(frame.tensor, big) and frame.tensor.is_contiguous()
 
 
+def test_receive_into_a_reused_buffer(pair):
+    a, b = pair
+    buffer = torch.zeros(64, dtype=torch.uint8)
+    t = sample(torch.float32, (2, 4))
+    wire.send_tensor(a, t, 1, 1)
+    got = wire.recv_frame(b, MAX, into=buffer).tensor
+    assert bits_equal(got, t) and got.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+    big = sample(torch.float64, (20,))  # 160 bytes: does not fit, gets its own tensor
+    wire.send_tensor(a, big, 2, 1)
+    got = wire.recv_frame(b, MAX, into=buffer).tensor
+    assert bits_equal(got, big) and got.untyped_storage().data_ptr() != buffer.untyped_storage().data_ptr()
+    with pytest.raises(ValueError, match="contiguous CPU uint8"):
+        wire.recv_frame(b, MAX, into=torch.zeros(8))
+
+
 def test_json_ack_error_round_trip(pair):
     a, b = pair
     wire.send_json(a, {"plan": [1, 2], "name": "cic"}, seq=4, tag=1)
