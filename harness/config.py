@@ -6,6 +6,7 @@ checks the values and the combinations, naming the bad value and the accepted on
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -63,6 +64,8 @@ class RuntimeConfig:
     base_port: int = 47000
     max_payload_mb: int = 1024
     backend: str = "auto"
+    remote: Any = None  # endpoint -> tcp:HOST:PORT of workers already running on real boards
+    token: Optional[str] = None  # their shared secret (else $SPLITBENCH_TOKEN)
 
 
 @dataclass
@@ -123,6 +126,11 @@ def validate(cfg: DictConfig) -> None:
     _require(runtime.tdf == "auto" or (isinstance(runtime.tdf, (int, float)) and runtime.tdf >= 1),
              f"runtime.tdf must be 'auto' or a number >= 1, got {runtime.tdf!r}")
     _require(runtime.threads_per_worker >= 1, f"runtime.threads_per_worker must be >= 1, got {runtime.threads_per_worker}")
+    if runtime.remote:
+        _require(scenario.name != "dynamic", "scenario=dynamic shapes the link to a trace; runtime.remote runs over a "
+                                             "real network that the harness cannot shape")
+        _require(bool(runtime.token or os.environ.get("SPLITBENCH_TOKEN")),
+                 "runtime.remote needs the workers' shared secret: runtime.token=... or $SPLITBENCH_TOKEN")
     _require(hw.topology in ("pair", "star"), f"hardware.topology={hw.topology!r} is not one of ['pair', 'star']")
     if hw.topology == "star":
         _require(2 <= hw.num_servers <= 4, f"hardware.num_servers must be in 2..4, got {hw.num_servers}")

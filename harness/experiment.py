@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from typing import Any, Callable
@@ -97,7 +98,7 @@ def cut_workers(cfg: DictConfig, graph: ModelGraph, plan: Plan, hardware: Hardwa
     roles = hardware.cut_roles
     plans = stage_plans(graph, plan, roles, node_ms)
     server_needed = keep_model or max(plans[0]["assignment"].values()) == 1
-    port = int(cfg.runtime.base_port)
+    port = int(cfg.runtime.base_port) + 1  # the server listens; distinct ports let real workers share a host
     workers = []
     for index, endpoint in enumerate(roles[: 2 if server_needed else 1]):
         setup = {"model": ModelSpec.from_config(cfg.model).to_dict(), "plan": plans[index], "part": index,
@@ -159,7 +160,7 @@ def run_experiment(cfg: DictConfig, rec: RunRecord) -> dict[str, float]:
     for key in ("nodes_before", "nodes_after"):
         if key in plan_json:
             metrics[key] = float(plan_json[key])
-    pad = not all(is_local(hardware.endpoints[e]) for e in (device, server))
+    pad = not all(is_local(hardware.endpoints[e]) for e in (device, server)) and not cfg.runtime.remote
     tdf = _tdf(cfg, graph, plan, hardware, node_ms, pad, concurrent=2 if cfg.scenario.in_flight > 1 else 1)
     dynamic = cfg.scenario.name == "dynamic"
     workers, first = cut_workers(cfg, graph, plan, hardware, node_ms, tdf, pad, keep_model=dynamic)
@@ -177,13 +178,20 @@ def run_experiment(cfg: DictConfig, rec: RunRecord) -> dict[str, float]:
                              OmegaConf.to_container(cfg.scenario), tdf, float(cfg.runtime.timeout_s),
                              int(cfg.runtime.max_payload_mb) << 20, backend=cfg.runtime.backend,
                              compensate_headers=bool(cfg.link.compensate_headers),
-                             make_hook=redecider.hook if redecider else None)
+                             make_hook=redecider.hook if redecider else None, **remote_args(cfg))
     finally:
         if redecider is not None:
             redecider.close()
     if redecider is not None:
         _record_decisions(rec, redecider.decisions, metrics)
     return _finish(cfg, rec, graph, result, metrics)
+
+
+def remote_args(cfg: DictConfig) -> dict[str, Any]:
+    """Where workers already run on real boards: their control addresses and shared secret."""
+    if not cfg.runtime.remote:
+        return {}
+    return {"remote": dict(cfg.runtime.remote), "token": cfg.runtime.token or os.environ.get("SPLITBENCH_TOKEN")}
 
 
 def _record_decisions(rec: RunRecord, decisions: list[dict[str, Any]], metrics: dict[str, float]) -> None:

@@ -61,11 +61,52 @@ class RunResult:
     probe_mbps: dict[str, float] = field(default_factory=dict)
 
 
+class RemoteNetwork:
+    """Workers already running on real machines (``python -m harness.worker --control tcp:HOST:PORT``).
+
+    Stands where a :class:`Topology` would: the network is real, so nothing is shaped or dilated, and the backend
+    recorded is ``real``.
+    """
+
+    backend = "real"
+    tdf = 1.0
+    failure = None
+
+    def __init__(self, controls: Mapping[str, str]) -> None:
+        bad = {e: a for e, a in controls.items() if not str(a).startswith("tcp:") or ":" not in str(a)[4:]}
+        if bad:
+            raise ValueError(f"runtime.remote addresses must look like tcp:HOST:PORT, got {bad}")
+        self.controls = {e: str(a) for e, a in controls.items()}
+
+    def __enter__(self) -> "RemoteNetwork":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def control(self, endpoint: str) -> tuple[str, int]:
+        if endpoint not in self.controls:
+            raise RunFailed(f"runtime.remote has no address for endpoint {endpoint!r}; it names {list(self.controls)}")
+        host, port = self.controls[endpoint][4:].rsplit(":", 1)
+        return host, int(port)
+
+    def address(self, endpoint: str, peer: str) -> str:
+        return self.control(endpoint)[0]
+
+    def pacer_config(self, a: str, b: str, seed: int = 0) -> dict[str, Any]:
+        return {"rate_mbps": None, "delay_ms": 0.0, "jitter_ms": 0.0, "seed": seed}
+
+    def record(self) -> dict[str, Any]:
+        return {"backend": self.backend, "controls": self.controls}
+
+
 class _Endpoint:
     def __init__(self, name: str, process: Any, sock: socket.socket, log_path: Path) -> None:
         self.name, self.process, self.sock, self.log_path = name, process, sock, log_path
 
     def crash_reason(self) -> str | None:
+        if self.process is None:  # a remote worker: a lost connection is how it fails
+            return None
         code = self.process.poll()
         if code is None:
             return None
@@ -76,18 +117,22 @@ class _Endpoint:
 class Controller:
     """Starts one worker per endpoint inside ``topology`` and talks to them over Unix control sockets."""
 
-    def __init__(self, topology: Topology, workers: list[WorkerSpec], timeout_s: float, max_payload: int) -> None:
+    def __init__(self, topology: Topology | RemoteNetwork, workers: list[WorkerSpec], timeout_s: float,
+                 max_payload: int, token: str | None = None) -> None:
         self.topology = topology
         self.workers = workers
         self.timeout_s = timeout_s
         self.max_payload = max_payload
-        self.token = secrets.token_hex(16)
+        self.token = token or secrets.token_hex(16)
         self.tmp = Path(tempfile.mkdtemp(prefix="splitbench-"))
         self.endpoints: dict[str, _Endpoint] = {}
         self.selector = selectors.DefaultSelector()
         self.deadline = time.monotonic() + timeout_s
 
     def start(self) -> None:
+        if isinstance(self.topology, RemoteNetwork):
+            self._start_remote()
+            return
         env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SPLITBENCH_WORKER": "1",
                "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed weights go back to the OS, so peak RSS is honest
@@ -95,13 +140,31 @@ class Controller:
             path = self.tmp / f"{w.endpoint}.sock"
             log_path = self.tmp / f"{w.endpoint}.log"
             with log_path.open("w") as log:
-                proc = self.topology.spawn(w.endpoint, [sys.executable, "-m", "harness.worker", "--control",
-                                                        f"unix:{path}", "--token", self.token], env=env,
+                proc = self.topology.spawn(w.endpoint, [sys.executable, "-m", "harness.worker", "--once",
+                                                        "--control", f"unix:{path}", "--token", self.token], env=env,
                                            stdout=log, stderr=log, cwd=PROJECT_ROOT)
             self.endpoints[w.endpoint] = _Endpoint(w.endpoint, proc, None, log_path)  # type: ignore[arg-type]
         for w in self.workers:
             ep = self.endpoints[w.endpoint]
             ep.sock = self._connect(self.tmp / f"{w.endpoint}.sock", ep)
+        self._set_up()
+
+    def _start_remote(self) -> None:
+        assert isinstance(self.topology, RemoteNetwork)
+        for w in self.workers:
+            address = self.topology.control(w.endpoint)
+            try:
+                sock = socket.create_connection(address, timeout=30)
+            except OSError as exc:
+                raise RunFailed(f"cannot reach the worker of {w.endpoint!r} at {address}: {exc}") from exc
+            sock.settimeout(None)
+            self.endpoints[w.endpoint] = _Endpoint(w.endpoint, None, sock, self.tmp / f"{w.endpoint}.log")
+        self._set_up()
+
+    def _set_up(self) -> None:
+        """Send every worker its setup (with the shared token) and wait until all are ready."""
+        for w in self.workers:
+            ep = self.endpoints[w.endpoint]
             wire.send_json(ep.sock, {"token": self.token, "setup": {**w.setup, "token": self.token}})
             self.selector.register(ep.sock, selectors.EVENT_READ, ep)
         pending = set(self.endpoints)
@@ -163,7 +226,8 @@ class Controller:
             else:
                 absorb(frame, result)
         for ep in self.endpoints.values():
-            ep.process.wait(timeout=30)
+            if ep.process is not None:
+                ep.process.wait(timeout=30)
 
     def worker_logs(self) -> dict[str, str]:
         """The last lines each worker wrote: kept with a failed run, so its reason can be read later."""
@@ -175,7 +239,7 @@ class Controller:
         for ep in self.endpoints.values():
             if ep.sock is not None:
                 ep.sock.close()
-            if ep.process.poll() is None:
+            if ep.process is not None and ep.process.poll() is None:
                 ep.process.kill()
                 ep.process.wait(timeout=10)
         for path in self.tmp.iterdir():
@@ -280,16 +344,24 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
                 first: str, scenario: Mapping[str, Any], tdf: float, timeout_s: float, max_payload: int,
                 backend: str = "auto", compensate_headers: bool = True,
                 make_hook: Callable[[Topology, Controller, RunResult], BeforeIssue] | None = None,
-                progress: bool = True) -> RunResult:
-    """Build the topology, run the scenario's inferences through the workers, tear everything down."""
-    with Topology(endpoints, links, tdf=tdf, backend=None if backend == "auto" else backend,
-                  compensate_headers=compensate_headers) as topology:
+                progress: bool = True, remote: Mapping[str, str] | None = None,
+                token: str | None = None) -> RunResult:
+    """Build the topology, run the scenario's inferences through the workers, tear everything down.
+
+    With ``remote`` (endpoint -> ``tcp:HOST:PORT``), the workers already run on real machines: nothing is spawned,
+    shaped or dilated, and they must have been started with ``token``.
+    """
+    network = RemoteNetwork(remote) if remote else Topology(
+        endpoints, links, tdf=tdf, backend=None if backend == "auto" else backend,
+        compensate_headers=compensate_headers)
+    with network as topology:
         for w in workers:  # transport details depend on the topology: fill them in now
             w.setup = _resolve_addresses(w.setup, topology)
         result = RunResult(tdf=tdf, backend=topology.backend, warmup=int(scenario["warmup"]),
                            link_record=topology.record())
-        result.probe_mbps = {f"{a}-{b}": probe_link(topology, a, b) for a, b, _ in links}
-        controller = Controller(topology, workers, timeout_s, max_payload)
+        if isinstance(topology, Topology):
+            result.probe_mbps = {f"{a}-{b}": probe_link(topology, a, b) for a, b, _ in links}
+        controller = Controller(topology, workers, timeout_s, max_payload, token)
         try:
             controller.start()
             hook = make_hook(topology, controller, result) if make_hook else None
@@ -298,7 +370,7 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
             controller.stop(result)
         except RunFailed as exc:
             exc.worker_logs = controller.worker_logs()
-            if topology.failure:
+            if getattr(topology, "failure", None):
                 exc.args = (f"{exc.args[0]} ({topology.failure})",)
             raise
         finally:

@@ -53,16 +53,16 @@ def spatial_workers(cfg: DictConfig, plan: dict[str, Any], tdf: float, pad: bool
               "pad": pad, "max_payload": int(cfg.runtime.max_payload_mb) << 20,
               "threads": int(cfg.runtime.threads_per_worker)}
     workers = [WorkerSpec(host, {**common, "endpoint": host,
-                                 "peers": {e: {"peer": e, "port": port} for e in secondaries},
+                                 "peers": {e: {"peer": e, "port": port + i} for i, e in enumerate(secondaries, 1)},
                                  "pacers": {e: {"peer": e} for e in secondaries}})]
-    workers += [WorkerSpec(e, {**common, "endpoint": e, "listen": {"peer": host, "port": port},
-                               "pacer": {"peer": host}}) for e in secondaries]
+    workers += [WorkerSpec(e, {**common, "endpoint": e, "listen": {"peer": host, "port": port + i},
+                               "pacer": {"peer": host}}) for i, e in enumerate(secondaries, start=1)]
     return workers
 
 
 def run_spatial_experiment(cfg: DictConfig, rec: RunRecord, graph: ModelGraph, hardware: Hardware,
                            method: Partitioner, node_ms: dict[str, dict[str, float]], link: LinkState) -> dict[str, float]:
-    from harness.experiment import DECISION_REPEATS, _finish, is_local, timed  # one verdict and record path
+    from harness.experiment import DECISION_REPEATS, _finish, is_local, remote_args, timed  # one record path
 
     overheads = kernel_overheads_ms(hardware.endpoints)
     problem = spatial_problem(graph, node_ms, overheads)
@@ -74,7 +74,7 @@ def run_spatial_experiment(cfg: DictConfig, rec: RunRecord, graph: ModelGraph, h
         "decision_time_ms": decision_ms, "offline_time_ms": offline_ms,
         "predicted_latency_ms": plan.predicted_latency_ms, "host_alone_ms": float(plan_json["host_alone_ms"]),
         "predicted_speedup": float(plan_json["speedup_over_host"]), "blocks": float(len(plan_json["blocks"]))}
-    pad = not all(is_local(p) for p in hardware.endpoints.values())
+    pad = not all(is_local(p) for p in hardware.endpoints.values()) and not cfg.runtime.remote
     endpoints = list(hardware.endpoints)
     tasks = int(plan_json.get("tasks_per_batch", 1))
     in_flight = max(int(cfg.scenario.in_flight), tasks)
@@ -93,7 +93,7 @@ def run_spatial_experiment(cfg: DictConfig, rec: RunRecord, graph: ModelGraph, h
     links = [(host, e, LinkSpec.from_config(cfg.link)) for e in endpoints if e != host]
     result = run_workers(endpoints, links, workers, host, scenario, tdf, float(cfg.runtime.timeout_s),
                          int(cfg.runtime.max_payload_mb) << 20, backend=cfg.runtime.backend,
-                         compensate_headers=bool(cfg.link.compensate_headers))
+                         compensate_headers=bool(cfg.link.compensate_headers), **remote_args(cfg))
     out = _finish(cfg, rec, graph, result, metrics)
     if out.get("throughput_ips"):
         out["task_time_ms"] = 1e3 / out["throughput_ips"]

@@ -81,11 +81,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", default=os.environ.get("SPLITBENCH_TOKEN", ""),
                         help="shared secret the controller must present (or $SPLITBENCH_TOKEN)")
     parser.add_argument("--max-payload-mb", type=int, default=1024)
+    parser.add_argument("--once", action="store_true",
+                        help="serve one run and exit (the harness's own workers); without it a board serves run after run")
     args = parser.parse_args(argv)
     if not args.token:
         raise SystemExit("a token is required: --token or $SPLITBENCH_TOKEN")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
-    serve(args.control, args.token, args.max_payload_mb << 20)
+    while True:
+        serve(args.control, args.token, args.max_payload_mb << 20)
+        if args.once:
+            return
 
 
 if __name__ == "__main__":

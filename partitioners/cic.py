@@ -10,7 +10,8 @@ ms per byte, so the best latency over all bandwidths is the lower envelope of fi
    * *forward*: v's only predecessor is u, v is no slower on the device (d(v) <= s(v)) and v sends no more than u
      (out(v) <= out(u)): a cut between u and v is never better than the cut right after v (zero-cost views);
    * *backward*: u is no faster on the device (s(u) <= d(u)) and sends at least what it reads (in(u) <= out(u)):
-     a device side that ends at u is never better without u (batch norms, activations, widening convolutions).
+     a device side that ends at u is never better than the same side without u (batch norms, activations,
+     widening convolutions).
 2. Finds the envelope exactly by parametric min-cut (Eisner & Severance): the optimal cuts at x = 0 and x = inf; where
    the lines of two neighbouring optimal cuts meet, one more min-cut either finds a cheaper cut (a new line: recurse
    on both sides) or proves the meeting point a breakpoint of the envelope (:func:`lower_envelope`).
@@ -18,7 +19,8 @@ ms per byte, so the best latency over all bandwidths is the lower envelope of fi
    It holds every envelope cut, and its cuts are cuts of the model, so its min-cut equals the model's at every x.
 
 Online, ``online="mincut"`` cuts the splitting model at the link's bandwidth; ``online="envelope"`` bisects the
-breakpoints and returns the piece's precomputed cut and node table. Only latency is exact this way: the stream
+breakpoints and returns the piece's precomputed cut and node table. The link delay is paid by every cut that sends
+something, so both weigh the cut found against the last piece, which sends nothing. Only latency is exact: the stream
 scenario's max(device, link, server) is not a line in x, so ``objective`` accepts only "latency".
 """
 

@@ -4,7 +4,10 @@ DSL (light load, ``objective="latency"``) is exact: the min-cut of the network i
 link's bandwidth is the least sequential latency. DSH (heavy load, ``objective="throughput"``) minimises the slowest
 pipeline stage, max(device, link, server), which is NP-hard; as in the paper, it solves DSL with device times scaled
 by alpha and server times by gamma over a grid, then refines the grid around the best point with shrinking steps,
-and keeps the cut with the smallest bottleneck. The grid holds alpha = gamma = 1, so DSH is never worse than DSL.
+and keeps the cut with the smallest bottleneck. The grid holds alpha = gamma = 1 and the cut that sends nothing is
+tried too (DSL's two candidates), so DSH's bottleneck is never worse than DSL's. Each grid point is one min-cut
+(57 with the defaults): with ``flow="networkx"`` on a large model that is seconds per decision; ``flow="scipy"``
+is ~30x faster.
 """
 
 from __future__ import annotations

@@ -217,6 +217,10 @@ class NetworkxCut:
 
         ``x = inf`` (no bandwidth) gives the cheapest cut that sends no byte; one must exist (no server pins).
         """
+        return self.minimum(x, device_scale, server_scale)[1]
+
+    def minimum(self, x: float, device_scale: float = 1.0, server_scale: float = 1.0) -> tuple[float, list[int]]:
+        """The minimum cut's value in ms and its device groups (see :meth:`solve`)."""
         caps = [_capacity(arc, x, device_scale, server_scale) for _, arc in self._finite]
         shift = max((_exponent(c) for c in caps if not math.isinf(c)), default=0)
         for (attrs, _), cap in zip(self._finite, caps):
@@ -224,8 +228,8 @@ class NetworkxCut:
                 attrs.pop("capacity", None)
             else:
                 attrs["capacity"] = _scaled(cap, shift)
-        _, (source_side, _) = nx.minimum_cut(self.network, _SOURCE, _SINK, flow_func=self.flow_func)
-        return sorted(g for g in source_side if isinstance(g, int))
+        value, (source_side, _) = nx.minimum_cut(self.network, _SOURCE, _SINK, flow_func=self.flow_func)
+        return value / 2**shift, sorted(g for g in source_side if isinstance(g, int))
 
 
 def _exponent(value: float) -> int:
@@ -275,23 +279,29 @@ class ScipyCut:
 
     def solve(self, x: float, device_scale: float = 1.0, server_scale: float = 1.0) -> list[int]:
         """The groups on the device in a minimum cut at ``x`` ms per byte, device and server times scaled."""
+        return self.minimum(x, device_scale, server_scale)[1]
+
+    def minimum(self, x: float, device_scale: float = 1.0, server_scale: float = 1.0) -> tuple[float, list[int]]:
+        """The minimum cut's value in ms (in whole ticks) and its device groups."""
         if not math.isfinite(x):
             raise ValueError(f"scipy flow needs a finite ms per byte, got {x}")
         dev, nbytes, srv = self._feasible
         bound_ms = device_scale * dev + x * nbytes + server_scale * srv
-        ticks_per_ms = min(1.0 / self.resolution_ms, self._LIMIT / bound_ms) if bound_ms > 0 else 1.0 / self.resolution_ms
+        ticks_per_ms = 1.0 / self.resolution_ms
+        if bound_ms * ticks_per_ms > self._LIMIT:
+            ticks_per_ms = self._LIMIT / bound_ms
         ms = device_scale * self._device + server_scale * self._server + x * self._bytes
         caps = np.minimum(np.rint(ms * ticks_per_ms), self._CEILING)
         caps[self._infinite] = self._CEILING
         capacity = sp.csr_array((caps.astype(np.int32), self.indices, self.indptr), shape=(self.size, self.size))
-        flow = maximum_flow(capacity, self.source, self.sink).flow
+        result = maximum_flow(capacity, self.source, self.sink)
         # Source side = reachable from the source through arcs with residual capacity (int64: no wrap-around).
-        residual = (capacity.astype(np.int64) - flow.astype(np.int64)).tocsr()
+        residual = (capacity.astype(np.int64) - result.flow.astype(np.int64)).tocsr()
         residual.data[residual.data < 0] = 0
         residual.eliminate_zeros()
         reached = breadth_first_order(residual, self.source, directed=True, return_predecessors=False)
         groups = self.group_of[reached]
-        return sorted(int(g) for g in groups[groups >= 0])
+        return result.flow_value / ticks_per_ms, sorted(int(g) for g in groups[groups >= 0])
 
 
 FLOWS: dict[str, type] = {"networkx": NetworkxCut, "scipy": ScipyCut}
