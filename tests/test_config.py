@@ -86,3 +86,14 @@ def test_stream_scenario_turns_auto_objective_into_throughput() -> None:
     cfg = make(["method=neurosurgeon", "scenario=stream"])
     assert cfg.method.objective == "throughput"
     assert make(["method=neurosurgeon"]).method.objective == "latency"
+
+
+def test_sweep_size_counts_command_line_and_preset_sweeps() -> None:
+    from harness.progress import sweep_size
+
+    cfg = OmegaConf.create({"hydra": {"overrides": {"task": ["method=cic,dads", "link.bandwidth_mbps=1,2,3",
+                                                             "model=vgg16"]},
+                                      "sweeper": {"params": {"hardware.num_servers": "2,3"}}}})
+    assert sweep_size(cfg) == 12
+    single = OmegaConf.create({"hydra": {"overrides": {"task": ["model=vgg16"]}, "sweeper": {"params": None}}})
+    assert sweep_size(single) == 1

@@ -1,0 +1,43 @@
+"""A progress bar over the jobs of a sweep (``python run.py -m ...``), as a Hydra callback."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+
+def sweep_size(config: DictConfig) -> int | None:
+    """How many jobs the basic sweeper will run: the product of the sweep choices on the command line and in
+    ``hydra.sweeper.params`` (None when a sweep cannot be counted, e.g. a range without a step)."""
+    overrides = list(config.hydra.overrides.task)
+    params = config.hydra.sweeper.get("params") or {}
+    overrides += [f"{key}={value}" for key, value in params.items()]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        sizes = {o.get_key_element(): len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override()}
+    except Exception:  # an unusual sweep syntax: show a bar without a total rather than fail the sweep
+        return None
+    return math.prod(sizes.values()) if sizes else 1
+
+
+class SweepProgress(Callback):
+    """One tick per finished job; the per-inference bar of each run is drawn below it."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.bar = tqdm(total=sweep_size(config), desc="sweep", unit="job", position=1, leave=True)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
