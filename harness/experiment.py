@@ -225,6 +225,7 @@ def _finish(cfg: DictConfig, rec: RunRecord, graph: ModelGraph, result: RunResul
     """Turn the observed run into metrics, artifacts and the verdict."""
     metrics.update({"tdf": result.tdf, "max_abs_error": max_abs_error(graph, result)})
     metrics.update({f"peak_rss_mb_{e}": v for e, v in result.peak_rss_mb.items()})
+    metrics.update({f"model_rss_mb_{e}": v for e, v in result.model_rss_mb.items()})
     crossed = any(s["kind"] == "send" and s["seq"] >= result.warmup for s in result.spans)
     rec.set_tags({"link_backend": result.backend, "measured_bandwidth_source": "transfers" if crossed else "probe"})
     expected = int(cfg.scenario.warmup) + int(cfg.scenario.inferences)

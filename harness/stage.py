@@ -32,11 +32,21 @@ def reset_peak_rss() -> None:
         pass
 
 
-def peak_rss_mb() -> float:
+def _status_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory since the last :func:`reset_peak_rss`."""
+    return _status_mb("VmHWM")
+
+
+def rss_mb() -> float:
+    """Resident memory now."""
+    return _status_mb("VmRSS")
 
 
 @dataclass

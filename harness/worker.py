@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import hmac
+import importlib
 import logging
 import os
 import socket
@@ -21,7 +22,7 @@ import socket
 import torch
 
 from harness import wire
-from harness.stage import Control, peak_rss_mb, reset_peak_rss
+from harness.stage import Control, peak_rss_mb, reset_peak_rss, rss_mb
 
 log = logging.getLogger("splitbench.worker")
 
@@ -64,6 +65,8 @@ def serve(address: str, token: str, max_payload: int = 1 << 30) -> None:
         from harness.spatial_stage import SpatialStage as Stage
     else:
         from harness.cut_stage import CutStage as Stage
+    importlib.import_module(str(setup["model"]["target"]).rsplit(".", 1)[0])  # the factory's package
+    baseline_mb = rss_mb()  # the interpreter and its libraries, before any model is built
     stage = Stage(setup, control)
     gc.collect()
     control.send({"event": "built", "endpoint": setup["endpoint"]})
@@ -72,6 +75,7 @@ def serve(address: str, token: str, max_payload: int = 1 << 30) -> None:
     control.send({"event": "ready", "endpoint": setup["endpoint"], "pid": os.getpid()})
     stage.serve()
     control.send({"event": "stopped", "endpoint": setup["endpoint"], "peak_rss_mb": peak_rss_mb(),
+                  "baseline_rss_mb": baseline_mb,
                   "overruns": stage.overruns})
 
 
