@@ -60,6 +60,7 @@ class RuntimeConfig:
     threads_per_worker: int = 1
     tdf: Any = "auto"
     tdf_margin: float = 1.5
+    overrun_tolerance_pct: float = 5.0
     timeout_s: float = 900.0
     base_port: int = 47000
     max_payload_mb: int = 1024

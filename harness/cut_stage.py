@@ -48,7 +48,6 @@ class CutStage:
         self.is_first = self.part_index == 0
         self.timeline = Timeline(setup["endpoint"])
         self.max_payload = int(setup["max_payload"])
-        self.overruns = 0
         self.graph = graph_from_module(build_model(self.spec), self.spec)
         self.plan = self.make_plan(setup["plan"])
         if not setup.get("keep_model"):
@@ -82,12 +81,7 @@ class CutStage:
         start = now_ns()
         with torch.no_grad():
             out = plan.part.run(values)
-        real_end = now_ns()
-        end, overran = plan.budget.finish(start)
-        self.overruns += overran
-        self.timeline.add(seq, "compute", start, real_end, overran=overran)
-        if end > real_end:
-            self.timeline.add(seq, "pad", real_end, end)
+        plan.budget.finish(self.timeline, seq, start)
         return out
 
     def finish(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]) -> None:

@@ -62,7 +62,7 @@ def timeline_figure(result: RunResult, seq: int | None = None, title: str = "") 
     spans = [s for s in result.spans if s["seq"] == seq]
     start = result.starts_ns.get(seq, min((s["start_ns"] for s in spans), default=0))
     rows = sorted({s["endpoint"] for s in spans})
-    fig, ax = plt.subplots(figsize=(9, 1 + 0.7 * len(rows)))
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.7 * len(rows)))
     for i, row in enumerate(rows):
         for s in (s for s in spans if s["endpoint"] == row):
             left = (s["start_ns"] - start) / 1e6 / result.tdf
@@ -71,9 +71,10 @@ def timeline_figure(result: RunResult, seq: int | None = None, title: str = "") 
             ax.barh(i + lane, width, left=left, height=0.4, color=_COLORS.get(s["kind"], "grey"),
                     edgecolor="black", linewidth=0.3)
     ax.set_yticks(range(len(rows)), rows)
-    ax.set_xlabel("emulated time since the first compute started (ms)")
+    ax.set_xlabel("emulated time since the inference was issued (ms)")
     ax.set_title(title or f"inference {seq}")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in _COLORS.values()]
-    ax.legend(handles, list(_COLORS), loc="upper right", fontsize=7, ncol=4)
+    ax.legend(handles, list(_COLORS), loc="lower center", bbox_to_anchor=(0.5, 1.08), fontsize=7, ncol=4,
+              frameon=False)
     fig.tight_layout()
     return fig

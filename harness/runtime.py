@@ -56,7 +56,6 @@ class RunResult:
     spans: list[dict[str, Any]] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     model_rss_mb: dict[str, float] = field(default_factory=dict)  # peak minus the interpreter's own footprint
-    overruns: dict[str, int] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     link_record: dict[str, Any] = field(default_factory=dict)
     probe_mbps: dict[str, float] = field(default_factory=dict)
@@ -222,7 +221,6 @@ class Controller:
             if frame.kind == wire.Kind.JSON and frame.obj.get("event") == "stopped":
                 result.peak_rss_mb[ep.name] = float(frame.obj["peak_rss_mb"])
                 result.model_rss_mb[ep.name] = float(frame.obj["peak_rss_mb"]) - float(frame.obj["baseline_rss_mb"])
-                result.overruns[ep.name] = int(frame.obj["overruns"])
                 pending.discard(ep.name)
                 self.selector.unregister(ep.sock)  # it exits now: its end-of-stream is not a failure
             else:

@@ -71,7 +71,6 @@ class SpatialStage:
         self.is_host = self.endpoint == self.plan["host"]
         self.timeline = Timeline(self.endpoint)
         self.max_payload = int(setup["max_payload"])
-        self.overruns = 0
         self.make_budget = lambda ms: Budget(ms, setup["tdf"], setup["pad"])
         graph = graph_from_module(build_model(self.spec), self.spec)
         prefix = spatial_prefix(graph)
@@ -111,12 +110,7 @@ class SpatialStage:
     def compute(self, seq: int, block: int, band: torch.Tensor, segment: dict[str, Any]) -> torch.Tensor:
         start = now_ns()
         rows = run_segment(self.ops[block], band, tuple(segment["in_rows"]), tuple(segment["out_rows"]))
-        real_end = now_ns()
-        end, overran = self.make_budget(segment["compute_ms"]).finish(start)
-        self.overruns += overran
-        self.timeline.add(seq, "compute", start, real_end, overran=overran, block=block)
-        if end > real_end:
-            self.timeline.add(seq, "pad", real_end, end, block=block)
+        self.make_budget(segment["compute_ms"]).finish(self.timeline, seq, start, block=block)
         return rows
 
     # -- host --------------------------------------------------------------------------------------------------------
@@ -163,12 +157,7 @@ class SpatialStage:
             start = now_ns()
             with torch.no_grad():
                 value = self.suffix.run({self.suffix.inputs[0]: value})[self.result_name]
-            real_end = now_ns()
-            end, overran = self.make_budget(self.plan["suffix_ms"]).finish(start)
-            self.overruns += overran
-            self.timeline.add(seq, "compute", start, real_end, overran=overran, block="suffix")
-            if end > real_end:
-                self.timeline.add(seq, "pad", real_end, end, block="suffix")
+            self.make_budget(self.plan["suffix_ms"]).finish(self.timeline, seq, start, block="suffix")
         done = now_ns()
         self.control.send_tensor(value.contiguous(), seq)
         self.control.send({"event": "spans", "seq": seq, "spans": self.timeline.take(seq), "done_ns": done,

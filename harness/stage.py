@@ -19,6 +19,8 @@ from harness import wire
 
 log = logging.getLogger("splitbench.worker")
 
+HELLO_TIMEOUT_S = 5.0  # a peer that connects to a data port must say who it is within this (wall-clock) time
+
 
 def now_ns() -> int:
     return time.monotonic_ns()
@@ -70,21 +72,29 @@ class Timeline:
 
 
 class Budget:
-    """Time dilation: pad real compute up to the emulated device's time × TDF; report overruns."""
+    """Time dilation: pad real compute up to the emulated device's time × TDF.
+
+    The stage only reports by how much real compute overran its budget; the controller decides what that means.
+    """
 
     def __init__(self, budget_ms: float, tdf: float, pad: bool) -> None:
         self.budget_ns = int(budget_ms * tdf * 1e6)
         self.pad = pad and self.budget_ns > 0  # a part with no emulated cost (views only) is not padded
 
-    def finish(self, start_ns: int) -> tuple[int, bool]:
-        """Sleep until the budget is spent; returns (end time, whether the real compute overran it)."""
-        if not self.pad:
-            return now_ns(), False
-        deadline = start_ns + self.budget_ns
-        overran = now_ns() > deadline
-        while (remaining := deadline - now_ns()) > 0:
-            time.sleep(remaining / 1e9 if remaining > 2_000_000 else 0)
-        return max(now_ns(), deadline), overran
+    def finish(self, timeline: "Timeline", seq: int, start_ns: int, **extra: Any) -> int:
+        """Record the compute span that began at ``start_ns``, sleep out the budget, record the pad; returns the end."""
+        real_end = now_ns()
+        overrun = 0.0
+        if self.pad:
+            deadline = start_ns + self.budget_ns
+            overrun = max(0.0, (real_end - deadline) / self.budget_ns)
+            while (remaining := deadline - now_ns()) > 0:
+                time.sleep(remaining / 1e9 if remaining > 2_000_000 else 0)
+        timeline.add(seq, "compute", start_ns, real_end, overrun=overrun, **extra)
+        end = now_ns() if self.pad else real_end
+        if end > real_end and self.pad:
+            timeline.add(seq, "pad", real_end, end, **extra)
+        return end
 
 
 class Control:
@@ -130,9 +140,11 @@ def accept_data(address: tuple[str, int], token: str, max_payload: int) -> socke
         while True:
             sock, peer = server.accept()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(HELLO_TIMEOUT_S)  # a peer that connects and says nothing must not block the real one
             try:
                 hello = wire.recv_frame(sock, 64 * 1024)
                 if hello.kind == wire.Kind.JSON and hmac.compare_digest(str(hello.obj.get("token", "")), token):
+                    sock.settimeout(None)
                     return sock
                 log.warning("data connection from %s refused: bad hello or token", peer)
             except (wire.FrameError, wire.ConnectionClosed, OSError) as exc:

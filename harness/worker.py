@@ -75,8 +75,7 @@ def serve(address: str, token: str, max_payload: int = 1 << 30) -> None:
     control.send({"event": "ready", "endpoint": setup["endpoint"], "pid": os.getpid()})
     stage.serve()
     control.send({"event": "stopped", "endpoint": setup["endpoint"], "peak_rss_mb": peak_rss_mb(),
-                  "baseline_rss_mb": baseline_mb,
-                  "overruns": stage.overruns})
+                  "baseline_rss_mb": baseline_mb})
 
 
 def main(argv: list[str] | None = None) -> None:
