@@ -17,7 +17,7 @@ from harness.channel import Receiver, Sender
 from harness.graph import graph_from_module
 from harness.models import ModelSpec, build_model, make_input
 from harness.network import Pacer
-from harness.stage import Budget, Control, Timeline, accept_data, connect_data, guard, now_ns
+from harness.stage import Budget, Control, Timeline, accept_data, connect_data, guard, now_ns, retime_pacer
 from harness.submodels import Part, split
 
 
@@ -115,6 +115,14 @@ class CutStage:
             if len(got) == len(plan.recvs):
                 ready.put((frame.seq, plan, pending.pop(frame.seq)))
 
+    def retime(self, command: dict[str, Any]) -> None:
+        """A new TDF, calibrated by the controller on the warm-up: new budgets, new pacer delays."""
+        self.setup["tdf"] = float(command["tdf"])
+        self.plan.budget = Budget(self.plan.budget.budget_ms, self.setup["tdf"], self.setup["pad"])
+        for config in command["pacers"].values():
+            retime_pacer(self.pacer, config)
+        self.control.send({"event": "retimed"})
+
     def switch_plan(self, command: dict[str, Any]) -> None:
         self.plan = self.make_plan(command["plan"])
         self.control.send({"event": "plan_ready", "id": command["id"]})
@@ -141,6 +149,9 @@ class CutStage:
             if command.get("cmd") == "plan":
                 self.switch_plan(command)
                 continue
+            if command.get("cmd") == "retime":
+                self.retime(command)
+                continue
             if command.get("cmd") != "infer":
                 raise wire.FrameError(f"unexpected control message {command}")
             seq, plan = int(command["seq"]), self.plan
@@ -156,6 +167,8 @@ class CutStage:
                 command = frame.obj if frame.kind == wire.Kind.JSON else {}
                 if command.get("cmd") == "plan":
                     self.switch_plan(command)
+                elif command.get("cmd") == "retime":
+                    self.retime(command)
                 elif command.get("cmd") == "stop":
                     inputs.put(None)
                     return

@@ -193,7 +193,8 @@ def run_experiment(cfg: DictConfig, rec: RunRecord) -> dict[str, float]:
                              OmegaConf.to_container(cfg.scenario), tdf, float(cfg.runtime.timeout_s),
                              int(cfg.runtime.max_payload_mb) << 20, backend=cfg.runtime.backend,
                              compensate_headers=bool(cfg.link.compensate_headers),
-                             make_hook=redecider.hook if redecider else None, **remote_args(cfg))
+                             make_hook=redecider.hook if redecider else None, **remote_args(cfg),
+                             retime_margin=float(cfg.runtime.tdf_margin) if pad and cfg.runtime.tdf == "auto" else None)
     finally:
         if redecider is not None:
             redecider.close()
@@ -239,6 +240,8 @@ def _finish(cfg: DictConfig, rec: RunRecord, graph: ModelGraph, result: RunResul
             metrics: dict[str, float]) -> dict[str, float]:
     """Turn the observed run into metrics, artifacts and the verdict."""
     metrics.update({"tdf": result.tdf, "max_abs_error": max_abs_error(graph, result)})
+    if result.tdf_calibrated is not None:
+        metrics["tdf_from_profile"] = result.tdf_calibrated
     metrics.update({f"peak_rss_mb_{e}": v for e, v in result.peak_rss_mb.items()})
     metrics.update({f"model_rss_mb_{e}": v for e, v in result.model_rss_mb.items()})
     crossed = any(s["kind"] == "send" and s["seq"] >= result.warmup for s in result.spans)

@@ -59,6 +59,7 @@ class RunResult:
     events: list[dict[str, Any]] = field(default_factory=list)
     link_record: dict[str, Any] = field(default_factory=dict)
     probe_mbps: dict[str, float] = field(default_factory=dict)
+    tdf_calibrated: float | None = None  # the TDF from local node times, when the warm-up had to raise it
 
 
 class RemoteNetwork:
@@ -209,8 +210,13 @@ class Controller:
                     raise RunFailed(self.endpoints[ep.name].crash_reason() or
                                     f"worker {ep.name!r} closed its control connection")
                 if frame.kind == wire.Kind.JSON and frame.obj.get("event") == "error":
-                    raise RunFailed(f"worker {ep.name!r}: {frame.obj.get('reason')}")
+                    raise RunFailed(self._blame(ep, f"worker {ep.name!r}: {frame.obj.get('reason')}"))
                 return ep, frame
+
+    def _blame(self, reporter: _Endpoint, report: str) -> str:
+        """A worker's error is often the echo of a peer's death (a reset connection): a dead peer is named first."""
+        dead = [reason for ep in self.endpoints.values() if ep is not reporter and (reason := ep.crash_reason())]
+        return "; ".join([*dead, f"then {report}"]) if dead else report
 
     def stop(self, result: RunResult) -> None:
         for name in self.endpoints:
@@ -282,11 +288,14 @@ BeforeIssue = Callable[[int], None]
 
 
 def drive(controller: Controller, first: str, total: int, warmup: int, in_flight: int, result: RunResult,
-          before_issue: BeforeIssue | None = None, progress: bool = True) -> None:
+          before_issue: BeforeIssue | None = None, progress: bool = True,
+          after_warmup: Callable[[], None] | None = None) -> None:
     """Issue ``total`` inferences to the first endpoint with at most ``in_flight`` outstanding; collect results."""
     issued = done = 0
     bar = tqdm(total=total, desc="inferences", unit="inf", disable=not progress, leave=False)
     while done < total:
+        if done == warmup and issued == warmup and after_warmup is not None:
+            after_warmup()
         # Warm-up inferences run one at a time; measured ones keep ``in_flight`` outstanding.
         limit = 1 if done < warmup else in_flight
         while issued < total and issued - done < limit:
@@ -340,16 +349,42 @@ def probe_link(topology: Topology, a: str, b: str, port: int = PROBE_PORT) -> fl
     return nbytes * 8 / ((end - start) / 1e9 / topology.tdf) / 1e6
 
 
+def warmup_tdf(result: RunResult, margin: float) -> float:
+    """The TDF at which the warm-up's real compute would have fit its budgets with ``margin`` headroom: measured
+    in the workers themselves, under this machine's real contention."""
+    ratios = [(s["end_ns"] - s["start_ns"]) / 1e6 / s["budget_ms"] for s in result.spans
+              if s["kind"] == "compute" and s["seq"] < result.warmup and s.get("budget_ms", 0) > 0]
+    return margin * max(ratios, default=0.0)
+
+
+def retime(controller: Controller, topology: Topology, links: list[tuple[str, str, LinkSpec]], result: RunResult,
+           margin: float) -> None:
+    """Raise the TDF after the warm-up if the workers' real compute needs it: new link rates, budgets, delays."""
+    needed = warmup_tdf(result, margin)
+    if needed <= result.tdf:
+        return
+    topology.tdf = needed
+    for a, b, spec in links:
+        topology.set_rate(a, b, spec.bandwidth_mbps)
+    for name in controller.endpoints:
+        peers = {p: topology.pacer_config(name, p) for a, b, _ in links for p in (a, b)
+                 if name in (a, b) and p != name}
+        controller.send(name, {"cmd": "retime", "tdf": needed, "pacers": peers})
+    wait_all(controller, "retimed", result)
+    result.tdf_calibrated, result.tdf = result.tdf, needed
+
+
 def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], workers: list[WorkerSpec],
                 first: str, scenario: Mapping[str, Any], tdf: float, timeout_s: float, max_payload: int,
                 backend: str = "auto", compensate_headers: bool = True,
                 make_hook: Callable[[Topology, Controller, RunResult], BeforeIssue] | None = None,
                 progress: bool = True, remote: Mapping[str, str] | None = None,
-                token: str | None = None) -> RunResult:
+                token: str | None = None, retime_margin: float | None = None) -> RunResult:
     """Build the topology, run the scenario's inferences through the workers, tear everything down.
 
     With ``remote`` (endpoint -> ``tcp:HOST:PORT``), the workers already run on real machines: nothing is spawned,
-    shaped or dilated, and they must have been started with ``token``.
+    shaped or dilated, and they must have been started with ``token``. With ``retime_margin``, the TDF is raised
+    after the warm-up when the workers' measured compute needs more (not with a hook: a trace runs on the TDF).
     """
     network = RemoteNetwork(remote) if remote else Topology(
         endpoints, links, tdf=tdf, backend=None if backend == "auto" else backend,
@@ -365,8 +400,11 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
         try:
             controller.start()
             hook = make_hook(topology, controller, result) if make_hook else None
+            after_warmup = None
+            if retime_margin and hook is None and isinstance(topology, Topology):
+                after_warmup = lambda: retime(controller, topology, list(links), result, retime_margin)  # noqa: E731
             drive(controller, first, int(scenario["warmup"]) + int(scenario["inferences"]), int(scenario["warmup"]),
-                  int(scenario["in_flight"]), result, hook, progress)
+                  int(scenario["in_flight"]), result, hook, progress, after_warmup)
             controller.stop(result)
         except RunFailed as exc:
             exc.worker_logs = controller.worker_logs()

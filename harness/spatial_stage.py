@@ -26,7 +26,7 @@ from harness.graph import graph_from_module
 from harness.models import ModelSpec, build_model, make_input
 from harness.network import Pacer
 from harness.segments import join_rows, run_segment, spatial_prefix, suffix_part
-from harness.stage import Budget, Timeline, connect_data, guard, now_ns
+from harness.stage import Budget, Timeline, connect_data, guard, now_ns, retime_pacer
 
 DIRECTIONS = ("down", "up")  # down: host -> secondary (bands); up: secondary -> host (rows)
 
@@ -115,6 +115,14 @@ class SpatialStage:
 
     # -- host --------------------------------------------------------------------------------------------------------
 
+    def retime(self, command: dict[str, Any]) -> None:
+        """A new TDF, calibrated by the controller on the warm-up: new budgets, new pacer delays."""
+        self.setup["tdf"] = float(command["tdf"])
+        for peer, config in command["pacers"].items():
+            sender = self.senders.get(peer if self.is_host else "host")
+            retime_pacer(sender.pacer if sender else None, config)
+        self.control.send({"event": "retimed"})
+
     def _send_bands(self, seq: int, block: int, value: torch.Tensor) -> None:
         """Queue this block's bands for the secondaries, in the plan's secondary order."""
         segments = self.plan["blocks"][block]["segments"]
@@ -177,6 +185,8 @@ class SpatialStage:
                     x = make_input(self.spec, seq)
                     self._send_bands(seq, 0, x)  # start shipping at once: overlaps the previous task
                     tasks.put((seq, x))
+                elif command.get("cmd") == "retime":
+                    self.retime(command)
                 elif command.get("cmd") == "stop":
                     tasks.put(None)
                     return
@@ -189,13 +199,15 @@ class SpatialStage:
     # -- secondary ---------------------------------------------------------------------------------------------------
 
     def _serve_secondary(self) -> None:
-        stop = threading.Event()
-
         def watch_control() -> None:
-            frame = self.control.recv()
-            if frame.kind == wire.Kind.JSON and frame.obj.get("cmd") == "stop":
-                stop.set()
-                bands.put(None)
+            while True:
+                frame = self.control.recv()
+                command = frame.obj if frame.kind == wire.Kind.JSON else {}
+                if command.get("cmd") == "retime":
+                    self.retime(command)
+                elif command.get("cmd") == "stop":
+                    bands.put(None)
+                    return
 
         bands: queue.Queue = queue.Queue()
 

@@ -78,6 +78,7 @@ class Budget:
     """
 
     def __init__(self, budget_ms: float, tdf: float, pad: bool) -> None:
+        self.budget_ms = budget_ms
         self.budget_ns = int(budget_ms * tdf * 1e6)
         self.pad = pad and self.budget_ns > 0  # a part with no emulated cost (views only) is not padded
 
@@ -90,11 +91,21 @@ class Budget:
             overrun = max(0.0, (real_end - deadline) / self.budget_ns)
             while (remaining := deadline - now_ns()) > 0:
                 time.sleep(remaining / 1e9 if remaining > 2_000_000 else 0)
-        timeline.add(seq, "compute", start_ns, real_end, overrun=overrun, **extra)
+        timeline.add(seq, "compute", start_ns, real_end, overrun=overrun,
+                     budget_ms=self.budget_ms if self.pad else 0.0, **extra)
         end = now_ns() if self.pad else real_end
         if end > real_end and self.pad:
             timeline.add(seq, "pad", real_end, end, **extra)
         return end
+
+
+def retime_pacer(pacer: Any, config: dict[str, Any]) -> None:
+    """Apply a new TDF's pacer settings (delays scale with it; a userspace rate too)."""
+    if pacer is None:
+        return
+    pacer.delay_ms, pacer.jitter_ms = config["delay_ms"], config["jitter_ms"]
+    if config.get("rate_mbps"):
+        pacer.set_rate(config["rate_mbps"])
 
 
 class Control:

@@ -1,0 +1,57 @@
+"""The papers' own numbers, as data, for notebooks/paper_tables.ipynb to print beside what the harness measured.
+
+Copied from /work/shared/papers.md (the papers' abstracts; DADS read in full). Every entry names its source. Where a
+paper gives no figure for a cell, the notebook prints :data:`NO_FIGURE` instead of inventing one.
+"""
+
+from __future__ import annotations
+
+NO_FIGURE = "[paper gives no figure]"
+
+DADS = "DADS (Hu et al., INFOCOM 2019)"
+CIC = "CIC (Yang et al., IJCNN 2022)"
+QDMP = "QDMP (Zhang et al., IMWUT 2020)"
+HALP = "HALP (Li, Iosifidis, Zhang, ICC 2022)"
+MODNN = "MoDNN (Mao et al., DATE 2017)"
+
+# DADS's uplink rates (Mbit/s) and their names; the same rates are conf/link/{cat1,3g,lte,wifi}.yaml.
+DADS_UPLINKS = {0.13: "CAT1", 1.1: "3G", 5.85: "4G", 18.88: "Wi-Fi"}
+
+# DADS, light load (DSL), ResNet-18 on a Raspberry Pi 3B + 8-core cloud server, against edge-only (all on the device):
+# (latency speed-up, throughput speed-up) per uplink rate.
+DADS_RESNET18_VS_EDGE = {0.13: (1.46, 2.03), 1.1: (4.14, 8.3), 5.85: (7.23, 9.78), 18.88: (8.32, 9.31)}
+
+# DADS's ranges over its five models and four uplinks: (low, high) speed-ups.
+DADS_RANGES = {
+    ("light", "device_only", "latency"): (1.91, 6.45),
+    ("light", "device_only", "throughput"): (3.45, 8.31),
+    ("light", "server_only", "latency"): (1.35, 8.08),
+    ("light", "server_only", "throughput"): (1.46, 11.13),
+    ("heavy", "device_only", "latency"): (1.66, 5.19),
+    ("heavy", "device_only", "throughput"): (4.34, 9.14),
+}
+# DADS against Neurosurgeon (after a topological sort) on DAG models: latency / throughput better by these percents.
+DADS_VS_NEUROSURGEON_PCT = {"latency": (66, 86), "throughput": (76, 87)}
+
+# CIC's best-case claims against "existing solutions" (its baselines, models, bandwidths and hardware are not in the
+# stored sources).
+CIC_CLAIMS = {"decision_speedup": 100.0, "latency_speedup": 2.6, "throughput_speedup": 3.3}
+
+# What each paper says about its own decision time.
+DECISION_CLAIMS = {
+    "cic": f"up to {CIC_CLAIMS['decision_speedup']:g}x faster than existing solutions; real time for hundreds of "
+           f"layers [{CIC}]",
+    "qdmp": f"under 300 ms for hundreds of layers; up to 66.3x faster than the state of the art [{QDMP}]",
+}
+
+# HALP, VGG-16 on GTX 1080 Ti and Jetson AGX Xavier edge servers: speed-up over the host alone, (low, high), per
+# tasks per batch. The abstract gives ranges, not a value per N, board or link rate.
+HALP_SPEEDUP = {1: (1.7, 2.0), 4: (1.7, 1.8)}
+HALP_PROTOTYPE = "3x Raspberry Pi 4: 1.7x for VGG-16"
+HALP_VS_MODNN = "HALP better than MoDNN"  # no MoDNN figure in HALP's abstract
+# MoDNN's own claim, in its own setting (mobile devices, its own network): speed-up with 2..4 workers.
+MODNN_SPEEDUP = (2.17, 4.28)
+
+# HALP's service reliability study: the abstract states the study, not a number.
+HALP_RELIABILITY = NO_FIGURE
+
