@@ -26,7 +26,7 @@ from harness.graph import graph_from_module
 from harness.models import ModelSpec, build_model, make_input
 from harness.network import Pacer
 from harness.segments import join_rows, run_segment, spatial_prefix, suffix_part
-from harness.stage import Budget, Timeline, connect_data, guard, now_ns, retime_pacer
+from harness.stage import HELLO_TIMEOUT_S, Budget, Timeline, connect_data, guard, now_ns, retime_pacer
 
 DIRECTIONS = ("down", "up")  # down: host -> secondary (bands); up: secondary -> host (rows)
 
@@ -45,6 +45,7 @@ def _accept_both(address: tuple[str, int], token: str) -> dict[str, socket.socke
         while len(socks) < len(DIRECTIONS):
             sock, _ = server.accept()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(HELLO_TIMEOUT_S)  # a peer that connects and says nothing must not block the host
             try:
                 hello = wire.recv_frame(sock, 64 * 1024)
                 which = wire.recv_frame(sock, 64 * 1024)
@@ -54,6 +55,7 @@ def _accept_both(address: tuple[str, int], token: str) -> dict[str, socket.socke
             ok = (hello.kind == wire.Kind.JSON and hmac.compare_digest(str(hello.obj.get("token", "")), token)
                   and which.kind == wire.Kind.JSON and which.obj.get("direction") in DIRECTIONS)
             if ok:
+                sock.settimeout(None)
                 socks[which.obj["direction"]] = sock
             else:
                 sock.close()

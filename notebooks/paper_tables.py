@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -50,6 +52,9 @@ import pandas as pd
 ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "run.py").exists())
 sys.path[:0] = [str(ROOT), str(ROOT / "notebooks")]
 import papers  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from harness.config import register  # noqa: E402
 from harness.traces import rayleigh_trace  # noqa: E402
 
 
@@ -80,6 +85,21 @@ AXES = {"model": "params.model.name", "method": "params.method.name", "hardware"
         "scenario": "params.scenario.name"}
 
 
+def preset_jobs() -> dict[str, int]:
+    """How many jobs the presets in conf/experiment sweep into each MLflow experiment (several may share one)."""
+    register()
+    jobs: dict[str, int] = {}
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        for path in sorted((ROOT / "conf" / "experiment").glob("*.yaml")):
+            cfg = compose(config_name="config", overrides=[f"experiment={path.stem}"], return_hydra_config=True)
+            sizes = [len(str(v).split(",")) for v in (cfg.hydra.sweeper.params or {}).values()]
+            jobs[cfg.experiment.name] = jobs.get(cfg.experiment.name, 0) + int(np.prod(sizes))
+    return jobs
+
+
+PRESET_JOBS = preset_jobs()
+
+
 def load_runs(names: list[str]) -> pd.DataFrame:
     """Every run of these experiments, with short columns for the axes; an absent experiment is reported, not fatal."""
     client = mlflow.MlflowClient()
@@ -89,11 +109,20 @@ def load_runs(names: list[str]) -> pd.DataFrame:
     if not found:
         return pd.DataFrame()
     df = mlflow.search_runs(experiment_names=found, output_format="pandas")
+    for name in found:
+        experiment_id = client.get_experiment_by_name(name).experiment_id
+        valid = int(((df["experiment_id"] == experiment_id) & (column_of(df, "tags.valid") == "true")).sum()) \
+            if not df.empty else 0
+        if name in PRESET_JOBS:
+            print(f"{name}: {valid} valid runs of the {PRESET_JOBS[name]} jobs its presets sweep")
     if df.empty:
         print(f"MISSING: experiments {found} have no runs")
         return df
     for short, column in AXES.items():
         df[short] = column_of(df, column)
+    # the same model at another input size is another row: "resnet18 64x64"
+    sizes = column_of(df, "params.model.input_shape").astype(str).str.findall(r"\d+").map(lambda d: "x".join(d[-2:]))
+    df["model"] = df["model"].astype(str) + " " + sizes
     df["bandwidth_mbps"] = pd.to_numeric(column_of(df, "params.link.bandwidth_mbps"), errors="coerce")
     df["num_servers"] = pd.to_numeric(column_of(df, "params.hardware.num_servers"), errors="coerce").fillna(1).astype(int)
     df["tasks"] = pd.to_numeric(column_of(df, "params.method.tasks_per_batch"), errors="coerce").fillna(1).astype(int)
@@ -108,8 +137,8 @@ def column_of(df: pd.DataFrame, column: str) -> pd.Series:
 def valid_cells(df: pd.DataFrame, keys: list[str], what: str, within: int = 1) -> pd.DataFrame:
     """The latest valid run of each cell; prints the invalid runs and the cells of the swept grid with no valid run.
 
-    The grid is the product of the values seen on each key, within each value of the first ``within`` keys
-    (a pair and a star were swept over different things).
+    The grid is the product of the values seen on each key, within each experiment and each value of the first
+    ``within`` keys (a pair and a star were swept over different things).
     """
     if df.empty:
         return df
@@ -118,9 +147,9 @@ def valid_cells(df: pd.DataFrame, keys: list[str], what: str, within: int = 1) -
         print(f"INVALID {what}: {run.get('tags.mlflow.runName', run['run_id'])}: {str(reason)[:160]}")
     good = df[df["valid"]].drop_duplicates(keys, keep="last")
     have = set(map(tuple, good[keys].itertuples(index=False)))
-    for outer, runs in (df.groupby(keys[:within], dropna=False) if within else [((), df)]):
+    for outer, runs in df.groupby(["experiment_id", *keys[:within]], dropna=False):
         inner = itertools.product(*(sorted(runs[k].dropna().unique()) for k in keys[within:]))
-        for cell in (tuple(outer) + rest for rest in inner):
+        for cell in (tuple(outer[1:]) + rest for rest in inner):
             if cell not in have:
                 print(f"MISSING {what}: no valid run for " + ", ".join(f"{k}={v}" for k, v in zip(keys, cell)))
     return good
@@ -236,7 +265,8 @@ if not latency.empty:
         rows.append({"claim": "CIC decision time vs DADS",
                      "measured best": decision.xs("cic", level="method")["dads_over_this"].max(),
                      "paper": f"up to {papers.CIC_CLAIMS['decision_speedup']:g}x faster [{papers.CIC}]"})
-    claims = pd.DataFrame(rows).set_index("claim")
+    claims = pd.DataFrame(rows, columns=["claim", "measured best", "measured range", "paper"]).set_index("claim")
+    claims["measured range"] = claims["measured range"].fillna("")
 show("(a3) the papers' headline claims beside the best measured ratio", claims)
 
 # %%
@@ -312,8 +342,9 @@ if not speedup.empty:
                 if f"{method}_speedup_x" in by_n:
                     ax.plot(n, by_n[f"{method}_speedup_x"], marker="o", label=f"{method}, {tasks} task/batch")
         for tasks, (low, high) in papers.HALP_SPEEDUP.items():
-            ax.axhspan(low, high, alpha=0.12, color="C0" if tasks == 1 else "C1")
+            ax.axhspan(low, high, alpha=0.12, color="C0" if tasks == 1 else "C1", label=f"paper, HALP {tasks}/batch")
         ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xticks(sorted(set(rows.index.get_level_values("num_servers"))))
         ax.set(xlabel="edge servers N", ylabel="speed-up over host alone", title=f"{hw} · {bw:g} Mbit/s")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
@@ -357,7 +388,7 @@ if not rel.empty:
     rel = rel.assign(latencies=[per_inference(r) for r in rel["run_id"]])
     trace = np.array(rayleigh_trace(**FADING).mbps)
     pooled = np.concatenate(list(rel["latencies"]))
-    logged = pd.to_numeric(rel.get("params.scenario.deadline_ms"), errors="coerce").dropna().unique()
+    logged = pd.to_numeric(column_of(rel, "params.scenario.deadline_ms"), errors="coerce").dropna().unique()
     deadlines = np.unique(np.round(np.r_[np.quantile(pooled, [0.0, 0.25, 0.5, 0.75, 1.0]), logged], 2))
     rows = {}
     for (hw, n, tasks, scenario, method), runs in rel.groupby(["hardware", "num_servers", "tasks", "scenario", "method"]):
@@ -368,8 +399,8 @@ if not rel.empty:
         else:
             key = (hw, n, tasks, method, f"{len(runs)} rates, Rayleigh {FADING}")
             rows[key] = {f"<= {d:g} ms": fading_hit_rate(runs, trace, d) for d in deadlines}
-        rows[key]["paper"] = papers.HALP_RELIABILITY
     reliability = pd.DataFrame.from_dict(rows, orient="index").round(3)
+    reliability["paper"] = papers.HALP_RELIABILITY
     reliability.index.names = ["hardware", "N", "tasks", "method", "how"]
 show("(c) deadline hit rate P(latency <= deadline)", reliability,
      f"{papers.HALP} studies service reliability under a time-varying channel with a strict deadline: "

@@ -1,0 +1,166 @@
+"""How closely a dilated split-inference run reproduces the latency the cost model predicts for the emulated boards.
+
+VGG-16 (224x224) on ``xavier_1080ti`` (Jetson AGX Xavier device, GTX 1080 Ti server), cut after pool3, pool4 and
+pool5 (one tensor of 784, 392 and 98 KiB crosses), at DADS's 3G, LTE and Wi-Fi uplink rates (1.1, 5.85, 18.88
+Mbit/s). Each combination is one real run through ``harness.runtime.run_workers``: two worker processes in network
+namespaces, the kernel shaping the veth at bandwidth / TDF, compute padded to the roofline time x TDF, TDF calibrated
+per run from this machine's local profile as ``run.py`` does. ``--retime`` also raises it after the warm-up when the
+workers' compute needed more, as ``run.py`` does; it is off by default because the cold first inference can triple
+the TDF, and the real time with it (``warmup_tdf`` in the JSON says what it would have asked for). The ratio is
+measured latency (issue to result, divided by TDF, mean over the measured inferences) over the plan's predicted
+latency (device + transfer + server); the goal is within +-5 %. ``link`` compares the measured send spans (first byte to ACK) with the predicted transfer.
+A run whose real compute overran its dilated budget beyond ``runtime.overrun_tolerance_pct`` is marked INVALID.
+
+Real time is TDF x emulated time: TDF is ~20-45 here, so the pool3 cut at 1.1 Mbit/s (5.9 s emulated) takes ~4 min
+per inference; the whole grid with one warm-up and two measured inferences takes ~25 min.
+
+    cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/emulation_fidelity.py --json
+    PYTHONPATH=. .venv/bin/python benchmarks/emulation_fidelity.py --cuts pool5 --rates 18.88 --inferences 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from hardware.profiles import LocalProfile
+from harness.config import register, validate
+from harness.costs import cut_problem
+from harness.experiment import build_hardware, calibrate_tdf, cut_workers, max_abs_error, overrun_metrics
+from harness.graph import ancestors, build_graph
+from harness.models import ModelSpec
+from harness.network import LinkSpec
+from harness.runtime import RunFailed, latencies_ms, run_workers, warmup_tdf
+from partitioners.base import LinkState, cut_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+CUTS = {"pool3": "features_16", "pool4": "features_23", "pool5": "features_30"}  # torchvision's vgg16.features
+RATES_MBPS = (1.1, 5.85, 18.88)
+GOAL = 0.05
+
+
+def make_cfg(overrides: list[str]) -> DictConfig:
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose(config_name="config", overrides=overrides)
+    validate(cfg)
+    return cfg
+
+
+def measure(cfg: DictConfig, cut: str, mbps: float, margin: float, retime: bool) -> dict[str, Any]:
+    """One dilated run of VGG-16 cut after ``cut`` at ``mbps``: predicted and measured latency, TDF, validity."""
+    graph = build_graph(ModelSpec.from_config(cfg.model))
+    hardware = build_hardware(cfg.hardware)
+    node_ms = hardware.node_ms(graph)
+    device, server = hardware.cut_roles
+    problem = cut_problem(graph, node_ms[device], node_ms[server])
+    link = LinkState(mbps, float(cfg.link.delay_ms))
+    plan = cut_plan("fixed_cut", problem, ancestors(graph, [CUTS[cut]]), link)
+    side = {n["name"] for n in plan.to_json()["nodes"] if n["side"] == "device"}
+    parts = {device: sorted(side), server: [n for n in graph.order if n not in side]}
+    local_ms = LocalProfile(threads=int(cfg.runtime.threads_per_worker)).node_ms(graph)
+    tdf = calibrate_tdf(parts, node_ms, local_ms, margin, concurrent=1)
+    workers, first = cut_workers(cfg, graph, plan, hardware, node_ms, tdf, pad=True)
+    predicted_device, predicted_link, predicted_server = problem.stage_ms(side, link)
+    row: dict[str, Any] = {"cut": cut, "node": CUTS[cut], "tensor_bytes": graph[CUTS[cut]].out_bytes,
+                           "bandwidth_mbps": mbps, "tdf": tdf, "predicted_ms": plan.predicted_latency_ms,
+                           "predicted_link_ms": predicted_link,
+                           "predicted_compute_ms": predicted_device + predicted_server}
+    started = time.monotonic()
+    try:
+        result = run_workers([device, server], [(device, server, LinkSpec(mbps, float(cfg.link.delay_ms)))],
+                             workers, first, OmegaConf.to_container(cfg.scenario), tdf, float(cfg.runtime.timeout_s),
+                             int(cfg.runtime.max_payload_mb) << 20, backend=cfg.runtime.backend, progress=False,
+                             retime_margin=margin if retime else None)
+    except RunFailed as exc:
+        return {**row, "valid": False, "invalid_reason": str(exc), "real_s": time.monotonic() - started}
+    measured = latencies_ms(result)
+    sends = [s for s in result.spans if s["kind"] == "send" and s["seq"] >= result.warmup]
+    per_inference_link = sum(s["end_ns"] - s["start_ns"] for s in sends) / 1e6 / tdf / max(1, len(measured))
+    overruns = overrun_metrics(result)
+    tolerance = float(cfg.runtime.overrun_tolerance_pct)
+    valid = overruns["max_overrun_pct"] <= tolerance and len(result.outputs) == len(result.starts_ns)
+    return {**row, "tdf_calibrated": tdf, "tdf": result.tdf, "warmup_tdf": warmup_tdf(result, margin),
+            "backend": result.backend, "measured_ms": float(measured.mean()),
+            "measured_ms_each": [float(x) for x in measured], "ratio": float(measured.mean()) / plan.predicted_latency_ms,
+            "measured_link_ms": per_inference_link, "link_ratio": per_inference_link / predicted_link,
+            "max_overrun_pct": overruns["max_overrun_pct"], "max_abs_error": max_abs_error(graph, result),
+            "valid": valid, "invalid_reason": "" if valid else
+            f"compute overran its budget by {overruns['max_overrun_pct']:.0f}% (> {tolerance:g}%)",
+            "real_s": time.monotonic() - started}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [("| cut | tensor | Mbit/s | TDF | backend | predicted ms | measured ms | measured / predicted | "
+              "link measured / predicted | valid | real s |"),
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        if "measured_ms" not in r:
+            lines.append(f"| {r['cut']} | {r['tensor_bytes'] / 1024:.0f} KiB | {r['bandwidth_mbps']:g} | "
+                         f"{r['tdf']:.1f} | - | {r['predicted_ms']:.1f} | - | - | - | INVALID: {r['invalid_reason']} "
+                         f"| {r['real_s']:.0f} |")
+            continue
+        ok = "yes" if r["valid"] else f"INVALID ({r['invalid_reason']})"
+        goal = "" if abs(r["ratio"] - 1) <= GOAL else " (outside ±5%)"
+        lines.append(f"| {r['cut']} | {r['tensor_bytes'] / 1024:.0f} KiB | {r['bandwidth_mbps']:g} | {r['tdf']:.1f} | "
+                     f"{r['backend']} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | {r['ratio']:.3f}{goal} | "
+                     f"{r['link_ratio']:.3f} | {ok} | {r['real_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cuts", nargs="+", choices=list(CUTS), default=list(CUTS))
+    parser.add_argument("--rates", nargs="+", type=float, default=list(RATES_MBPS), metavar="MBPS")
+    parser.add_argument("--inferences", type=int, default=2, help="measured inferences per run (after 1 warm-up)")
+    parser.add_argument("--tdf-margin", type=float, default=None,
+                        help="headroom over the slowest part's local/emulated ratio (default: runtime.tdf_margin)")
+    parser.add_argument("--retime", action="store_true",
+                        help="raise the TDF after the warm-up when its compute needed more, as run.py does (the cold "
+                             "first inference can triple the TDF, and the real time with it)")
+    parser.add_argument("--json", action="store_true", help="also write benchmarks/results/emulation_fidelity.json")
+    args = parser.parse_args()
+    cfg = make_cfg(["model=vgg16", "hardware=xavier_1080ti", "link=wifi", "scenario=single_stream",
+                    f"scenario.inferences={args.inferences}", "scenario.warmup=1"])
+    margin = float(args.tdf_margin if args.tdf_margin is not None else cfg.runtime.tdf_margin)
+    load = os.getloadavg()
+    print(f"host {platform.node()}, {os.cpu_count()} cpus, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
+          f"torch {torch.__version__}, tdf margin {margin:g}, retime {args.retime}", flush=True)
+    rows = []
+    for cut in args.cuts:
+        for mbps in args.rates:
+            rows.append(measure(cfg, cut, mbps, margin, args.retime))
+            r = rows[-1]
+            print(f"{cut} @ {mbps:g} Mbit/s: tdf {r['tdf']:.1f}, predicted {r['predicted_ms']:.1f} ms, "
+                  f"measured {r.get('measured_ms', float('nan')):.1f} ms, valid {r['valid']}, {r['real_s']:.0f} s real",
+                  flush=True)
+    print()
+    print(table(rows))
+    ratios = [r["ratio"] for r in rows if r.get("valid")]
+    if ratios:
+        print(f"\nvalid runs: {len(ratios)}/{len(rows)}; measured / predicted median {statistics.median(ratios):.3f}, "
+              f"range {min(ratios):.3f}..{max(ratios):.3f}; within ±5%: "
+              f"{sum(abs(x - 1) <= GOAL for x in ratios)}/{len(ratios)}")
+    load_after = os.getloadavg()
+    print(f"load after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    if args.json:
+        out = ROOT / "benchmarks" / "results" / "emulation_fidelity.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"host": platform.node(), "cpus": os.cpu_count(), "load_before": load,
+                                   "load_after": load_after, "tdf_margin": margin, "retime": args.retime,
+                                   "rows": rows}, indent=1))
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The paper presets expand into jobs that compose, and the paper-tables notebook rebuilds its tables from real runs.
+
+The end-to-end test sweeps the quick presets on this machine's own hardware (local_pair, 4x_local: TDF 1) into a
+private MLflow store, executes notebooks/paper_tables.ipynb against it with nbclient, and finds each run's measured
+values in the printed tables.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import jupytext
+import mlflow
+import nbformat
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from harness.config import register, validate
+from harness.experiment import resolve_objective
+from tests.conftest import ROOT, needs_root, run_cli
+
+NOTEBOOK = ROOT / "notebooks" / "paper_tables.ipynb"
+SCRIPT = ROOT / "notebooks" / "paper_tables.py"
+PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+SMALL_CUT = ["model=resnet18", "hardware=local_pair", "link=gigabit"]  # cic_paper_quick sets 64x64 inputs
+SMALL_STAR = ["hardware=4x_local", "model.input_shape=[1,3,64,64]"]
+register()
+
+
+def preset_jobs(preset: str) -> list[list[str]]:
+    """The override lists `python run.py -m experiment=<preset>` launches, expanded as Hydra's basic sweeper does."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose(config_name="config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params or {}
+    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    batches = BasicSweeper.split_arguments(overrides, None)
+    return [[f"experiment={preset}", *job] for job in itertools.chain.from_iterable(batches)]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_job_of_a_preset_sweep_composes_and_validates(preset: str) -> None:
+    jobs = preset_jobs(preset)
+    assert len(jobs) > 1, f"experiment={preset} sweeps nothing"
+    names = set()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        for job in jobs:
+            cfg = compose(config_name="config", overrides=job)
+            resolve_objective(cfg)
+            validate(cfg)
+            names.add(cfg.experiment.name)
+    assert len(names) == 1 and names != {"default"}, f"experiment={preset} must set experiment.name, got {names}"
+
+
+def test_preset_sweeps_have_the_papers_axes() -> None:
+    cic = {tuple(sorted(j[1:])) for j in preset_jobs("cic_paper")}
+    assert len(cic) == 4 * 6 * 5
+    assert any("method=cic" in j and "link=cat1" in j and "model=densenet201" in j for j in cic)
+    halp = preset_jobs("halp_paper")
+    assert len(halp) == 2 * 3 * 2 * 2
+    assert {j for job in halp for j in job if j.startswith("hardware.num_servers")} == {
+        f"hardware.num_servers={n}" for n in (2, 3, 4)}
+
+
+def test_notebook_and_script_are_the_same_jupytext_pair() -> None:
+    """Edit one, then `jupytext --sync notebooks/paper_tables.py`: the cells must match."""
+    from_script = jupytext.read(SCRIPT)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    assert [(c.cell_type, c.source) for c in notebook.cells] == [(c.cell_type, c.source) for c in from_script.cells]
+
+
+def execute_notebook(env: dict[str, str]) -> str:
+    """Run the notebook as Jupyter would (kernel cwd = notebooks/); all printed text, in order."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                   for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+
+
+@pytest.fixture(scope="module")
+def paper_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """A small sweep of the quick presets on local hardware, in a private MLflow store."""
+    tmp = tmp_path_factory.mktemp("paper_runs")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    sweeps = [
+        ["-m", "experiment=cic_paper_quick", *SMALL_CUT, "link.bandwidth_mbps=10,100"],
+        ["-m", "experiment=halp_paper_quick", *SMALL_STAR, "link.bandwidth_mbps=200"],
+        ["-m", "experiment=halp_host_alone", *SMALL_STAR, "scenario.inferences=2",
+         "experiment.name=halp_paper_quick"],
+        # a cut method under the fading trace player, with a deadline, for the reliability table
+        [*SMALL_CUT, "model.input_shape=[1,3,64,64]", "method=dads", "scenario=dynamic", "link=rayleigh",
+         "scenario.inferences=3", "scenario.deadline_ms=20", "experiment.name=halp_paper_quick"],
+    ]
+    for args in sweeps:
+        proc = run_cli(args, uri, tmp)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return uri, tmp
+
+
+@needs_root
+@pytest.mark.slow
+def test_notebook_prints_the_runs_values_beside_the_papers(paper_store: tuple[str, Path]) -> None:
+    uri, tmp = paper_store
+    mlflow.set_tracking_uri(uri)
+    cut = mlflow.search_runs(experiment_names=["cic_paper_quick"])
+    star = mlflow.search_runs(experiment_names=["halp_paper_quick"])
+    assert len(cut) == 8 and (cut["tags.valid"] == "true").all(), cut.get("tags.invalid_reason")
+    assert len(star) == 4 and (star["tags.valid"] == "true").all(), star.get("tags.invalid_reason")
+
+    out = execute_notebook({"MLFLOW_TRACKING_URI": uri, "CIC_EXPERIMENT": "cic_paper_quick",
+                            "HALP_EXPERIMENT": "halp_paper_quick", "RELIABILITY_EXPERIMENT": "halp_paper_quick",
+                            "PAPER_FIGURES_DIR": str(tmp / "figures")})
+
+    for _, run in cut.iterrows():  # (a): every cut run's latency, throughput and decision time, as measured
+        assert f"{run['metrics.latency_ms']:.2f}" in out, run["params.method.name"]
+        assert f"{run['metrics.throughput_ips']:.2f}" in out, run["params.method.name"]
+    decision = cut.groupby("params.method.name")["metrics.decision_time_ms"].median()
+    assert all(f"{ms:.4f}" in out for ms in decision), decision
+    latency = cut.set_index(["params.link.bandwidth_mbps", "params.method.name"])["metrics.latency_ms"]
+    for bw in ("10.0", "100.0"):  # speed-up of DADS over device-only, as the notebook computes it
+        assert f"{latency[(bw, 'device_only')] / latency[(bw, 'dads')]:.2f}" in out
+    assert "up to 2.6x" in out and "8.32x" not in out  # CIC's claim; DADS's Wi-Fi figure only beside 18.88 Mbit/s
+
+    host = star[star["params.method.name"] == "device_only"]["metrics.latency_ms"].iloc[0]
+    for _, run in star[star["params.method.name"].isin(["halp", "modnn"])].iterrows():  # (b): speed-ups
+        assert f"{run['metrics.task_time_ms']:.2f}" in out
+        assert f"{host / run['metrics.task_time_ms']:.2f}" in out
+    assert f"{host:.2f}" in out and "HALP 1.7-2.0x" in out
+
+    assert "(c) deadline hit rate" in out and "measured under the trace" in out  # (c)
+    assert "<= 20 ms" in out and "[paper gives no figure]" in out
+    assert "MISSING experiment" not in out and "(no valid runs for this table)" not in out
+    assert {p.name for p in (tmp / "figures").iterdir()} == {
+        "cic_latency_vs_bandwidth.png", "cic_decision_time.png", "halp_speedup_vs_n.png", "deadline_hit_rate.png"}
+
+
+def test_notebook_names_what_is_missing_instead_of_failing(tmp_path: Path) -> None:
+    out = execute_notebook({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}",
+                            "CIC_EXPERIMENT": "cic_paper", "HALP_EXPERIMENT": "halp_paper",
+                            "RELIABILITY_EXPERIMENT": "halp_reliability", "PAPER_FIGURES_DIR": ""})
+    for name in ("cic_paper", "halp_paper", "halp_reliability"):
+        assert f"MISSING experiment '{name}'" in out and f"experiment={name}" in out
+    assert out.count("(no valid runs for this table)") == 5

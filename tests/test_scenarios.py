@@ -1,0 +1,130 @@
+"""Scenarios end to end through run.py: stream overlaps stages, dynamic follows its trace and re-decides.
+
+Each test reads back what the run recorded in MLflow (metrics, metric histories, spans.json, decisions.json), the way
+an analysis would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harness.traces import load_trace
+from tests.conftest import needs_root, run_cli
+
+# mobilenet_v2 at 64x64 on xavier_1080ti: the latency-optimal cut is in the middle (59 of 154 nodes on the device)
+# at 18.88 and 5.85 Mbit/s, with device, link and server stages of 5.8, 1.7 and 3.2 ms; at 1.1 Mbit/s it is
+# device-only. TDF ~4 with margin 3.
+MIDDLE_CUT = ["model=mobilenet_v2", "model.input_shape=[1,3,64,64]", "hardware=xavier_1080ti", "method=neurosurgeon",
+              "method.objective=latency", "runtime.tdf_margin=3"]
+
+
+def finished_runs(uri: str) -> pd.DataFrame:
+    mlflow.set_tracking_uri(uri)
+    df = mlflow.search_runs(experiment_names=["default"], output_format="pandas")
+    assert (df["status"] == "FINISHED").all(), df.get("tags.invalid_reason")
+    assert (df["tags.valid"] == "true").all(), df.get("tags.invalid_reason")
+    return df
+
+
+def artifact(uri: str, run_id: str, name: str, tmp_path: Path) -> Any:
+    path = MlflowClient(uri).download_artifacts(run_id, name, str(tmp_path))
+    return json.loads(Path(path).read_text())
+
+
+@needs_root
+def test_stream_overlaps_device_link_and_server(tracking_uri: str, tmp_path: Path) -> None:
+    for scenario, n in (("single_stream", 5), ("stream", 12)):
+        proc = run_cli([*MIDDLE_CUT, "link.bandwidth_mbps=18.88", f"scenario={scenario}",
+                        f"scenario.inferences={n}"], tracking_uri, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    df = finished_runs(tracking_uri).set_index("params.scenario.name")
+    plans = {s: artifact(tracking_uri, df.loc[s, "run_id"], "plan.json", tmp_path / s) for s in df.index}
+    sides = {s: [n["side"] for n in plan["nodes"]] for s, plan in plans.items()}
+    assert sides["stream"] == sides["single_stream"]  # the same cut: only the scenario differs
+    assert {"device", "server"} == set(sides["stream"])  # a cut in the middle: three stages to overlap
+    single, stream = df.loc["single_stream", "metrics.throughput_ips"], df.loc["stream", "metrics.throughput_ips"]
+    # Sequential: 1 / (device + link + server); pipelined: towards 1 / slowest stage (~1.8x here).
+    assert stream > 1.3 * single, (stream, single)
+    assert df.loc["stream", "metrics.latency_ms"] >= df.loc["single_stream", "metrics.latency_ms"] * 0.9
+
+
+def _goodput_by_phase(spans: list[dict], decisions: list[dict], tdf: float) -> dict[float, float]:
+    """Payload goodput (Mbit/s, undilated) of the sends that ran wholly inside one step of the trace, per step rate.
+
+    A send's emulated time is anchored at its inference's decision (taken just before the inference was issued).
+    """
+    trace = load_trace("stepped_3g_lte_wifi.csv")
+    at = {d["seq"]: d["emulated_s"] for d in decisions}
+    bits: dict[float, float] = {}
+    seconds: dict[float, float] = {}
+    first_start = {}
+    for s in spans:
+        first_start[s["seq"]] = min(first_start.get(s["seq"], s["start_ns"]), s["start_ns"])
+    for s in spans:
+        if s["kind"] != "send" or s["seq"] not in at:
+            continue
+        start = at[s["seq"]] + (s["start_ns"] - first_start[s["seq"]]) / 1e9 / tdf
+        duration = (s["end_ns"] - s["start_ns"]) / 1e9 / tdf
+        rate = trace.rate_at(start)
+        if trace.rate_at(start + duration + 0.05) != rate or trace.rate_at(max(0.0, start - 0.05)) != rate:
+            continue  # straddles a step (or sits too close to one to tell)
+        bits[rate] = bits.get(rate, 0.0) + s["bytes"] * 8
+        seconds[rate] = seconds.get(rate, 0.0) + duration
+    return {rate: bits[rate] / seconds[rate] / 1e6 for rate in bits}
+
+
+@needs_root
+def test_dynamic_link_follows_the_trace_and_deadlines_count_right(tracking_uri: str, tmp_path: Path) -> None:
+    # server_only ships the 48 KiB input every inference: its transfers measure the link in every step of the
+    # trace (0-2 s at 18.88, 2-4 s at 5.85, 4-6 s at 1.1 Mbit/s); 13 arrivals 450 ms apart walk 5.85 s of it.
+    deadline_ms = 150.0  # ~40 ms at 18.88 Mbit/s, ~85 ms at 5.85, ~380 ms at 1.1: some hit, some miss
+    proc = run_cli(["model=resnet18", "model.input_shape=[1,3,64,64]", "hardware=local_pair", "method=server_only",
+                    "scenario=dynamic", "link=trace_stepped", "scenario.inferences=13", "scenario.interval_ms=450",
+                    f"scenario.deadline_ms={deadline_ms}"], tracking_uri, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = finished_runs(tracking_uri).iloc[0]
+    spans = artifact(tracking_uri, run["run_id"], "spans.json", tmp_path)
+    decisions = artifact(tracking_uri, run["run_id"], "decisions.json", tmp_path)
+    assert {d["true_mbps"] for d in decisions} == {18.88, 5.85, 1.1}
+    goodput = _goodput_by_phase(spans, decisions, run["metrics.tdf"])
+    assert set(goodput) == {18.88, 5.85, 1.1}, goodput
+    for rate, measured in goodput.items():
+        assert measured == pytest.approx(rate, rel=0.15), goodput
+    assert goodput[18.88] / goodput[1.1] == pytest.approx(18.88 / 1.1, rel=0.15), goodput
+
+    history = MlflowClient(tracking_uri).get_metric_history(run["run_id"], "inference_latency_ms")
+    latencies = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert len(latencies) == 13
+    hit_rate = sum(lat <= deadline_ms for lat in latencies) / len(latencies)
+    assert run["metrics.deadline_hit_rate"] == pytest.approx(hit_rate, abs=1e-12)
+    assert 0 < hit_rate < 1, latencies  # the 1.1 Mbit/s step misses, the 18.88 one does not
+
+
+@needs_root
+def test_dynamic_method_re_decides_when_the_best_cut_moves(tracking_uri: str, tmp_path: Path) -> None:
+    # With the oracle estimate, the cut must move from the middle (18.88, 5.85 Mbit/s) to the device (1.1 Mbit/s).
+    proc = run_cli([*MIDDLE_CUT, "scenario=dynamic", "link=trace_stepped", "scenario.estimator=oracle",
+                    "scenario.inferences=10", "scenario.interval_ms=500"], tracking_uri, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = finished_runs(tracking_uri).iloc[0]
+    decisions = artifact(tracking_uri, run["run_id"], "decisions.json", tmp_path)
+    plan = artifact(tracking_uri, run["run_id"], "plan.json", tmp_path)
+    total = len(plan["nodes"])
+    assert run["metrics.plan_switches"] >= 1
+    assert run["metrics.plan_switches"] == sum(d["switched"] for d in decisions)
+    for d in decisions:
+        assert d["estimate_mbps"] == d["true_mbps"]  # the oracle reads the trace
+        if d["true_mbps"] == 1.1:
+            assert d["device_nodes"] == total, d  # nothing is worth sending at 1.1 Mbit/s
+        else:
+            assert 1 < d["device_nodes"] < total, d
+    first_slow = next(d for d in decisions if d["true_mbps"] == 1.1)
+    assert first_slow["switched"]
+    assert run["metrics.max_abs_error"] <= 1e-4  # the switched plan still computes the model
