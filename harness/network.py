@@ -231,13 +231,16 @@ def _alive(pid: int) -> bool:
 
 def _remove_namespace(name: str, prefix: str) -> None:
     """Kill what still runs in it, delete its veths (the peer end goes too), then unmount it."""
+    if name not in netns.listnetns():
+        return  # already gone (e.g. removed by `cleanup` while its owner still ran)
     for pid in netns.ns_pids().get(name, []):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     try:
-        with IPRoute(netns=name) as ip:
+        # flags=0: never create the namespace we are removing (pyroute2 creates a missing one by default)
+        with IPRoute(netns=name, flags=0) as ip:
             for link in ip.get_links():
                 ifname = link.get_attr("IFLA_IFNAME")
                 if _owner_pid(ifname, prefix) is not None:
