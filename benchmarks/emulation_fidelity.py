@@ -8,8 +8,9 @@ per run from this machine's local profile as ``run.py`` does. ``--retime`` also 
 workers' compute needed more, as ``run.py`` does; it is off by default because the cold first inference can triple
 the TDF, and the real time with it (``warmup_tdf`` in the JSON says what it would have asked for). The ratio is
 measured latency (issue to result, divided by TDF, mean over the measured inferences) over the plan's predicted
-latency (device + transfer + server); the goal is within +-5 %. ``link`` compares the measured send spans (first byte to ACK) with the predicted transfer.
-A run whose real compute overran its dilated budget beyond ``runtime.overrun_tolerance_pct`` is marked INVALID.
+latency (device + transfer + server); the goal is within +-5 %. ``link`` compares the measured send spans (first
+byte to ACK) with the predicted transfer. A run whose real compute overran its dilated budget beyond
+``runtime.overrun_tolerance_pct`` is marked INVALID.
 
 Real time is TDF x emulated time: TDF is ~20-45 here, so the pool3 cut at 1.1 Mbit/s (5.9 s emulated) takes ~4 min
 per inference; the whole grid with one warm-up and two measured inferences takes ~25 min.
@@ -88,13 +89,21 @@ def measure(cfg: DictConfig, cut: str, mbps: float, margin: float, retime: bool)
     sends = [s for s in result.spans if s["kind"] == "send" and s["seq"] >= result.warmup]
     per_inference_link = sum(s["end_ns"] - s["start_ns"] for s in sends) / 1e6 / tdf / max(1, len(measured))
     overruns = overrun_metrics(result)
+    measured_compute = [s for s in result.spans if s["kind"] == "compute" and s["seq"] >= result.warmup]
+    # Where real compute overran, and what that cost in emulated latency (overrun x budget, summed per inference).
+    by_endpoint = {e: 100 * max(s.get("overrun", 0.0) for s in measured_compute if s["endpoint"] == e)
+                   for e in sorted({s["endpoint"] for s in measured_compute})}
+    cost_ms = {}
+    for s in measured_compute:
+        cost_ms[s["seq"]] = cost_ms.get(s["seq"], 0.0) + s.get("overrun", 0.0) * s.get("budget_ms", 0.0)
     tolerance = float(cfg.runtime.overrun_tolerance_pct)
     valid = overruns["max_overrun_pct"] <= tolerance and len(result.outputs) == len(result.starts_ns)
     return {**row, "tdf_calibrated": tdf, "tdf": result.tdf, "warmup_tdf": warmup_tdf(result, margin),
             "backend": result.backend, "measured_ms": float(measured.mean()),
             "measured_ms_each": [float(x) for x in measured], "ratio": float(measured.mean()) / plan.predicted_latency_ms,
             "measured_link_ms": per_inference_link, "link_ratio": per_inference_link / predicted_link,
-            "max_overrun_pct": overruns["max_overrun_pct"], "max_abs_error": max_abs_error(graph, result),
+            "max_overrun_pct": overruns["max_overrun_pct"], "max_overrun_pct_by_endpoint": by_endpoint,
+            "max_overrun_cost_ms": max(cost_ms.values(), default=0.0), "max_abs_error": max_abs_error(graph, result),
             "valid": valid, "invalid_reason": "" if valid else
             f"compute overran its budget by {overruns['max_overrun_pct']:.0f}% (> {tolerance:g}%)",
             "real_s": time.monotonic() - started}
@@ -110,7 +119,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                          f"{r['tdf']:.1f} | - | {r['predicted_ms']:.1f} | - | - | - | INVALID: {r['invalid_reason']} "
                          f"| {r['real_s']:.0f} |")
             continue
-        ok = "yes" if r["valid"] else f"INVALID ({r['invalid_reason']})"
+        where = ", ".join(f"{e} {p:.0f}%" for e, p in r["max_overrun_pct_by_endpoint"].items() if p > 0)
+        ok = "yes" if r["valid"] else f"INVALID: overrun {where}, costing <= {r['max_overrun_cost_ms']:.2f} ms"
         goal = "" if abs(r["ratio"] - 1) <= GOAL else " (outside ±5%)"
         lines.append(f"| {r['cut']} | {r['tensor_bytes'] / 1024:.0f} KiB | {r['bandwidth_mbps']:g} | {r['tdf']:.1f} | "
                      f"{r['backend']} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | {r['ratio']:.3f}{goal} | "
@@ -128,7 +138,9 @@ def main() -> None:
     parser.add_argument("--retime", action="store_true",
                         help="raise the TDF after the warm-up when its compute needed more, as run.py does (the cold "
                              "first inference can triple the TDF, and the real time with it)")
-    parser.add_argument("--json", action="store_true", help="also write benchmarks/results/emulation_fidelity.json")
+    parser.add_argument("--json", nargs="?", const=str(ROOT / "benchmarks" / "results" / "emulation_fidelity.json"),
+                        metavar="PATH", help="also write the rows as JSON (default benchmarks/results/"
+                                             "emulation_fidelity.json)")
     args = parser.parse_args()
     cfg = make_cfg(["model=vgg16", "hardware=xavier_1080ti", "link=wifi", "scenario=single_stream",
                     f"scenario.inferences={args.inferences}", "scenario.warmup=1"])
@@ -154,7 +166,7 @@ def main() -> None:
     load_after = os.getloadavg()
     print(f"load after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     if args.json:
-        out = ROOT / "benchmarks" / "results" / "emulation_fidelity.json"
+        out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"host": platform.node(), "cpus": os.cpu_count(), "load_before": load,
                                    "load_after": load_after, "tdf_margin": margin, "retime": args.retime,

@@ -140,6 +140,9 @@ def validate(cfg: DictConfig) -> None:
     kind = method_kind(cfg)
     _require(kind in ("cut", "spatial"), f"method {cfg.method.name!r} has kind {kind!r}; expected 'cut' or 'spatial'")
     if kind == "spatial":
+        _require(scenario.name != "dynamic",
+                 f"method {cfg.method.name!r} cannot follow a bandwidth trace: scenario=dynamic re-decides cut plans "
+                 "only; accepted scenarios for spatial methods: single_stream, stream")
         _require(hw.topology == "star",
                  f"method {cfg.method.name!r} splits feature maps across edge servers and needs a star topology; "
                  f"hardware {hw.name!r} is a {hw.topology}. Accepted: hardware=4x_1080ti, 4x_xavier or 4x_local")

@@ -48,14 +48,14 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
+from hydra import compose, initialize_config_dir
 
 ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "run.py").exists())
-sys.path[:0] = [str(ROOT), str(ROOT / "notebooks")]
-import papers  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
+sys.path[:0] = [str(ROOT), str(ROOT / "notebooks")]  # the harness, and papers.py beside this notebook
+import papers
 
-from harness.config import register  # noqa: E402
-from harness.traces import rayleigh_trace  # noqa: E402
+from harness.config import register
+from harness.traces import rayleigh_trace
 
 
 def experiments(var: str, default: str) -> list[str]:
@@ -159,14 +159,24 @@ def metric(df: pd.DataFrame, name: str) -> pd.Series:
     return df[f"metrics.{name}"] if f"metrics.{name}" in df else pd.Series(np.nan, index=df.index)
 
 
+DECIMALS = {"decision_ms": 4, "offline_ms": 3, "nodes": 0, "nodes_after": 0, "uplinks": 0}  # else 2; hit rates 3
+
+
 def show(title: str, table: pd.DataFrame, note: str = "") -> None:
+    """Print a table with fixed decimals per column ("-" where there is no value)."""
     print(f"\n=== {title} ===")
     if note:
         print(note)
     if table is None or table.empty:
         print("(no valid runs for this table)")
         return
-    print(table.to_string())
+
+    def fixed(decimals: int):
+        return lambda v: f"{v:.{decimals}f}"
+
+    formatters = {c: fixed(DECIMALS.get(c, 3 if str(c).startswith("<=") or "hit_rate" in str(c) else 2))
+                  for c in table.columns if pd.api.types.is_float_dtype(table[c])}
+    print(table.to_string(formatters=formatters, na_rep="-"))
 
 
 def save(fig: plt.Figure, name: str) -> None:
@@ -178,7 +188,7 @@ def save(fig: plt.Figure, name: str) -> None:
 
 
 def ratio(num: pd.Series, den: pd.Series) -> pd.Series:
-    return (num / den).round(2)
+    return num / den
 
 
 # %% [markdown]
@@ -208,8 +218,6 @@ if not cut.empty:
     else:
         print("MISSING baseline dads: no decision-time ratios")
     decision["paper"] = [papers.DECISION_CLAIMS.get(m, papers.NO_FIGURE) for m in decision.index.get_level_values(2)]
-    decision["decision_ms"] = decision["decision_ms"].round(4)
-    decision["offline_ms"] = decision["offline_ms"].round(3)
 show("(a1) decision time per model and method (median over uplinks, ms); dads_over_this = how many times faster "
      "than DADS", decision)
 
@@ -226,8 +234,6 @@ if not cut.empty:
         ref.index = cells.index
         latency[f"lat_x_vs_{base}"] = ratio(ref["latency_ms"], cells["latency_ms"])
         latency[f"tput_x_vs_{base}"] = ratio(cells["throughput_ips"], ref["throughput_ips"])
-    latency["latency_ms"] = latency["latency_ms"].round(2)
-    latency["throughput_ips"] = latency["throughput_ips"].round(2)
 
     def dads_paper(index: tuple) -> str:
         _, _, bw, method = index
@@ -316,8 +322,8 @@ if not spatial.empty:
     speedup = cells.pivot_table(index=["hardware", "bandwidth_mbps", "tasks", "num_servers"], columns="method",
                                 values=["task_ms", "speedup_x", "predicted_x"], aggfunc="last")
     speedup.columns = [f"{method}_{value}" for value, method in speedup.columns]
-    speedup = speedup[sorted(speedup.columns, key=lambda c: (c.split("_")[0] != "halp", c))].round(2)
-    speedup.insert(0, "host_alone_ms", [round(host_ms.get(i[0], np.nan), 2) for i in speedup.index])
+    speedup = speedup[sorted(speedup.columns, key=lambda c: (c.split("_")[0] != "halp", c))]
+    speedup.insert(0, "host_alone_ms", [host_ms.get(i[0], np.nan) for i in speedup.index])
 
     def halp_paper(index: tuple) -> str:
         low, high = papers.HALP_SPEEDUP.get(index[2], (None, None))
@@ -399,7 +405,7 @@ if not rel.empty:
         else:
             key = (hw, n, tasks, method, f"{len(runs)} rates, Rayleigh {FADING}")
             rows[key] = {f"<= {d:g} ms": fading_hit_rate(runs, trace, d) for d in deadlines}
-    reliability = pd.DataFrame.from_dict(rows, orient="index").round(3)
+    reliability = pd.DataFrame.from_dict(rows, orient="index")
     reliability["paper"] = papers.HALP_RELIABILITY
     reliability.index.names = ["hardware", "N", "tasks", "method", "how"]
 show("(c) deadline hit rate P(latency <= deadline)", reliability,

@@ -97,3 +97,8 @@ def test_sweep_size_counts_command_line_and_preset_sweeps() -> None:
     assert sweep_size(cfg) == 12
     single = OmegaConf.create({"hydra": {"overrides": {"task": ["model=vgg16"]}, "sweeper": {"params": None}}})
     assert sweep_size(single) == 1
+
+
+def test_spatial_method_under_a_trace_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"method 'halp' cannot follow a bandwidth trace.*single_stream, stream"):
+        validate(make(["method=halp", "scenario=dynamic", "link=trace_stepped"]))

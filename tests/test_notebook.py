@@ -143,6 +143,8 @@ def test_notebook_prints_the_runs_values_beside_the_papers(paper_store: tuple[st
     assert f"{host:.2f}" in out and "HALP 1.7-2.0x" in out
 
     assert "(c) deadline hit rate" in out and "measured under the trace" in out  # (c)
+    dynamic = star[star["params.scenario.name"] == "dynamic"].iloc[0]
+    assert f"{dynamic['metrics.deadline_hit_rate']:.3f}  [paper gives no figure]" in out
     assert "<= 20 ms" in out and "[paper gives no figure]" in out
     assert "MISSING experiment" not in out and "(no valid runs for this table)" not in out
     assert {p.name for p in (tmp / "figures").iterdir()} == {
