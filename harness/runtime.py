@@ -349,18 +349,37 @@ def probe_link(topology: Topology, a: str, b: str, port: int = PROBE_PORT) -> fl
     return nbytes * 8 / ((end - start) / 1e9 / topology.tdf) / 1e6
 
 
-def warmup_tdf(result: RunResult, margin: float) -> float:
-    """The TDF at which the warm-up's real compute would have fit its budgets with ``margin`` headroom: measured
-    in the workers themselves, under this machine's real contention."""
-    ratios = [(s["end_ns"] - s["start_ns"]) / 1e6 / s["budget_ms"] for s in result.spans
-              if s["kind"] == "compute" and s["seq"] < result.warmup and s.get("budget_ms", 0) > 0]
-    return margin * max(ratios, default=0.0)
+def overrun_cost_ms(result: RunResult, seq: int, tdf: float | None = None) -> float:
+    """Emulated milliseconds by which inference ``seq``'s compute overran its budgets (at ``tdf``, default the run's):
+    an upper bound on how much the overruns delayed it."""
+    tdf = tdf or result.tdf
+    return sum(max(0.0, (s["end_ns"] - s["start_ns"]) / 1e6 / tdf - s["budget_ms"]) for s in result.spans
+               if s["kind"] == "compute" and s["seq"] == seq and s.get("budget_ms", 0) > 0)
+
+
+def warmup_tdf(result: RunResult, tolerance_pct: float) -> float:
+    """The smallest TDF at which the last warm-up inference's real compute, measured in the workers under this
+    machine's real contention, would have delayed it by at most half the tolerance."""
+    seq = result.warmup - 1
+    if seq < 0 or seq not in result.ends_ns:
+        return result.tdf
+    latency_ms = (result.ends_ns[seq] - result.starts_ns[seq]) / 1e6 / result.tdf
+    allowed = tolerance_pct / 200 * latency_ms
+    low, high = result.tdf, result.tdf
+    while overrun_cost_ms(result, seq, high) > allowed and high < 1e4 * result.tdf:
+        low, high = high, high * 2
+    if high == result.tdf:
+        return result.tdf
+    for _ in range(30):  # bisection: the cost falls as the TDF grows
+        mid = (low + high) / 2
+        low, high = (low, mid) if overrun_cost_ms(result, seq, mid) <= allowed else (mid, high)
+    return high
 
 
 def retime(controller: Controller, topology: Topology, links: list[tuple[str, str, LinkSpec]], result: RunResult,
-           margin: float) -> None:
+           tolerance_pct: float) -> None:
     """Raise the TDF after the warm-up if the workers' real compute needs it: new link rates, budgets, delays."""
-    needed = warmup_tdf(result, margin)
+    needed = warmup_tdf(result, tolerance_pct)
     if needed <= result.tdf:
         return
     topology.tdf = needed
@@ -379,12 +398,12 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
                 backend: str = "auto", compensate_headers: bool = True,
                 make_hook: Callable[[Topology, Controller, RunResult], BeforeIssue] | None = None,
                 progress: bool = True, remote: Mapping[str, str] | None = None,
-                token: str | None = None, retime_margin: float | None = None) -> RunResult:
+                token: str | None = None, retime_tolerance_pct: float | None = None) -> RunResult:
     """Build the topology, run the scenario's inferences through the workers, tear everything down.
 
     With ``remote`` (endpoint -> ``tcp:HOST:PORT``), the workers already run on real machines: nothing is spawned,
-    shaped or dilated, and they must have been started with ``token``. With ``retime_margin``, the TDF is raised
-    after the warm-up when the workers' measured compute needs more (not with a hook: a trace runs on the TDF).
+    shaped or dilated, and they must have been started with ``token``. With ``retime_tolerance_pct``, the TDF is
+    raised after the warm-up when the workers' measured compute needs more (not with a hook: a trace runs on it).
     """
     network = RemoteNetwork(remote) if remote else Topology(
         endpoints, links, tdf=tdf, backend=None if backend == "auto" else backend,
@@ -401,8 +420,9 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
             controller.start()
             hook = make_hook(topology, controller, result) if make_hook else None
             after_warmup = None
-            if retime_margin and hook is None and isinstance(topology, Topology):
-                after_warmup = lambda: retime(controller, topology, list(links), result, retime_margin)  # noqa: E731
+            if retime_tolerance_pct and hook is None and isinstance(topology, Topology):
+                after_warmup = lambda: retime(controller, topology, list(links), result,  # noqa: E731
+                                              retime_tolerance_pct)
             drive(controller, first, int(scenario["warmup"]) + int(scenario["inferences"]), int(scenario["warmup"]),
                   int(scenario["in_flight"]), result, hook, progress, after_warmup)
             controller.stop(result)
@@ -434,7 +454,11 @@ def _resolve_addresses(setup: dict[str, Any], topology: Topology) -> dict[str, A
     return setup
 
 
+def measured_seqs(result: RunResult) -> list[int]:
+    """The measured (post-warm-up) inferences that completed, in order."""
+    return sorted(s for s in result.ends_ns if s >= result.warmup and s in result.starts_ns)
+
+
 def latencies_ms(result: RunResult) -> np.ndarray:
-    """Per measured inference: (end of the last stage − start of the first compute) / TDF, in ms."""
-    seqs = sorted(s for s in result.ends_ns if s >= result.warmup and s in result.starts_ns)
-    return np.array([(result.ends_ns[s] - result.starts_ns[s]) / 1e6 / result.tdf for s in seqs])
+    """Per measured inference: (completion at the last endpoint − issue) / TDF, in ms."""
+    return np.array([(result.ends_ns[s] - result.starts_ns[s]) / 1e6 / result.tdf for s in measured_seqs(result)])

@@ -94,7 +94,7 @@ def run_spatial_experiment(cfg: DictConfig, rec: RunRecord, graph: ModelGraph, h
     result = run_workers(endpoints, links, workers, host, scenario, tdf, float(cfg.runtime.timeout_s),
                          int(cfg.runtime.max_payload_mb) << 20, backend=cfg.runtime.backend,
                          compensate_headers=bool(cfg.link.compensate_headers), **remote_args(cfg),
-                         retime_margin=float(cfg.runtime.tdf_margin) if pad and cfg.runtime.tdf == "auto" else None)
+                         retime_tolerance_pct=float(cfg.runtime.overrun_tolerance_pct) if pad and cfg.runtime.tdf == "auto" else None)
     out = _finish(cfg, rec, graph, result, metrics)
     if out.get("throughput_ips"):
         out["task_time_ms"] = 1e3 / out["throughput_ips"]
