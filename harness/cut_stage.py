@@ -17,7 +17,8 @@ from harness.channel import Receiver, Sender
 from harness.graph import graph_from_module
 from harness.models import ModelSpec, build_model, make_input
 from harness.network import Pacer
-from harness.stage import Budget, Control, Timeline, accept_data, connect_data, guard, now_ns, retime_pacer
+from harness.stage import (Budget, Control, Timeline, accept_data, connect_data, guard, now_ns, retime_pacer,
+                           serve_commands)
 from harness.submodels import Part, split
 
 
@@ -139,39 +140,21 @@ class CutStage:
             self._serve_later(inputs)
 
     def _serve_first(self) -> None:
-        input_name = self.setup["input"]
-        while True:
-            frame = self.control.recv()
-            command = frame.obj if frame.kind == wire.Kind.JSON else {}
-            if command.get("cmd") == "stop":
-                self.outbox.put(None)
-                return
-            if command.get("cmd") == "plan":
-                self.switch_plan(command)
-                continue
-            if command.get("cmd") == "retime":
-                self.retime(command)
-                continue
-            if command.get("cmd") != "infer":
-                raise wire.FrameError(f"unexpected control message {command}")
-            seq, plan = int(command["seq"]), self.plan
-            values = self.compute(seq, plan, {input_name: make_input(self.spec, seq)})
-            if plan.sends:
-                self.outbox.put((seq, plan.sends, values))
-            self.finish(seq, plan, values)
+        serve_commands(self.control, {"infer": self.infer, "plan": self.switch_plan, "retime": self.retime})
+        self.outbox.put(None)
+
+    def infer(self, command: dict[str, Any]) -> None:
+        """Start an inference: make its input here, compute this part, hand the crossing tensors to the sender."""
+        seq, plan = int(command["seq"]), self.plan
+        values = self.compute(seq, plan, {self.setup["input"]: make_input(self.spec, seq)})
+        if plan.sends:
+            self.outbox.put((seq, plan.sends, values))
+        self.finish(seq, plan, values)
 
     def _serve_later(self, inputs: queue.Queue) -> None:
         def watch_control() -> None:
-            while True:
-                frame = self.control.recv()
-                command = frame.obj if frame.kind == wire.Kind.JSON else {}
-                if command.get("cmd") == "plan":
-                    self.switch_plan(command)
-                elif command.get("cmd") == "retime":
-                    self.retime(command)
-                elif command.get("cmd") == "stop":
-                    inputs.put(None)
-                    return
+            serve_commands(self.control, {"plan": self.switch_plan, "retime": self.retime})
+            inputs.put(None)
 
         threading.Thread(target=guard(watch_control, self.control), daemon=True).start()
         while (item := inputs.get()) is not None:

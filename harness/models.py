@@ -88,7 +88,7 @@ def _calibrate_batch_norms(model: nn.Module, spec: ModelSpec) -> None:
     with torch.no_grad(), _single_thread():
         model(torch.randn(shape, generator=gen))
     for bn in norms:
-        bn.eval()
+        bn.train(False)  # eval mode
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -102,6 +102,6 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelBuildError(
             f"model {spec.name!r}: factory {spec.target} returned {type(model).__name__}, expected torch.nn.Module")
-    model.eval()
+    model.train(False)  # eval mode: dropout off, batch norms use their running statistics
     _calibrate_batch_norms(model, spec)
     return model

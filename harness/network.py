@@ -594,16 +594,16 @@ class Topology:
         with self._lock:
             self._require_up()
             name = self.netns(endpoint)
-            user_preexec = popen_kwargs.pop("preexec_fn", None)
+            caller_hook = popen_kwargs.pop("preexec_fn", None)
 
-            def preexec() -> None:
+            def in_namespace() -> None:
                 if name is not None:
                     _enter_namespace(name)
-                if user_preexec is not None:
-                    user_preexec()
+                if caller_hook is not None:
+                    caller_hook()
 
             group = popen_kwargs.setdefault("start_new_session", True)
-            proc = subprocess.Popen(list(argv), preexec_fn=preexec, **popen_kwargs)
+            proc = subprocess.Popen(list(argv), preexec_fn=in_namespace, **popen_kwargs)
             self._spawned.append(_Spawned(endpoint, list(argv), proc, bool(group), critical))
             return proc
 

@@ -26,7 +26,8 @@ from harness.graph import graph_from_module
 from harness.models import ModelSpec, build_model, make_input
 from harness.network import Pacer
 from harness.segments import join_rows, run_segment, spatial_prefix, suffix_part
-from harness.stage import HELLO_TIMEOUT_S, Budget, Timeline, connect_data, guard, now_ns, retime_pacer
+from harness.stage import (HELLO_TIMEOUT_S, Budget, Timeline, connect_data, guard, now_ns, retime_pacer,
+                           serve_commands)
 
 DIRECTIONS = ("down", "up")  # down: host -> secondary (bands); up: secondary -> host (rows)
 
@@ -178,20 +179,15 @@ class SpatialStage:
             threading.Thread(target=guard(target, self.control), daemon=True).start()
         tasks: queue.Queue = queue.Queue()
 
+        def arrive(command: dict[str, Any]) -> None:
+            seq = int(command["seq"])
+            x = make_input(self.spec, seq)
+            self._send_bands(seq, 0, x)  # start shipping at once: overlaps the previous task
+            tasks.put((seq, x))
+
         def watch_control() -> None:
-            while True:
-                frame = self.control.recv()
-                command = frame.obj if frame.kind == wire.Kind.JSON else {}
-                if command.get("cmd") == "infer":
-                    seq = int(command["seq"])
-                    x = make_input(self.spec, seq)
-                    self._send_bands(seq, 0, x)  # start shipping at once: overlaps the previous task
-                    tasks.put((seq, x))
-                elif command.get("cmd") == "retime":
-                    self.retime(command)
-                elif command.get("cmd") == "stop":
-                    tasks.put(None)
-                    return
+            serve_commands(self.control, {"infer": arrive, "retime": self.retime})
+            tasks.put(None)
 
         threading.Thread(target=guard(watch_control, self.control), daemon=True).start()
         while (task := tasks.get()) is not None:
@@ -202,14 +198,8 @@ class SpatialStage:
 
     def _serve_secondary(self) -> None:
         def watch_control() -> None:
-            while True:
-                frame = self.control.recv()
-                command = frame.obj if frame.kind == wire.Kind.JSON else {}
-                if command.get("cmd") == "retime":
-                    self.retime(command)
-                elif command.get("cmd") == "stop":
-                    bands.put(None)
-                    return
+            serve_commands(self.control, {"retime": self.retime})
+            bands.put(None)
 
         bands: queue.Queue = queue.Queue()
 

@@ -163,6 +163,19 @@ def accept_data(address: tuple[str, int], token: str, max_payload: int) -> socke
             sock.close()
 
 
+def serve_commands(control: Control, handlers: dict[str, Callable[[dict[str, Any]], None]]) -> None:
+    """Dispatch the controller's commands to ``handlers`` until it says ``stop``; anything else is an error."""
+    while True:
+        frame = control.recv()
+        command = frame.obj if frame.kind == wire.Kind.JSON and frame.obj else {}
+        name = command.get("cmd")
+        if name == "stop":
+            return
+        if name not in handlers:
+            raise wire.FrameError(f"unexpected control message {command}; expected one of {sorted(handlers)} or stop")
+        handlers[name](command)
+
+
 def guard(fn: Callable[[], None], control: Control) -> Callable[[], None]:
     """Run a worker thread; any error is reported to the controller and ends the worker."""
 

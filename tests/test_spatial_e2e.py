@@ -95,4 +95,4 @@ def test_spatial_sweep_on_dilated_1080ti_star_is_valid(tracking_uri: str, tmp_pa
     assert (df["tags.valid"] == "true").all()
     assert (df["metrics.tdf"] > 1).all()
     assert (df["metrics.max_abs_error"] <= 1e-5).all()
-    assert (df["metrics.max_overrun_pct"] <= 5).all()
+    assert (df["metrics.overrun_cost_pct"] <= 5).all()  # the validity criterion: delay suffered, not span overrun
