@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import selectors
+import signal
 import socket
 import sys
 import tempfile
@@ -27,6 +28,10 @@ from harness.channel import Receiver, Sender
 from harness.network import LinkSpec, Topology
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+# How long a worker's error report waits for a peer's death to become visible (see Controller._blame).
+PEER_DEATH_GRACE_S = 1.0
 
 
 class RunFailed(RuntimeError):
@@ -195,9 +200,11 @@ class Controller:
     def next_message(self) -> tuple[_Endpoint, wire.Frame]:
         """The next frame from any worker; raises :class:`RunFailed` on a crash, an error report or the timeout."""
         while True:
-            for ep in self.endpoints.values():
-                if (reason := ep.crash_reason()) is not None:
-                    raise RunFailed(reason)
+            crashed = [ep for ep in self.endpoints.values() if ep.crash_reason() is not None]
+            if crashed:
+                # The teardown that follows a crash SIGTERMs the others: the first cause is the one not so ended.
+                crashed.sort(key=lambda ep: ep.process.returncode == -signal.SIGTERM)
+                raise RunFailed("; then ".join(ep.crash_reason() for ep in crashed))
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 raise RunFailed(f"timeout: the run exceeded runtime.timeout_s={self.timeout_s:g} s")
@@ -207,16 +214,25 @@ class Controller:
                     frame = wire.recv_frame(ep.sock, self.max_payload)
                 except wire.ConnectionClosed:
                     time.sleep(0.2)  # let the process finish exiting so the crash check sees its code
-                    raise RunFailed(self.endpoints[ep.name].crash_reason() or
-                                    f"worker {ep.name!r} closed its control connection")
+                    raise RunFailed(self._blame(ep, ep.crash_reason() or
+                                                f"worker {ep.name!r} closed its control connection"))
                 if frame.kind == wire.Kind.JSON and frame.obj.get("event") == "error":
                     raise RunFailed(self._blame(ep, f"worker {ep.name!r}: {frame.obj.get('reason')}"))
                 return ep, frame
 
     def _blame(self, reporter: _Endpoint, report: str) -> str:
-        """A worker's error is often the echo of a peer's death (a reset connection): a dead peer is named first."""
-        dead = [reason for ep in self.endpoints.values() if ep is not reporter and (reason := ep.crash_reason())]
-        return "; ".join([*dead, f"then {report}"]) if dead else report
+        """A worker's error is often the echo of a peer's death (a reset connection): a dead peer is named first.
+
+        A killed peer's sockets close before its exit is reaped, so the echo can arrive first: peers get a
+        short grace to be seen dead before the report is taken as the cause.
+        """
+        peers = [ep for ep in self.endpoints.values() if ep is not reporter and ep.process is not None]
+        grace_end = time.monotonic() + PEER_DEATH_GRACE_S
+        while True:
+            dead = [reason for ep in peers if (reason := ep.crash_reason())]
+            if dead or not peers or time.monotonic() > grace_end:
+                return "; ".join([*dead, f"then {report}"]) if dead else report
+            time.sleep(0.02)
 
     def stop(self, result: RunResult) -> None:
         for name in self.endpoints:
