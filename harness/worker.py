@@ -23,7 +23,7 @@ import sys
 import torch
 
 from harness import wire
-from harness.stage import Control, peak_rss_mb, reset_peak_rss, rss_mb
+from harness.stage import HELLO_TIMEOUT_S, Control, peak_rss_mb, reset_peak_rss, rss_mb
 
 log = logging.getLogger("splitbench.worker")
 
@@ -46,15 +46,17 @@ def serve(address: str, token: str, max_payload: int = 1 << 30) -> None:
     """Accept the controller, authenticate it, set up this endpoint and run until told to stop."""
     server = _listen_control(address)
     while True:
-        sock, _ = server.accept()
+        sock, peer = server.accept()
+        sock.settimeout(HELLO_TIMEOUT_S)  # a client that connects and says nothing must not lock the controller out
         control = Control(sock, max_payload)
         try:
             hello = control.recv()
-        except (wire.FrameError, wire.ConnectionClosed) as exc:
-            log.warning("control connection refused: %s", exc)
+        except (wire.FrameError, wire.ConnectionClosed, OSError) as exc:
+            log.warning("control connection from %s refused: %s", peer or "local socket", exc or type(exc).__name__)
             sock.close()
             continue
         if hello.kind == wire.Kind.JSON and hmac.compare_digest(str(hello.obj.get("token", "")), token):
+            sock.settimeout(None)
             break
         log.warning("control connection refused: bad token")
         wire.send_error(sock, "bad token")

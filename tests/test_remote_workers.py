@@ -57,6 +57,16 @@ def test_a_bad_token_is_refused_and_the_worker_keeps_serving(board_workers: dict
     socket.create_connection(("127.0.0.1", board_workers["server"]), timeout=5).close()
 
 
+def test_a_silent_client_does_not_lock_the_controller_out(board_workers: dict[str, int]) -> None:
+    port = board_workers["server"]
+    with socket.create_connection(("127.0.0.1", port)) as silent:  # connects and never says hello
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            wire.send_json(sock, {"token": "wrong", "setup": {}})
+            sock.settimeout(30)  # without the hello timeout the worker would wait on the silent one forever
+            assert wire.recv_frame(sock, 1 << 20).kind == wire.Kind.ERROR
+        assert silent.recv(1) == b""  # the worker gave up on it and closed
+
+
 def test_run_over_real_network_with_remote_workers(board_workers: dict[str, int], tracking_uri: str,
                                                    tmp_path: Path) -> None:
     remote = f"{{device: 'tcp:127.0.0.1:{board_workers['device']}', server: 'tcp:127.0.0.1:{board_workers['server']}'}}"
