@@ -12,17 +12,18 @@ from tqdm import tqdm
 
 
 def sweep_size(config: DictConfig) -> int | None:
-    """How many jobs the basic sweeper will run: the product of the sweep choices on the command line and in
-    ``hydra.sweeper.params`` (None when a sweep cannot be counted, e.g. a range without a step)."""
-    overrides = list(config.hydra.overrides.task)
+    """How many jobs the basic sweeper will run: the product of the sweep choices in ``hydra.sweeper.params`` and
+    on the command line, where, as in the sweeper, the command line wins for a key both name (None when a sweep
+    cannot be counted, e.g. a range without a step)."""
     params = config.hydra.sweeper.get("params") or {}
-    overrides += [f"{key}={value}" for key, value in params.items()]
+    overrides = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-        sizes = {o.get_key_element(): len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override()}
+        sizes = {o.get_key_element(): len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
+                 for o in parsed}
     except Exception:  # an unusual sweep syntax: show a bar without a total rather than fail the sweep
         return None
-    return math.prod(sizes.values()) if sizes else 1
+    return math.prod(sizes.values())
 
 
 class SweepProgress(Callback):

@@ -97,6 +97,12 @@ def test_sweep_size_counts_command_line_and_preset_sweeps() -> None:
     assert sweep_size(cfg) == 12
     single = OmegaConf.create({"hydra": {"overrides": {"task": ["model=vgg16"]}, "sweeper": {"params": None}}})
     assert sweep_size(single) == 1
+    # The command line narrows a preset's sweep, as the sweeper does: 1 board x 3 N here, not 2 x 2 x 3.
+    narrowed = OmegaConf.create({"hydra": {"overrides": {"task": ["hardware=4x_xavier", "hardware.num_servers=2,3,4"]},
+                                           "sweeper": {"params": {"hardware": "4x_1080ti,4x_xavier",
+                                                                  "hardware.num_servers": "2,3",
+                                                                  "link": "ethernet_100,gigabit"}}}})
+    assert sweep_size(narrowed) == 3 * 2
 
 
 def test_spatial_method_under_a_trace_is_refused() -> None:
