@@ -6,8 +6,11 @@ joins them and goes on; after the last block it runs the rest of the model (the 
 receives bands, computes its rows and returns them. Every link has two connections, one per direction, so that
 a band going out and rows coming back never wait on each other.
 
-With several tasks in flight (HALP's multi-task mode), the host sends the first block's bands of every task as soon
-as the task arrives, so the secondaries work on task t while the bands of task t+1 travel.
+With several tasks in flight (HALP's multi-task mode) every resource serves its work earliest-ready first, as the
+plans' list schedule (``partitioners.spatial.batch_done_ms``) assumes: the host sends a task's first bands as soon
+as it arrives and a block's next bands as soon as it is joined, its compute thread takes whichever of its own
+operations became ready first (the next task's zones while the current task's rows are out), and a secondary
+computes the next band while it returns the last one's rows.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import hmac
 import queue
 import socket
 import threading
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -63,6 +68,16 @@ def _accept_both(address: tuple[str, int], token: str) -> dict[str, socket.socke
     return socks
 
 
+@dataclass
+class _Task:
+    """A task on the host: the input of its current block and the pieces of that block still out."""
+
+    value: torch.Tensor
+    block: int = 0
+    pieces: list[tuple[tuple[int, int], torch.Tensor]] = field(default_factory=list)
+    missing: set[str] = field(default_factory=set)
+
+
 class SpatialStage:
     """Host or secondary of a spatial plan; ``serve`` runs until the controller says stop."""
 
@@ -87,8 +102,10 @@ class SpatialStage:
         self.secondaries = [e for e in self.plan["endpoints"] if e != self.plan["host"]]
         self.senders: dict[str, Sender] = {}
         self.receivers: dict[str, Receiver] = {}
-        self.results: dict[tuple[int, int, str], torch.Tensor] = {}
-        self.arrived = threading.Condition()
+        self.tasks: dict[int, _Task] = {}  # host: the tasks in flight
+        self.lock = threading.Lock()  # guards ``tasks``: gather threads and the host's compute thread finish pieces
+        self.host_ops: queue.Queue = queue.Queue()  # host: (seq, "block" | "suffix") in the order they became ready
+        self.parked: deque[int] = deque()  # host: tasks waiting for the one in flight (plans not pipelined)
         self.sendq: queue.Queue = queue.Queue()
 
     # -- set-up ------------------------------------------------------------------------------------------------------
@@ -141,29 +158,45 @@ class SpatialStage:
 
     def _gather_loop(self, peer: str) -> None:
         while (frame := self.receivers[peer].recv()) is not None:
-            with self.arrived:
-                self.results[(frame.seq, frame.tag, peer)] = frame.tensor
-                self.arrived.notify_all()
+            segment = next(s for s in self.plan["blocks"][frame.tag]["segments"] if s["endpoint"] == peer)
+            self._pieces_done(frame.seq, [(tuple(segment["out_rows"]), frame.tensor)], peer)
 
-    def _wait_rows(self, seq: int, block: int, peers: list[str]) -> dict[str, torch.Tensor]:
-        with self.arrived:
-            self.arrived.wait_for(lambda: all((seq, block, p) in self.results for p in peers))
-            return {p: self.results.pop((seq, block, p)) for p in peers}
+    def _start_block(self, seq: int, task: _Task) -> None:
+        """Send the block's bands and make the host's own segments of it ready to compute."""
+        block = self.plan["blocks"][task.block]
+        task.pieces = []
+        task.missing = {s["endpoint"] for s in block["segments"] if s["endpoint"] != self.endpoint} | {self.endpoint}
+        self._send_bands(seq, task.block, task.value)
+        self.host_ops.put((seq, "block"))
 
-    def _run_task(self, seq: int, x: torch.Tensor) -> None:
-        value = x
-        for index, block in enumerate(self.plan["blocks"]):
-            if index > 0:  # the first block's bands went out when the task arrived
-                self._send_bands(seq, index, value)
-            pieces = []
-            for seg in (s for s in block["segments"] if s["endpoint"] == self.endpoint):
-                a, b = seg["in_rows"]
-                pieces.append((tuple(seg["out_rows"]), self.compute(seq, index, value[:, :, a:b], seg)))
-            remote = sorted({s["endpoint"] for s in block["segments"] if s["endpoint"] != self.endpoint})
-            rows = self._wait_rows(seq, index, remote)
-            pieces += [(tuple(s["out_rows"]), rows[s["endpoint"]]) for s in block["segments"]
-                       if s["endpoint"] != self.endpoint]
-            value = join_rows(pieces, block["out_height"])
+    def _pieces_done(self, seq: int, pieces: list[tuple[tuple[int, int], torch.Tensor]], who: str) -> None:
+        """File ``who``'s rows of the task's current block; the last to arrive joins the block and starts the next."""
+        with self.lock:
+            task = self.tasks[seq]
+            task.pieces += pieces
+            task.missing.discard(who)
+            if task.missing:
+                return
+            block = self.plan["blocks"][task.block]
+            task.value = join_rows(task.pieces, block["out_height"])
+            task.block += 1
+            if task.block < len(self.plan["blocks"]):
+                self._start_block(seq, task)
+            else:
+                self.host_ops.put((seq, "suffix"))
+
+    def _host_block(self, seq: int) -> None:
+        with self.lock:
+            task = self.tasks[seq]
+            index, value = task.block, task.value
+        mine = [seg for seg in self.plan["blocks"][index]["segments"] if seg["endpoint"] == self.endpoint]
+        pieces = [(tuple(seg["out_rows"]), self.compute(seq, index, value[:, :, slice(*seg["in_rows"])], seg))
+                  for seg in mine]
+        self._pieces_done(seq, pieces, self.endpoint)
+
+    def _host_suffix(self, seq: int) -> None:
+        with self.lock:
+            value = self.tasks[seq].value
         if self.suffix is not None:
             start = now_ns()
             with torch.no_grad():
@@ -173,49 +206,68 @@ class SpatialStage:
         self.control.send_tensor(value.contiguous(), seq)
         self.control.send({"event": "spans", "seq": seq, "spans": self.timeline.take(seq), "done_ns": done,
                            "final": True})
+        with self.lock:
+            del self.tasks[seq]
+            if self.parked:
+                following = self.parked.popleft()
+                self._start_block(following, self.tasks[following])
 
     def _serve_host(self) -> None:
+        """Every resource serves its work earliest-ready first, as the plan's list schedule assumes: the sender
+        ships bands as blocks are joined, and the host computes whichever of its operations became ready first --
+        the next task's zones while the current task's rows are still out."""
         for target in [self._send_loop, *[lambda p=p: self._gather_loop(p) for p in self.secondaries]]:
             threading.Thread(target=guard(target, self.control), daemon=True).start()
-        tasks: queue.Queue = queue.Queue()
 
         def arrive(command: dict[str, Any]) -> None:
             seq = int(command["seq"])
-            x = make_input(self.spec, seq)
-            self._send_bands(seq, 0, x)  # start shipping at once: overlaps the previous task
-            tasks.put((seq, x))
+            task = _Task(make_input(self.spec, seq))
+            with self.lock:
+                self.tasks[seq] = task
+                if self.plan.get("pipelined") or len(self.tasks) == 1:
+                    self._start_block(seq, task)  # start shipping at once: overlaps the tasks in flight
+                else:
+                    self.parked.append(seq)  # a plan that is not pipelined runs its tasks one after another
 
         def watch_control() -> None:
             serve_commands(self.control, {"infer": arrive, "retime": self.retime})
-            tasks.put(None)
+            self.host_ops.put(None)
 
         threading.Thread(target=guard(watch_control, self.control), daemon=True).start()
-        while (task := tasks.get()) is not None:
-            self._run_task(*task)
+        while (op := self.host_ops.get()) is not None:
+            seq, what = op
+            self._host_block(seq) if what == "block" else self._host_suffix(seq)
         self.sendq.put(None)
 
     # -- secondary ---------------------------------------------------------------------------------------------------
 
     def _serve_secondary(self) -> None:
+        """Receive bands, compute, return rows: compute and return are separate threads (the plan's timing model
+        gives the CPU and the up-link each their own queue), so the next band is computed while rows travel."""
+        bands: queue.Queue = queue.Queue()
+        returns: queue.Queue = queue.Queue()
+
         def watch_control() -> None:
             serve_commands(self.control, {"retime": self.retime})
             bands.put(None)
-
-        bands: queue.Queue = queue.Queue()
 
         def receive() -> None:
             while (frame := self.receivers["host"].recv()) is not None:
                 bands.put(frame)
 
-        threading.Thread(target=guard(watch_control, self.control), daemon=True).start()
-        threading.Thread(target=guard(receive, self.control), daemon=True).start()
+        def send_back() -> None:
+            while (item := returns.get()) is not None:
+                rows, seq, block = item
+                self.senders["host"].send(rows, seq, block, block=block)
+                self.control.send({"event": "spans", "seq": seq, "spans": self.timeline.take(seq), "final": False})
+
+        for target in (watch_control, receive, send_back):
+            threading.Thread(target=guard(target, self.control), daemon=True).start()
         while (frame := bands.get()) is not None:
             block = self.plan["blocks"][frame.tag]
             for seg in (s for s in block["segments"] if s["endpoint"] == self.endpoint):
-                rows = self.compute(frame.seq, frame.tag, frame.tensor, seg)
-                self.senders["host"].send(rows, frame.seq, frame.tag, block=frame.tag)
-            self.control.send({"event": "spans", "seq": frame.seq, "spans": self.timeline.take(frame.seq),
-                               "final": False})
+                returns.put((self.compute(frame.seq, frame.tag, frame.tensor, seg), frame.seq, frame.tag))
+        returns.put(None)
 
     def serve(self) -> None:
         self._serve_host() if self.is_host else self._serve_secondary()
