@@ -135,7 +135,7 @@ def overrun_metrics(result: RunResult) -> dict[str, float]:
             "overrun_cost_pct": max(costs, default=0.0)}
 
 
-def _verdict(result: RunResult, expected: int, tolerance_pct: float) -> str | None:
+def verdict(result: RunResult, expected: int, tolerance_pct: float) -> str | None:
     """Why a run is invalid, or None (MLPerf's VALID/INVALID: the measurer decides, not the measured).
 
     Real compute that overruns its dilated budget delays everything after it: when the overruns of a measured
@@ -256,7 +256,7 @@ def _finish(cfg: DictConfig, rec: RunRecord, graph: ModelGraph, result: RunResul
     rec.set_tags({"link_backend": result.backend, "measured_bandwidth_source": "transfers" if crossed else "probe"})
     expected = int(cfg.scenario.warmup) + int(cfg.scenario.inferences)
     metrics.update(overrun_metrics(result))
-    reason = _verdict(result, expected, float(cfg.runtime.overrun_tolerance_pct))
+    reason = verdict(result, expected, float(cfg.runtime.overrun_tolerance_pct))
     rec.artifact_json(result.spans, "spans.json")
     rec.artifact_json(result.link_record, "link.json")
     fig = timeline_figure(result, title=f"{cfg.method.name} · {cfg.model.name} · {cfg.hardware.name} · "

@@ -1,0 +1,58 @@
+"""The benchmarks are not tests, but they must keep running as the harness changes under them: each runs here on
+its smallest setting and its output is checked for shape and correctness, never for speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, needs_root
+
+
+def bench(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_graph_costs_prints_a_row_per_model() -> None:
+    out = bench("graph_costs.py", "--models", "alexnet", "resnet18", "--repeats", "1", "--warmup", "0").stdout
+    rows = [line for line in out.splitlines() if line.startswith("| alexnet") or line.startswith("| resnet18")]
+    assert len(rows) == 2, out
+    assert rows[0].split("|")[5].strip() == "1.43"  # AlexNet's GFLOP
+
+
+def test_decision_time_finds_every_exact_method_optimal() -> None:
+    out = bench("decision_time.py", "--models", "vgg16", "--repeats", "1").stdout
+    rows = {line.split()[2]: line.split() for line in out.splitlines() if line.startswith("vgg16")}
+    assert {"neurosurgeon", "qdmp", "dads-networkx", "dads-scipy", "cic-mincut", "cic-envelope"} <= set(rows), out
+    for method in ("qdmp", "dads-scipy", "cic-mincut", "cic-envelope"):
+        assert abs(float(rows[method][-3])) <= 1e-9, rows[method]  # the gap to dads's optimum
+
+
+@needs_root
+def test_link_goodput_runs_on_a_shaped_veth() -> None:
+    out = bench("link_goodput.py", "--rates", "100", "--repeats", "1", "--max-seconds", "1").stdout
+    rows = [line for line in out.splitlines() if line.startswith("| 100 |")]
+    assert len(rows) == 5, out
+    measured = [line for line in rows if "skipped" not in line]
+    assert measured and all(0 < float(line.split("|")[3]) for line in measured), out
+
+
+@needs_root
+def test_emulation_fidelity_runs_a_dilated_split(tmp_path: Path) -> None:
+    out_json = tmp_path / "fidelity.json"
+    bench("emulation_fidelity.py", "--cuts", "pool5", "--rates", "18.88", "--inferences", "1",
+          "--json", str(out_json))
+    (row,) = json.loads(out_json.read_text())["rows"]
+    assert row["backend"] in ("netem", "tbf", "htb")
+    assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
+    assert row["max_abs_error"] <= 1e-4
+    assert isinstance(row["valid"], bool) and (row["valid"] or row["invalid_reason"])
