@@ -200,11 +200,11 @@ class Controller:
     def next_message(self) -> tuple[_Endpoint, wire.Frame]:
         """The next frame from any worker; raises :class:`RunFailed` on a crash, an error report or the timeout."""
         while True:
-            crashed = [ep for ep in self.endpoints.values() if ep.crash_reason() is not None]
+            crashed = [(ep.process.returncode == -signal.SIGTERM, reason) for ep in self.endpoints.values()
+                       if (reason := ep.crash_reason()) is not None]
             if crashed:
                 # The teardown that follows a crash SIGTERMs the others: the first cause is the one not so ended.
-                crashed.sort(key=lambda ep: ep.process.returncode == -signal.SIGTERM)
-                raise RunFailed("; then ".join(ep.crash_reason() for ep in crashed))
+                raise RunFailed("; then ".join(reason for _, reason in sorted(crashed, key=lambda c: c[0])))
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 raise RunFailed(f"timeout: the run exceeded runtime.timeout_s={self.timeout_s:g} s")
