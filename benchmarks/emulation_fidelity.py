@@ -43,7 +43,7 @@ from harness.experiment import (build_hardware, calibrate_tdf, cut_workers, max_
 from harness.graph import ancestors, build_graph
 from harness.models import ModelSpec
 from harness.network import LinkSpec
-from harness.runtime import RunFailed, latencies_ms, run_workers, warmup_tdf
+from harness.runtime import RunFailed, latencies_ms, measured_seqs, overrun_cost_ms, run_workers, warmup_tdf
 from partitioners.base import LinkState, cut_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,12 +93,10 @@ def measure(cfg: DictConfig, cut: str, mbps: float, margin: float, retime: bool)
     per_inference_link = sum(s["end_ns"] - s["start_ns"] for s in sends) / 1e6 / tdf / max(1, len(measured))
     overruns = overrun_metrics(result)
     measured_compute = [s for s in result.spans if s["kind"] == "compute" and s["seq"] >= result.warmup]
-    # Where real compute overran, and what that cost in emulated latency (overrun x budget, summed per inference).
+    # Where real compute overran, and what that cost in emulated latency (the runtime's measure, per inference).
     by_endpoint = {e: 100 * max(s.get("overrun", 0.0) for s in measured_compute if s["endpoint"] == e)
                    for e in sorted({s["endpoint"] for s in measured_compute})}
-    cost_ms = {}
-    for s in measured_compute:
-        cost_ms[s["seq"]] = cost_ms.get(s["seq"], 0.0) + s.get("overrun", 0.0) * s.get("budget_ms", 0.0)
+    worst_cost_ms = max((overrun_cost_ms(result, seq) for seq in measured_seqs(result)), default=0.0)
     reason = verdict(result, len(result.starts_ns), tolerance)  # the rule run.py applies
     valid = reason is None
     return {**row, "tdf_calibrated": tdf, "tdf": result.tdf, "warmup_tdf": warmup_tdf(result, tolerance),
@@ -107,7 +105,7 @@ def measure(cfg: DictConfig, cut: str, mbps: float, margin: float, retime: bool)
             "measured_link_ms": per_inference_link, "link_ratio": per_inference_link / predicted_link,
             "max_overrun_pct": overruns["max_overrun_pct"], "overrun_cost_pct": overruns["overrun_cost_pct"],
             "max_overrun_pct_by_endpoint": by_endpoint,
-            "max_overrun_cost_ms": max(cost_ms.values(), default=0.0), "max_abs_error": max_abs_error(graph, result),
+            "max_overrun_cost_ms": worst_cost_ms, "max_abs_error": max_abs_error(graph, result),
             "valid": valid, "invalid_reason": reason or "",
             "real_s": time.monotonic() - started}
 
