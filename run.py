@@ -18,7 +18,7 @@ register()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from harness.experiment import run_job  # after Hydra parsed the command line: fast --help and errors
+    from harness.controller.pipeline import run_job  # after Hydra parsed the command line: fast --help and errors
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     metrics = run_job(cfg, multirun=multirun)

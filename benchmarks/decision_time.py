@@ -34,9 +34,9 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from harness.costs import cut_problem  # noqa: E402
-from harness.graph import build_graph  # noqa: E402
-from harness.models import ModelSpec  # noqa: E402
+from partitioners.base import cut_problem  # noqa: E402
+from harness.model.graph import build_graph  # noqa: E402
+from harness.model.models import ModelSpec  # noqa: E402
 from partitioners.base import CutProblem, LinkState, Partitioner  # noqa: E402
 from partitioners.cic import CIC  # noqa: E402
 from partitioners.dads import DADS  # noqa: E402

@@ -2,7 +2,7 @@
 
 VGG-16 (224x224) on ``xavier_1080ti`` (Jetson AGX Xavier device, GTX 1080 Ti server), cut after pool3, pool4 and
 pool5 (one tensor of 784, 392 and 98 KiB crosses), at DADS's 3G, LTE and Wi-Fi uplink rates (1.1, 5.85, 18.88
-Mbit/s). Each combination is one real run through ``harness.runtime.run_workers``: two worker processes in network
+Mbit/s). Each combination is one real run through ``harness.controller.runtime.run_workers``: two worker processes in network
 namespaces, the kernel shaping the veth at bandwidth / TDF, compute padded to the roofline time x TDF, TDF calibrated
 per run from this machine's local profile as ``run.py`` does. ``--retime`` also raises it after the warm-up when the
 workers' compute needed more, as ``run.py`` does; it is off by default because the cold first inference can triple
@@ -37,13 +37,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from hardware.profiles import LocalProfile
 from harness.config import register, validate
-from harness.costs import cut_problem
-from harness.experiment import (build_hardware, calibrate_tdf, cut_workers, max_abs_error, overrun_metrics,
+from partitioners.base import cut_problem
+from harness.controller.pipeline import (build_hardware, calibrate_tdf, cut_workers, max_abs_error, overrun_metrics,
                                 verdict)
-from harness.graph import ancestors, build_graph
-from harness.models import ModelSpec
-from harness.network import LinkSpec
-from harness.runtime import RunFailed, latencies_ms, measured_seqs, overrun_cost_ms, run_workers, warmup_tdf
+from harness.model.graph import ancestors, build_graph
+from harness.model.models import ModelSpec
+from harness.network.link import LinkSpec
+from harness.controller.runtime import RunFailed, latencies_ms, measured_seqs, overrun_cost_ms, run_workers, warmup_tdf
 from partitioners.base import LinkState, cut_plan
 
 ROOT = Path(__file__).resolve().parent.parent

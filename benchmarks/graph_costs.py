@@ -22,8 +22,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from harness.graph import ModelGraph, graph_from_module, trace
-from harness.models import ModelSpec, build_model, make_input
+from harness.model.graph import ModelGraph, graph_from_module, trace
+from harness.model.models import ModelSpec, build_model, make_input
 from hardware.profiles import LocalProfile, Profile
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

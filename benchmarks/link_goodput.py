@@ -24,8 +24,10 @@ from typing import Callable
 
 import torch
 
-from harness import wire
-from harness.network import LinkSpec, Topology, available_backends
+from harness.worker import wire
+from harness.network.link import LinkSpec
+from harness.network.shaping import available_backends
+from harness.network.topology import Topology
 
 RATES_MBPS = (1.1, 5.85, 18.88, 100.0, 1000.0)
 SIZES = {"10 KB": 10_000, "100 KB": 100_000, "1 MB": 1_000_000, "10 MB": 10_000_000, "50 MB": 50_000_000}

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import torch
 from torch import fx
 
-from harness.graph import ModelGraph
+from harness.model.graph import ModelGraph
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.graph import ModelGraph
+from harness.model.graph import ModelGraph
 from hardware.profiles import Profile
 
 TOPOLOGIES = ("pair", "star")

@@ -1,4 +1,5 @@
-"""Structured config schema and the checks that stop a bad experiment before any work is done.
+"""The one place that reads the raw Hydra config: its structured schema, the checks that stop a bad experiment
+before any work is done, and :func:`resolve`, which turns it into a typed :class:`Experiment`.
 
 OmegaConf enforces the types of the schema below (``link.bandwidth_mbps=abc`` fails at composition); :func:`validate`
 checks the values and the combinations, naming the bad value and the accepted ones.
@@ -11,8 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from hydra.utils import get_class
-from omegaconf import MISSING, DictConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from hardware.topology import Hardware
+from harness.controller.experiment import Experiment, Link, Runtime, Scenario
+from harness.model.models import ModelSpec
+from harness.network.link import LinkSpec
 
 MODES = ("run", "profile")
 SCENARIOS = ("single_stream", "stream", "dynamic")
@@ -146,3 +152,57 @@ def validate(cfg: DictConfig) -> None:
         _require(hw.topology == "star",
                  f"method {cfg.method.name!r} splits feature maps across edge servers and needs a star topology; "
                  f"hardware {hw.name!r} is a {hw.topology}. Accepted: hardware=4x_1080ti, 4x_xavier or 4x_local")
+    if runtime.remote:
+        bad = {e: a for e, a in runtime.remote.items() if not str(a).startswith("tcp:") or ":" not in str(a)[4:]}
+        _require(not bad, f"runtime.remote addresses must look like tcp:HOST:PORT, got {bad}")
+
+
+def resolve_objective(cfg: DictConfig) -> None:
+    """``method.objective: auto`` means latency, except in the stream scenario, where throughput matters."""
+    if cfg.method.get("objective") == "auto":
+        cfg.method.objective = "throughput" if cfg.scenario.name == "stream" else "latency"
+
+
+SECRET_KEYS = ("token", "secret")
+
+
+def redacted(tree: Any) -> Any:
+    """The config as it may be recorded: the value of any key naming a secret replaced."""
+    if isinstance(tree, dict):
+        return {k: ("<redacted>" if v is not None and any(s in str(k).lower() for s in SECRET_KEYS) else redacted(v))
+                for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [redacted(v) for v in tree]
+    return tree
+
+
+def build_hardware(cfg: DictConfig) -> Hardware:
+    if cfg.topology == "pair":
+        return Hardware.pair(cfg.name, instantiate(cfg.device), instantiate(cfg.server))
+    return Hardware.star(cfg.name, instantiate(cfg.server), int(cfg.num_servers))
+
+
+def resolve(cfg: DictConfig) -> Experiment:
+    """Validate ``cfg`` and build the typed experiment everything below the entry point receives."""
+    cfg = cfg.copy()
+    resolve_objective(cfg)
+    validate(cfg)
+    runtime = cfg.runtime
+    return Experiment(
+        name=str(cfg.experiment.name),
+        mode=str(cfg.mode),
+        model=ModelSpec.from_config(cfg.model),
+        hardware=build_hardware(cfg.hardware),
+        link=Link(name=str(cfg.link.name), spec=LinkSpec.from_config(cfg.link), trace=cfg.link.trace,
+                  compensate_headers=bool(cfg.link.compensate_headers)),
+        method=instantiate(cfg.method),
+        scenario=Scenario(**OmegaConf.to_container(cfg.scenario)),
+        runtime=Runtime(
+            threads_per_worker=int(runtime.threads_per_worker),
+            tdf=None if runtime.tdf == "auto" else float(runtime.tdf), tdf_margin=float(runtime.tdf_margin),
+            overrun_tolerance_pct=float(runtime.overrun_tolerance_pct), timeout_s=float(runtime.timeout_s),
+            base_port=int(runtime.base_port), max_payload_mb=int(runtime.max_payload_mb), backend=str(runtime.backend),
+            remote={str(e): str(a) for e, a in runtime.remote.items()} if runtime.remote else None,
+            token=(runtime.token or os.environ.get("SPLITBENCH_TOKEN")) if runtime.remote else None),
+        profile_out=cfg.profile_out,
+        config=redacted(OmegaConf.to_container(cfg, resolve=True)))

@@ -55,7 +55,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "notebooks")]  # the harness, and papers.p
 import papers
 
 from harness.config import register
-from harness.traces import rayleigh_trace
+from harness.controller.traces import rayleigh_trace
 
 
 def experiments(var: str, default: str) -> list[str]:

@@ -10,6 +10,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
+from harness.model.graph import ModelGraph
+
 DEVICE, SERVER = "device", "server"
 
 
@@ -56,6 +58,22 @@ class CutProblem:
         server = sum(self.server_ms[n] for n in self.order if n not in device_side)
         crossing = sum(self.out_bytes[n] for n in device_side if any(s not in device_side for s in self.succs[n]))
         return device, link.transfer_ms(crossing), server
+
+
+def cut_problem(graph: ModelGraph, device_ms: Mapping[str, float], server_ms: Mapping[str, float]) -> CutProblem:
+    """The device/server cut problem of ``graph``: every node but the fx ``output`` marker, in topological order."""
+    order = [n for n in graph.order if graph[n].op != "output"]
+    keep = set(order)
+    return CutProblem(
+        order=order,
+        preds={n: tuple(p for p in graph[n].preds if p in keep) for n in order},
+        succs={n: tuple(s for s in graph[n].succs if s in keep) for n in order},
+        out_bytes={n: graph[n].out_bytes for n in order},
+        device_ms={n: float(device_ms[n]) for n in order},
+        server_ms={n: float(server_ms[n]) for n in order},
+        input=graph.input_name,
+        result=graph.result_name,
+    )
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Spatial split across a star of edge servers: the problem, the shared timing model and the plan's JSON.
 
 Setting: the host ``es0`` holds the input and runs the rest of the model after the spatial prefix (the FC layers);
-the secondaries ``es1..`` each have their own link to the host. A plan cuts the prefix (see ``harness.segments``)
+the secondaries ``es1..`` each have their own link to the host. A plan cuts the prefix (see ``harness.worker.segments``)
 into *blocks*, ranges of layers fused between exchange points, and gives each endpoint contiguous rows of each
 block's output. Row ranges are half-open ``[start, stop)``.
 
@@ -30,8 +30,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from harness.graph import ModelGraph
-from harness.segments import Rows, RowWindow, SpatialPrefix, rows_through, spatial_prefix
+from harness.model.graph import ModelGraph
+from harness.model.rows import Rows, RowWindow, SpatialPrefix, rows_through, spatial_prefix
 from partitioners.base import LinkState, Plan
 
 HOST = "es0"

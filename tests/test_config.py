@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from harness.config import ConfigError, register, validate
-from harness.experiment import resolve_objective
+from harness.controller.pipeline import resolve_objective
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 register()

@@ -12,11 +12,11 @@ import torchvision
 from omegaconf import OmegaConf
 
 from harness.config import ModelConfig
-from harness.costs import cut_problem
-from harness.graph import (ModelGraph, TraceFailure, ancestors, build_graph, crossing_tensors,
+from partitioners.base import cut_problem
+from harness.model.graph import (ModelGraph, TraceFailure, ancestors, build_graph, crossing_tensors,
                            is_closed_under_predecessors)
-from harness.models import ModelBuildError, ModelSpec, build_model
-from harness.submodels import full_assignment, run_parts, split
+from harness.model.models import ModelBuildError, ModelSpec, build_model
+from harness.model.submodels import full_assignment, run_parts, split
 from partitioners.base import LinkState
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "conf" / "model"

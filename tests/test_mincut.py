@@ -278,9 +278,9 @@ MODELS = {
 
 @pytest.fixture(scope="module")
 def model_problems() -> dict[str, CutProblem]:
-    from harness.costs import cut_problem
-    from harness.graph import build_graph
-    from harness.models import ModelSpec
+    from partitioners.base import cut_problem
+    from harness.model.graph import build_graph
+    from harness.model.models import ModelSpec
 
     device = instantiate(OmegaConf.load(ROOT / "conf" / "profile" / "jetson_agx_xavier.yaml"))
     server = instantiate(OmegaConf.load(ROOT / "conf" / "profile" / "gtx1080ti.yaml"))

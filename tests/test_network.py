@@ -22,8 +22,14 @@ import torch
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from harness import network, wire
-from harness.network import BackendError, LinkSpec, Pacer, Topology, available_backends, leftovers
+from harness.network import namespaces, shaping
+from harness.worker import wire
+from harness.network import namespaces, shaping
+from harness.network.link import BackendError, LinkSpec
+from harness.network.namespaces import leftovers
+from harness.network.shaping import available_backends
+from harness.network.topology import Topology
+from harness.worker.pacer import Pacer
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "sbt"
@@ -33,7 +39,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces ne
 @pytest.fixture(autouse=True)
 def nothing_left_by_this_process():
     yield
-    mine = [n for n in leftovers(PREFIX) if network._owner_pid(n, PREFIX) == os.getpid()]
+    mine = [n for n in leftovers(PREFIX) if namespaces._owner_pid(n, PREFIX) == os.getpid()]
     assert mine == [], f"left behind: {mine}"
 
 
@@ -203,7 +209,7 @@ def test_pacer_is_idle_when_the_kernel_does_everything():
 
 
 def test_without_root_endpoints_share_loopback_and_the_pacer_shapes(monkeypatch):
-    monkeypatch.setattr(network, "_probe", lambda: (False, ("userspace",)))
+    monkeypatch.setattr(shaping, "_probe", lambda: (False, ("userspace",)))
     with pair(40.0) as topo:
         assert (topo.isolated, topo.backend, topo.netns("device")) == (False, "userspace", None)
         assert topo.address("device", "server") == "127.213.0.1"
@@ -238,7 +244,7 @@ def kernel_has(kind: str) -> bool:
 @needs_root
 def test_probe_picks_the_best_backend_the_kernel_has():
     expected = "netem" if kernel_has("netem") else "tbf" if kernel_has("tbf") else "htb"
-    assert network.probe_backend() == expected
+    assert shaping.probe_backend() == expected
     assert available_backends()[-1] == "userspace"
     out = subprocess.run([sys.executable, "-m", "harness.network", "probe"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
@@ -251,7 +257,7 @@ def test_probe_picks_the_best_backend_the_kernel_has():
 @pytest.mark.parametrize("mbps", [20.0, 50.0])
 def test_payload_goodput_matches_the_configured_rate(mbps):
     with pair(mbps) as topo:
-        assert topo.backend == network.probe_backend()
+        assert topo.backend == shaping.probe_backend()
         nbytes = 4_000_000
         ratio = goodput_ratio(transfer_s(topo, "device", "server", nbytes), nbytes, mbps)
         assert 0.9 <= ratio <= 1.1, f"{mbps} Mbit/s: payload goodput / configured = {ratio:.3f}"
@@ -399,7 +405,8 @@ def test_star_topology_gives_each_link_its_own_subnet():
 
 HOLDER = textwrap.dedent("""
     import json, sys, time
-    from harness.network import LinkSpec, Topology
+    from harness.network.link import LinkSpec
+    from harness.network.topology import Topology
     prefix, child_argv = sys.argv[1], sys.argv[2:] or ["sleep", "60"]
     topo = Topology(["device", "server"], [("device", "server", LinkSpec(50.0))], prefix=prefix)
     with topo:
@@ -430,7 +437,7 @@ def test_signal_to_a_holder_removes_everything(tmp_path, sig):
     # Python exits an uncaught KeyboardInterrupt by SIGINT; our SIGTERM becomes SystemExit(143) so finally-blocks run
     assert proc.wait(timeout=20) == (-signal.SIGINT if sig == signal.SIGINT else 128 + signal.SIGTERM)
     assert not set(held["names"]) & set(netns.listnetns())
-    assert not [n for n in leftovers(PREFIX) if network._owner_pid(n, PREFIX) == proc.pid]
+    assert not [n for n in leftovers(PREFIX) if namespaces._owner_pid(n, PREFIX) == proc.pid]
     assert wait_for(lambda: gone(held["child"]), 5)
 
 

@@ -20,7 +20,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from harness.config import register, validate
-from harness.experiment import resolve_objective
+from harness.controller.pipeline import resolve_objective
 from tests.conftest import ROOT, needs_root, run_cli
 
 NOTEBOOK = ROOT / "notebooks" / "paper_tables.ipynb"

@@ -11,8 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import hardware.profiles as profiles
-from harness.graph import ModelGraph, build_graph
-from harness.models import ModelSpec
+from harness.model.graph import ModelGraph, build_graph
+from harness.model.models import ModelSpec
 from hardware.profiles import LocalProfile, RooflineProfile, TableProfile, write_table
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

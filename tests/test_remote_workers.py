@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from harness import wire
+from harness.worker import wire
 from tests.conftest import ROOT, run_cli
 
 TOKEN = "test-token-7f3a"

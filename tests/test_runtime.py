@@ -1,7 +1,7 @@
 """The runtime through real namespaces: a split model gives the whole model's output, and nothing outlives a run.
 
 Each run is a resnet18 (64x64) cut in the middle of its second stage on ``local_pair`` (TDF 1, nothing padded),
-driven straight through :func:`harness.runtime.run_workers` (or ``python run.py`` for SIGINT). What a test leaves
+driven straight through :func:`harness.controller.runtime.run_workers` (or ``python run.py`` for SIGINT). What a test leaves
 behind is looked up by owner: namespaces and veths carry the owner's pid, and worker processes carry this test's
 marker in their environment, so runs of other people on the same machine never count.
 """
@@ -31,20 +31,21 @@ from omegaconf import DictConfig, OmegaConf
 from pyroute2 import IPRoute, netns
 
 from hardware.topology import Hardware
-from harness import network, wire
+from harness.network import namespaces, shaping
+from harness.worker import wire
 from harness.config import register, validate
-from harness.costs import cut_problem
-from harness.experiment import build_hardware, cut_workers, resolve_objective
-from harness.graph import ModelGraph, ancestors, build_graph, crossing_tensors
-from harness.models import ModelSpec, make_input
-from harness.network import LinkSpec
-from harness.runtime import RunFailed, RunResult, WorkerSpec, run_workers
-from harness.stage import HELLO_TIMEOUT_S
+from partitioners.base import cut_problem
+from harness.controller.pipeline import build_hardware, cut_workers, resolve_objective
+from harness.model.graph import ModelGraph, ancestors, build_graph, crossing_tensors
+from harness.model.models import ModelSpec, make_input
+from harness.network.link import LinkSpec
+from harness.controller.runtime import RunFailed, RunResult, WorkerSpec, run_workers
+from harness.worker.stage import HELLO_TIMEOUT_S
 from partitioners.base import LinkState, Plan, cut_plan, device_side_of
 from tests.conftest import ROOT, needs_root
 
 CONF = ROOT / "conf"
-PREFIX = network.DEFAULT_PREFIX
+PREFIX = namespaces.DEFAULT_PREFIX
 MARK = "SPLITBENCH_TEST_RUN"  # environment variable every worker of a test inherits
 SMALL = ["model=resnet18", "model.input_shape=[1,3,64,64]", "hardware=local_pair"]
 # In the middle of layer2: both the branch (layer2_1_bn1) and the skip (layer2_0_relu_1) cross the link.
@@ -104,7 +105,7 @@ def cut_case(overrides: list[str], cut_after: str = CUT_AFTER) -> CutCase:
 
 def net_leftovers(owner: int) -> list[str]:
     """Namespaces and root-namespace interfaces made by process ``owner``."""
-    return [n for n in network.leftovers(PREFIX) if network._owner_pid(n, PREFIX) == owner]
+    return [n for n in namespaces.leftovers(PREFIX) if namespaces._owner_pid(n, PREFIX) == owner]
 
 
 def marked_workers(marker: str) -> list[psutil.Process]:
@@ -157,7 +158,7 @@ def test_split_model_returns_the_whole_models_output(case: CutCase, marker: str)
     result = case.run(keep_controller)
     # Workers leave cleanly (an abort at interpreter exit used to take the topology down about one run in four).
     assert {n: ep.process.returncode for n, ep in seen["controller"].endpoints.items()} == {"device": 0, "server": 0}
-    assert result.backend in network.KERNEL_RATE_BACKENDS  # shaped by the kernel between namespaces
+    assert result.backend in shaping.KERNEL_RATE_BACKENDS  # shaped by the kernel between namespaces
     assert sorted(result.outputs) == [0, 1, 2, 3]
     with torch.no_grad():
         for seq, out in result.outputs.items():

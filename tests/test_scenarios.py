@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.traces import load_trace
+from harness.controller.traces import load_trace
 from tests.conftest import needs_root, run_cli
 
 # mobilenet_v2 at 64x64 on xavier_1080ti: the latency-optimal cut is in the middle (59 of 154 nodes on the device)

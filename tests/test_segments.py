@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from harness.graph import ModelGraph, build_graph, graph_from_module
-from harness.models import ModelSpec
-from harness.segments import (RowWindow, SpatialUnsupported, join_rows, rows_through, run_segment, run_suffix,
-                              segment_input_rows, spatial_prefix, suffix_part)
+from harness.model.graph import ModelGraph, build_graph, graph_from_module
+from harness.model.models import ModelSpec
+from harness.model.rows import RowWindow, SpatialUnsupported, rows_through, segment_input_rows, spatial_prefix
+from harness.worker.segments import join_rows, run_segment, run_suffix, suffix_part
 
 TOL = 1e-5
 

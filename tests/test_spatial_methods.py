@@ -13,9 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from hardware.topology import Hardware
-from harness.graph import ModelGraph, build_graph
-from harness.models import ModelSpec, make_input
-from harness.segments import rows_through, run_spatial_plan_locally
+from harness.model.graph import ModelGraph, build_graph
+from harness.model.models import ModelSpec, make_input
+from harness.model.rows import rows_through
+from harness.worker.segments import run_spatial_plan_locally
 from partitioners.base import LinkState
 from partitioners.halp import HALP
 from partitioners.modnn import MoDNN

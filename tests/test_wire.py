@@ -9,8 +9,8 @@ import threading
 import pytest
 import torch
 
-from harness import wire
-from harness.wire import HEADER, MAGIC, MAX_DIMS, VERSION, ConnectionClosed, FrameError, Kind
+from harness.worker import wire
+from harness.worker.wire import HEADER, MAGIC, MAX_DIMS, VERSION, ConnectionClosed, FrameError, Kind
 
 MAX = 1 << 24
 
@@ -207,7 +207,7 @@ def test_server_keeps_serving_after_a_bad_connection(caplog):
                 assert (ack.kind, ack.seq) == (Kind.ACK, seq)
 
         good(1)
-        with caplog.at_level(logging.WARNING, logger="harness.wire"):
+        with caplog.at_level(logging.WARNING, logger="harness.worker.wire"):
             with socket.create_connection(listener.getsockname(), timeout=5) as bad:
                 bad.sendall(raw_header(magic=b"EVIL"))
                 reply = wire.recv_frame(bad, 0)

@@ -1,4 +1,4 @@
-"""Row segments: which input rows a band of output rows needs, and running a fused block of layers on a band.
+"""Row geometry of a spatial split: which input rows a band of output rows needs, and the row ops of each layer.
 
 A spatial split cuts feature maps along their height. For a conv/pool layer with (effective) kernel k, stride s
 and top padding p, output rows a..b need input rows a·s − p .. b·s − p + k − 1; rows outside the image are padding
@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from harness.graph import ModelGraph
-from harness.submodels import Part, split
+from harness.model.graph import ModelGraph
 
 Rows = tuple[int, int]
 
@@ -36,7 +35,7 @@ _POINTWISE_MODULES = (
     nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.PReLU, nn.Softplus, nn.BatchNorm2d, nn.LocalResponseNorm,
     nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
 )
-# call_function / call_method kinds (harness.graph's names) that act element-wise when their only tensor is the
+# call_function / call_method kinds (harness.model.graph's names) that act element-wise when their only tensor is the
 # previous node; a second tensor operand (a residual add, a concat) is a merge and ends the prefix.
 _POINTWISE_CALLS = {
     "relu", "relu_", "relu6", "leaky_relu", "elu", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
@@ -407,91 +406,6 @@ def _group_layers(graph: ModelGraph, ops: list[RowOp]) -> list[Layer]:
     return layers
 
 
-# ---------------------------------------------------------------------------------------- running segments and blocks
-
 def segment_input_rows(ops: Sequence[RowOp], out_rows: Rows) -> Rows:
     """The rows of the block's input that a segment computing ``out_rows`` of the block's output needs."""
     return rows_through([op.window for op in ops], out_rows)[0]
-
-
-def run_segment(ops: Sequence[RowOp], band: torch.Tensor, in_rows: Rows, out_rows: Rows) -> torch.Tensor:
-    """Run a fused block on a band holding rows ``in_rows`` of its input; returns rows ``out_rows`` of its output.
-
-    The band may hold more rows than needed; it must hold at least :func:`segment_input_rows`. The result equals
-    ``unsplit_output[:, :, out_rows[0]:out_rows[1]]``.
-    """
-    ranges = rows_through([op.window for op in ops], out_rows)
-    (lo, hi), (a, b) = ranges[0], in_rows
-    if band.dim() != 4 or band.shape[2] != b - a:
-        raise ValueError(f"band of shape {list(band.shape)} does not hold input rows {list(in_rows)} "
-                         f"({b - a} rows of an N×C×H×W map)")
-    if hi > lo and not a <= lo < hi <= b:
-        raise ValueError(f"output rows {list(out_rows)} of block {ops[0].node}..{ops[-1].node} need input rows "
-                         f"[{lo}, {hi}), but the band holds [{a}, {b})")
-    x = band[:, :, lo - a:hi - a] if hi > lo else band[:, :, :0]
-    if ops[0].pointwise:
-        x = x.clone()  # an in-place activation must not write into the caller's tensor
-    with torch.no_grad():
-        for op, rows in zip(ops, ranges[1:]):
-            x = op(x, rows) if rows[1] > rows[0] else op.empty(x)
-    return x
-
-
-def join_rows(pieces: Sequence[tuple[Rows, torch.Tensor]], height: int) -> torch.Tensor:
-    """Concatenate row segments ``(rows, tensor)`` (any order) that together cover rows [0, height) exactly once."""
-    ordered = sorted(pieces, key=lambda piece: piece[0][0])
-    expected = 0
-    for (a, b), tensor in ordered:
-        if a != expected:
-            raise ValueError(f"row segments {[list(r) for r, _ in ordered]} do not tile [0, {height}): "
-                             f"{'gap' if a > expected else 'overlap'} at row {min(a, expected)}")
-        if tensor.shape[2] != b - a:
-            raise ValueError(f"segment for rows [{a}, {b}) holds {tensor.shape[2]} rows")
-        expected = b
-    if expected != height:
-        raise ValueError(f"row segments end at row {expected}, expected {height}")
-    return torch.cat([tensor for _, tensor in ordered], dim=2)
-
-
-def suffix_part(graph: ModelGraph, prefix: SpatialPrefix) -> Part | None:
-    """The rest of the model after the prefix, as a runnable part reading the prefix's output (None if empty)."""
-    if prefix.output == graph.result_name:
-        return None
-    in_prefix = {graph.input_name, *prefix.nodes}
-    parts = split(graph, {n: 0 if n in in_prefix else 1 for n in graph.order if graph[n].op != "output"}, keep=[1])
-    suffix = parts[1]
-    if suffix.inputs != [prefix.output]:
-        raise SpatialUnsupported(f"model {graph.name!r}: the rest of the model after node {prefix.output!r} also "
-                                 f"reads {[n for n in suffix.inputs if n != prefix.output]}")
-    return suffix
-
-
-def run_suffix(graph: ModelGraph, suffix: Part | None, value: torch.Tensor) -> torch.Tensor:
-    """The model output from the prefix's output value."""
-    if suffix is None:
-        return value
-    with torch.no_grad():
-        return suffix.run({suffix.inputs[0]: value})[graph.result_name]
-
-
-def run_spatial_plan_locally(graph: ModelGraph, plan: Mapping[str, Any], x: torch.Tensor) -> torch.Tensor:
-    """Execute a spatial plan (``partitioners.spatial`` JSON) in this process, segment by segment, as the workers
-    would: every block's segments run on the input rows they receive, the host joins them, then runs the suffix."""
-    prefix = spatial_prefix(graph)
-    value, reads = x, prefix.input
-    for block in plan["blocks"]:
-        ops = prefix.block(block["layers"])
-        if prefix.block_input(block["layers"]) != reads:
-            raise ValueError(f"plan block {block['layers'][0]}..{block['layers'][-1]} does not start where the "
-                             f"previous block ends ({reads!r})")
-        reads = block["layers"][-1]
-        pieces = []
-        for seg in block["segments"]:
-            a, b = seg["in_rows"]
-            band = value[:, :, a:b]  # what the host sends (a secondary) or slices (itself)
-            pieces.append((tuple(seg["out_rows"]), run_segment(ops, band, (a, b), tuple(seg["out_rows"]))))
-        value = join_rows(pieces, block["out_height"])
-    if reads != prefix.output:
-        raise ValueError(f"plan ends its blocks at node {reads!r}; the suffix reads {prefix.output!r}")
-    return run_suffix(graph, suffix_part(graph, prefix), value)
-

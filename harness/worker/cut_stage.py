@@ -12,14 +12,14 @@ from typing import Any
 
 import torch
 
-from harness import wire
-from harness.channel import Receiver, Sender
-from harness.graph import graph_from_module
-from harness.models import ModelSpec, build_model, make_input
-from harness.network import Pacer
-from harness.stage import (Budget, Control, Timeline, accept_data, connect_data, guard, now_ns, retime_pacer,
+from harness.worker import wire
+from harness.worker.channel import Receiver, Sender
+from harness.model.graph import graph_from_module
+from harness.model.models import ModelSpec, build_model, make_input
+from harness.worker.pacer import Pacer
+from harness.worker.stage import (Budget, Control, Timeline, accept_data, connect_data, guard, now_ns, retime_pacer,
                            serve_commands)
-from harness.submodels import Part, split
+from harness.model.submodels import Part, split
 
 
 @dataclass

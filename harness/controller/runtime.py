@@ -23,11 +23,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from harness import wire
-from harness.channel import Receiver, Sender
-from harness.network import LinkSpec, Topology
+from harness.worker import wire
+from harness.worker.channel import Receiver, Sender
+from harness.network.link import LinkSpec
+from harness.network.base import Network
+from harness.network.remote import RemoteNetwork
+from harness.network.topology import Topology
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from harness import PROJECT_ROOT
 
 
 # How long a worker's error report waits for a peer's death to become visible (see Controller._blame).
@@ -50,7 +53,7 @@ class WorkerSpec:
 
 @dataclass
 class RunResult:
-    """What the controller observed, in real (dilated) nanoseconds; :mod:`harness.measure` turns it into metrics."""
+    """What the controller observed, in real (dilated) nanoseconds; :mod:`harness.controller.measure` turns it into metrics."""
 
     tdf: float
     backend: str
@@ -65,45 +68,6 @@ class RunResult:
     link_record: dict[str, Any] = field(default_factory=dict)
     probe_mbps: dict[str, float] = field(default_factory=dict)
     tdf_calibrated: float | None = None  # the TDF from local node times, when the warm-up had to raise it
-
-
-class RemoteNetwork:
-    """Workers already running on real machines (``python -m harness.worker --control tcp:HOST:PORT``).
-
-    Stands where a :class:`Topology` would: the network is real, so nothing is shaped or dilated, and the backend
-    recorded is ``real``.
-    """
-
-    backend = "real"
-    tdf = 1.0
-    failure = None
-
-    def __init__(self, controls: Mapping[str, str]) -> None:
-        bad = {e: a for e, a in controls.items() if not str(a).startswith("tcp:") or ":" not in str(a)[4:]}
-        if bad:
-            raise ValueError(f"runtime.remote addresses must look like tcp:HOST:PORT, got {bad}")
-        self.controls = {e: str(a) for e, a in controls.items()}
-
-    def __enter__(self) -> "RemoteNetwork":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def control(self, endpoint: str) -> tuple[str, int]:
-        if endpoint not in self.controls:
-            raise RunFailed(f"runtime.remote has no address for endpoint {endpoint!r}; it names {list(self.controls)}")
-        host, port = self.controls[endpoint][4:].rsplit(":", 1)
-        return host, int(port)
-
-    def address(self, endpoint: str, peer: str) -> str:
-        return self.control(endpoint)[0]
-
-    def pacer_config(self, a: str, b: str, seed: int = 0) -> dict[str, Any]:
-        return {"rate_mbps": None, "delay_ms": 0.0, "jitter_ms": 0.0, "seed": seed}
-
-    def record(self) -> dict[str, Any]:
-        return {"backend": self.backend, "controls": self.controls}
 
 
 class _Endpoint:
@@ -123,7 +87,7 @@ class _Endpoint:
 class Controller:
     """Starts one worker per endpoint inside ``topology`` and talks to them over Unix control sockets."""
 
-    def __init__(self, topology: Topology | RemoteNetwork, workers: list[WorkerSpec], timeout_s: float,
+    def __init__(self, topology: Network, workers: list[WorkerSpec], timeout_s: float,
                  max_payload: int, token: str | None = None) -> None:
         self.topology = topology
         self.workers = workers
@@ -136,7 +100,7 @@ class Controller:
         self.deadline = time.monotonic() + timeout_s
 
     def start(self) -> None:
-        if isinstance(self.topology, RemoteNetwork):
+        if not self.topology.local:
             self._start_remote()
             return
         env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
@@ -156,9 +120,11 @@ class Controller:
         self._set_up()
 
     def _start_remote(self) -> None:
-        assert isinstance(self.topology, RemoteNetwork)
         for w in self.workers:
-            address = self.topology.control(w.endpoint)
+            try:
+                address = self.topology.control(w.endpoint)
+            except KeyError as exc:
+                raise RunFailed(exc.args[0]) from exc
             try:
                 sock = socket.create_connection(address, timeout=30)
             except OSError as exc:
@@ -429,14 +395,14 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
             w.setup = _resolve_addresses(w.setup, topology)
         result = RunResult(tdf=tdf, backend=topology.backend, warmup=int(scenario["warmup"]),
                            link_record=topology.record())
-        if isinstance(topology, Topology):
+        if topology.local:
             result.probe_mbps = {f"{a}-{b}": probe_link(topology, a, b) for a, b, _ in links}
         controller = Controller(topology, workers, timeout_s, max_payload, token)
         try:
             controller.start()
             hook = make_hook(topology, controller, result) if make_hook else None
             after_warmup = None
-            if retime_tolerance_pct and hook is None and isinstance(topology, Topology):
+            if retime_tolerance_pct and hook is None and topology.local:
                 after_warmup = lambda: retime(controller, topology, list(links), result,  # noqa: E731
                                               retime_tolerance_pct)
             drive(controller, first, int(scenario["warmup"]) + int(scenario["inferences"]), int(scenario["warmup"]),

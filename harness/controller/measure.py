@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from harness.runtime import RunResult, latencies_ms  # noqa: E402
+from harness.controller.runtime import RunResult, latencies_ms  # noqa: E402
 
 
 def latency_metrics(result: RunResult) -> dict[str, float]:

@@ -13,7 +13,7 @@ import torch
 from torch import fx
 from torch.fx.passes.split_module import split_module
 
-from harness.graph import ModelGraph
+from harness.model.graph import ModelGraph
 
 
 class InvalidAssignment(ValueError):

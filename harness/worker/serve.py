@@ -1,9 +1,9 @@
-"""An endpoint of split inference: ``python -m harness.worker``.
+"""An endpoint of split inference, started as ``python -m harness.worker``.
 
 The controller (or an operator on a real board) starts one worker per endpoint. A worker listens for one control
 connection, checks the shared token, receives its setup as JSON (model spec, plan, its role, its peers), builds the
 model itself from the spec and seed, keeps only its own part, and then runs inferences when told to. Only JSON and
-raw tensors cross the wire (``harness.wire``); nothing received is unpickled or executed.
+raw tensors cross the wire (``harness.worker.wire``); nothing received is unpickled or executed.
 
 Timestamps are ``time.monotonic_ns()``: on one machine every process reads the same clock, so the controller can
 order spans of different endpoints. Workers report what happened; the controller decides what it means.
@@ -18,12 +18,11 @@ import importlib
 import logging
 import os
 import socket
-import sys
 
 import torch
 
-from harness import wire
-from harness.stage import HELLO_TIMEOUT_S, Control, peak_rss_mb, reset_peak_rss, rss_mb
+from harness.worker import wire
+from harness.worker.stage import HELLO_TIMEOUT_S, Control, peak_rss_mb, reset_peak_rss, rss_mb
 
 log = logging.getLogger("splitbench.worker")
 
@@ -65,9 +64,9 @@ def serve(address: str, token: str, max_payload: int = 1 << 30) -> None:
     setup = hello.obj["setup"]
     torch.set_num_threads(int(setup.get("threads", 1)))
     if setup.get("kind", "cut") == "spatial":
-        from harness.spatial_stage import SpatialStage as Stage
+        from harness.worker.spatial_stage import SpatialStage as Stage
     else:
-        from harness.cut_stage import CutStage as Stage
+        from harness.worker.cut_stage import CutStage as Stage
     importlib.import_module(str(setup["model"]["target"]).rsplit(".", 1)[0])  # the factory's package
     baseline_mb = rss_mb()  # the interpreter and its libraries, before any model is built
     stage = Stage(setup, control)
@@ -98,13 +97,3 @@ def main(argv: list[str] | None = None) -> None:
         if args.once:
             return
 
-
-if __name__ == "__main__":
-    main()
-    # Data-link threads may still sit in native calls: interpreter finalisation would end them with pthread_exit
-    # through C++ frames and abort ("terminate called without an active exception", about one run in four, which
-    # took the topology down). Everything is reported and nothing is left to clean up, so leave at once.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)

@@ -14,7 +14,7 @@ import mlflow
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from harness import PROJECT_ROOT
 
 
 def tracking_uri() -> str:

@@ -25,13 +25,14 @@ from typing import Any
 
 import torch
 
-from harness import wire
-from harness.channel import Receiver, Sender
-from harness.graph import graph_from_module
-from harness.models import ModelSpec, build_model, make_input
-from harness.network import Pacer
-from harness.segments import join_rows, run_segment, spatial_prefix, suffix_part
-from harness.stage import (HELLO_TIMEOUT_S, Budget, Timeline, connect_data, guard, now_ns, retime_pacer,
+from harness.worker import wire
+from harness.worker.channel import Receiver, Sender
+from harness.model.graph import graph_from_module
+from harness.model.models import ModelSpec, build_model, make_input
+from harness.worker.pacer import Pacer
+from harness.model.rows import spatial_prefix
+from harness.worker.segments import join_rows, run_segment, suffix_part
+from harness.worker.stage import (HELLO_TIMEOUT_S, Budget, Timeline, connect_data, guard, now_ns, retime_pacer,
                            serve_commands)
 
 DIRECTIONS = ("down", "up")  # down: host -> secondary (bands); up: secondary -> host (rows)

@@ -17,7 +17,9 @@ from typing import Callable
 
 import numpy as np
 
-TRACE_DIR = Path(__file__).resolve().parent.parent / "conf" / "traces"
+from harness import PROJECT_ROOT
+
+TRACE_DIR = PROJECT_ROOT / "conf" / "traces"
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,17 @@ from omegaconf import DictConfig, OmegaConf
 from hardware.profiles import LocalProfile, Profile, write_table
 from hardware.topology import Hardware
 from harness.config import method_kind, validate
-from harness.costs import cut_problem
-from harness.dynamic import Redecider
-from harness.graph import ModelGraph, build_graph, crossing_tensors
-from harness.measure import latency_metrics, link_metrics, throughput_ips, timeline_figure
-from harness.models import ModelSpec, make_input
-from harness.network import LinkSpec
-from harness.records import RunRecord
-from harness.runtime import (RunFailed, RunResult, WorkerSpec, latencies_ms, measured_seqs, overrun_cost_ms,
+from partitioners.base import cut_problem
+from harness.controller.dynamic import Redecider
+from harness.model.graph import ModelGraph, build_graph, crossing_tensors
+from harness.controller.measure import latency_metrics, link_metrics, throughput_ips, timeline_figure
+from harness.model.models import ModelSpec, make_input
+from harness.network.link import LinkSpec
+from harness.controller.records import RunRecord
+from harness.controller.runtime import (RunFailed, RunResult, WorkerSpec, latencies_ms, measured_seqs, overrun_cost_ms,
                              run_workers)
-from harness.submodels import full_assignment
-from harness.traces import load_trace
+from harness.model.submodels import full_assignment
+from harness.controller.traces import load_trace
 from partitioners.base import LinkState, Partitioner, Plan, device_side_of
 
 log = logging.getLogger("splitbench")
@@ -167,7 +167,7 @@ def run_experiment(cfg: DictConfig, rec: RunRecord) -> dict[str, float]:
     node_ms = hardware.node_ms(graph)
     link = LinkState(float(cfg.link.bandwidth_mbps), float(cfg.link.delay_ms))
     if method.kind != "cut":
-        from harness.spatial_run import run_spatial_experiment  # spatial methods have their own runtime
+        from harness.controller.spatial import run_spatial_experiment  # spatial methods have their own runtime
         return run_spatial_experiment(cfg, rec, graph, hardware, method, node_ms, link)
     device, server = hardware.cut_roles
     if hardware.topology == "star":

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from harness import wire
+from harness.worker import wire
 
 log = logging.getLogger("splitbench.worker")
 

@@ -16,7 +16,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from harness.models import ModelSpec, build_model, make_input
+from harness.model.models import ModelSpec, build_model, make_input
 
 # Nodes whose output aliases or reshapes their input: no arithmetic, no kernel worth timing on a GPU.
 _VIEW_KINDS = {

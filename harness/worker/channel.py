@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from harness import wire
-from harness.network import Pacer
+from harness.worker import wire
+from harness.worker.pacer import Pacer
 
 Record = Callable[..., None]  # Timeline.add(seq, kind, start_ns, end_ns, **extra)
 

@@ -9,11 +9,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from hardware.profiles import LocalProfile
 from hardware.topology import Hardware
-from harness.graph import ModelGraph
-from harness.models import ModelSpec
-from harness.network import LinkSpec
-from harness.records import RunRecord
-from harness.runtime import WorkerSpec, run_workers
+from harness.model.graph import ModelGraph
+from harness.model.models import ModelSpec
+from harness.network.link import LinkSpec
+from harness.controller.records import RunRecord
+from harness.controller.runtime import WorkerSpec, run_workers
 from partitioners.base import LinkState, Partitioner
 from partitioners.spatial import SpatialProblem, kernel_overheads_ms, segment, spatial_problem
 
@@ -62,7 +62,7 @@ def spatial_workers(cfg: DictConfig, plan: dict[str, Any], tdf: float, pad: bool
 
 def run_spatial_experiment(cfg: DictConfig, rec: RunRecord, graph: ModelGraph, hardware: Hardware,
                            method: Partitioner, node_ms: dict[str, dict[str, float]], link: LinkState) -> dict[str, float]:
-    from harness.experiment import DECISION_REPEATS, _finish, is_local, remote_args, timed  # one record path
+    from harness.controller.pipeline import DECISION_REPEATS, _finish, is_local, remote_args, timed  # one record path
 
     overheads = kernel_overheads_ms(hardware.endpoints)
     problem = spatial_problem(graph, node_ms, overheads)

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from harness.network import Topology
-from harness.runtime import BeforeIssue, Controller, RunResult, wait_all, wait_for_span
-from harness.traces import Trace, TracePlayer
+from harness.network.topology import Topology
+from harness.controller.runtime import BeforeIssue, Controller, RunResult, wait_all, wait_for_span
+from harness.controller.traces import Trace, TracePlayer
 from partitioners.base import LinkState, Partitioner, Plan, device_side_of
 
 ESTIMATORS = ("last", "oracle")

@@ -1,0 +1,81 @@
+"""One experiment, typed: what ``harness.config.resolve`` makes of the Hydra config, once, at the top.
+
+Everything below the entry point receives these objects; nothing below it reads the raw config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hardware.topology import Hardware
+from harness.model.models import ModelSpec
+from harness.network.link import LinkSpec
+from partitioners.base import Partitioner
+
+
+@dataclass(frozen=True)
+class Link:
+    """The link of every device-server or host-secondary pair: its facts, and how the harness plays it."""
+
+    name: str
+    spec: LinkSpec
+    trace: str | None = None  # a bandwidth trace (CSV) for scenario=dynamic
+    compensate_headers: bool = True  # raise the kernel rate so that TCP payload gets the configured bandwidth
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How inferences are issued (after MLPerf LoadGen's scenarios)."""
+
+    name: str
+    warmup: int = 1
+    inferences: int = 5
+    in_flight: int = 1
+    deadline_ms: float | None = None
+    estimator: str = "last"  # dynamic: how the bandwidth is estimated before each decision
+    interval_ms: float = 500.0  # dynamic: emulated time between inference arrivals
+
+    @property
+    def total(self) -> int:
+        return self.warmup + self.inferences
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How the harness runs the workers."""
+
+    threads_per_worker: int = 1
+    tdf: float | None = None  # None: calibrated per run
+    tdf_margin: float = 1.5
+    overrun_tolerance_pct: float = 5.0
+    timeout_s: float = 900.0
+    base_port: int = 47000
+    max_payload_mb: int = 1024
+    backend: str = "auto"
+    remote: dict[str, str] | None = None  # endpoint -> tcp:HOST:PORT of workers running on real boards
+    token: str | None = None  # their shared secret
+
+    @property
+    def max_payload(self) -> int:
+        return self.max_payload_mb << 20
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One job: a model on a hardware topology over a link, decided by a method, run in a scenario."""
+
+    name: str  # the MLflow experiment it is recorded in
+    mode: str
+    model: ModelSpec
+    hardware: Hardware
+    link: Link
+    method: Partitioner
+    scenario: Scenario
+    runtime: Runtime = field(default_factory=Runtime)
+    profile_out: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved config, as recorded
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.method.name}-{self.model.name}-{self.hardware.name}-{self.link.spec.bandwidth_mbps:g}mbps"

@@ -1,0 +1,31 @@
+"""``python -m harness.network cleanup|probe``: remove what crashed runs left, or list the shaping backends."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Sequence
+
+from harness.network.namespaces import DEFAULT_PREFIX, cleanup, cleanup_stale
+from harness.network.shaping import available_backends, probe_backend
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m harness.network", description="namespaces and shaping of splitbench")
+    sub = parser.add_subparsers(dest="command", required=True)
+    clean = sub.add_parser("cleanup", help="remove every namespace and veth with the prefix (like mn -c)")
+    clean.add_argument("--prefix", default=DEFAULT_PREFIX)
+    clean.add_argument("--stale", action="store_true", help="only those whose owner process is dead")
+    sub.add_parser("probe", help="print the available shaping backends, best first")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "probe":
+        print(json.dumps({"backend": probe_backend(), "available": list(available_backends())}))
+    else:
+        removed = (cleanup_stale if args.stale else cleanup)(args.prefix)
+        print(f"removed {len(removed)}: {' '.join(removed)}" if removed else "nothing to remove")
+
+
+if __name__ == "__main__":
+    main()

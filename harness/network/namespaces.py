@@ -1,0 +1,121 @@
+"""Network namespaces and veths the harness owns, and the cleanup of what killed runs left (like ``mn -c``).
+
+Every name carries the owner's pid after a prefix (``sb<pid>-...``), so that a later run can tell a dead owner's
+leftovers from a live run's.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import signal
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger("harness.network")
+
+DEFAULT_PREFIX = "sb"
+PREFIX_PATTERN = re.compile(r"^[a-z][a-z_]{0,5}$")
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def enter_namespace(name: str) -> None:
+    """Join namespace ``name``; runs in a child between fork and exec: only a setns(2), never a creation."""
+    netns.setns(name, flags=0)
+
+
+def _owner_pid(name: str, prefix: str) -> int | None:
+    match = re.match(rf"^{re.escape(prefix)}(\d+)(?:-|l\d+[ab]$)", name)
+    return int(match.group(1)) if match else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def remove_namespace(name: str, prefix: str) -> None:
+    """Kill what still runs in it, delete its veths (the peer end goes too), then unmount it."""
+    if name not in netns.listnetns():
+        return  # already gone (e.g. removed by `cleanup` while its owner still ran)
+    for pid in netns.ns_pids().get(name, []):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        # flags=0: never create the namespace we are removing (pyroute2 creates a missing one by default)
+        with IPRoute(netns=name, flags=0) as ip:
+            for link in ip.get_links():
+                ifname = link.get_attr("IFLA_IFNAME")
+                if _owner_pid(ifname, prefix) is not None:
+                    try:
+                        ip.link("del", index=link["index"])
+                    except NetlinkError as err:
+                        if err.code != errno.ENODEV:  # the peer's deletion already took it
+                            raise
+    finally:
+        netns.remove(name)
+
+
+def _cleanup(prefix: str, stale_only: bool) -> list[str]:
+    if not PREFIX_PATTERN.match(prefix):
+        raise ValueError(f"prefix must match {PREFIX_PATTERN.pattern}, got {prefix!r}")
+    if not is_root():
+        return []
+    removed = []
+    for name in sorted(netns.listnetns()):
+        pid = _owner_pid(name, prefix)
+        if pid is None or (stale_only and _alive(pid)):
+            continue
+        try:
+            remove_namespace(name, prefix)
+            removed.append(name)
+        except (OSError, NetlinkError) as err:
+            log.warning("could not remove namespace %s: %s", name, err)
+    with IPRoute() as ip:  # veths left in the root namespace by an interrupted creation
+        for link in ip.get_links():
+            ifname = link.get_attr("IFLA_IFNAME")
+            pid = _owner_pid(ifname, prefix)
+            if pid is not None and not (stale_only and _alive(pid)):
+                try:
+                    ip.link("del", index=link["index"])
+                    removed.append(ifname)
+                except NetlinkError as err:
+                    if err.code != errno.ENODEV:
+                        log.warning("could not remove interface %s: %s", ifname, err)
+    if removed:
+        log.info("removed %s", ", ".join(removed))
+    return removed
+
+
+def cleanup_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Remove namespaces and veths with ``prefix`` whose owner process is dead; returns their names."""
+    return _cleanup(prefix, stale_only=True)
+
+
+def cleanup(prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Remove every namespace and veth with ``prefix``, live owner or not (like ``mn -c``); returns their names."""
+    return _cleanup(prefix, stale_only=False)
+
+
+def leftovers(prefix: str) -> list[str]:
+    """Namespaces (and root-namespace interfaces) whose name carries ``prefix`` and an owner pid."""
+    names = [n for n in netns.listnetns() if _owner_pid(n, prefix) is not None]
+    if is_root():
+        with IPRoute() as ip:
+            names += [ln.get_attr("IFLA_IFNAME") for ln in ip.get_links()
+                      if _owner_pid(ln.get_attr("IFLA_IFNAME"), prefix) is not None]
+    return sorted(names)
+
