@@ -18,10 +18,11 @@ register()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from harness.controller.pipeline import run_job  # after Hydra parsed the command line: fast --help and errors
+    from harness.config import resolve  # after Hydra parsed the command line: fast --help and errors
+    from harness.controller.pipeline import run_job
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    metrics = run_job(cfg, multirun=multirun)
+    metrics = run_job(resolve(cfg), multirun=multirun)
     return metrics.get("latency_ms")
 
 

@@ -1,6 +1,6 @@
 """Online decision time of the device/server cut methods, on the Xavier -> 1080 Ti roofline costs.
 
-    cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/decision_time.py \\
+    PYTHONPATH=. .venv/bin/python benchmarks/decision_time.py \\
         --models vgg16 resnet50 resnet152 inception_v3 densenet121 densenet201 --repeats 5
 
 For each model, every method is prepared once (``offline ms``), then ``decide`` is timed with

@@ -16,7 +16,7 @@ of its latency.
 Real time is TDF x emulated time: TDF is ~20-45 here, so the pool3 cut at 1.1 Mbit/s (5.9 s emulated) takes ~4 min
 per inference; the whole grid with one warm-up and two measured inferences takes ~25 min.
 
-    cd /work/main && PYTHONPATH=. .venv/bin/python benchmarks/emulation_fidelity.py --json
+    PYTHONPATH=. .venv/bin/python benchmarks/emulation_fidelity.py --json
     PYTHONPATH=. .venv/bin/python benchmarks/emulation_fidelity.py --cuts pool5 --rates 18.88 --inferences 1
 """
 
@@ -36,14 +36,17 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from hardware.profiles import LocalProfile
-from harness.config import register, validate
+from harness.config import build_hardware, register, resolve
 from partitioners.base import cut_problem
-from harness.controller.pipeline import (build_hardware, calibrate_tdf, cut_workers, max_abs_error, overrun_metrics,
-                                verdict)
+from harness.controller.cut import CutStrategy, cut_workers
+from harness.controller.measure import max_abs_error
+from harness.controller.measurer import overrun_metrics, verdict
+from harness.controller.pipeline import calibrate_tdf
 from harness.model.graph import ancestors, build_graph
 from harness.model.models import ModelSpec
 from harness.network.link import LinkSpec
-from harness.controller.runtime import RunFailed, latencies_ms, measured_seqs, overrun_cost_ms, run_workers, warmup_tdf
+from harness.controller.measurer import latencies_ms, measured_seqs, overrun_cost_ms, warmup_tdf
+from harness.controller.runtime import RunFailed, run_workers
 from partitioners.base import LinkState, cut_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +59,7 @@ def make_cfg(overrides: list[str]) -> DictConfig:
     register()
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose(config_name="config", overrides=overrides)
-    validate(cfg)
+    resolve(cfg)  # validates
     return cfg
 
 
@@ -70,10 +73,10 @@ def measure(cfg: DictConfig, cut: str, mbps: float, margin: float, retime: bool)
     link = LinkState(mbps, float(cfg.link.delay_ms))
     plan = cut_plan("fixed_cut", problem, ancestors(graph, [CUTS[cut]]), link)
     side = {n["name"] for n in plan.to_json()["nodes"] if n["side"] == "device"}
-    parts = {device: sorted(side), server: [n for n in graph.order if n not in side]}
-    local_ms = LocalProfile(threads=int(cfg.runtime.threads_per_worker)).node_ms(graph)
-    tdf = calibrate_tdf(parts, node_ms, local_ms, margin, concurrent=1)
-    workers, first = cut_workers(cfg, graph, plan, hardware, node_ms, tdf, pad=True)
+    exp = resolve(cfg)
+    local_ms = LocalProfile(threads=exp.runtime.threads_per_worker).node_ms(graph)
+    tdf, _ = calibrate_tdf(CutStrategy(exp, graph, node_ms).compute_ratios(plan, local_ms), margin, concurrent=1)
+    workers, first = cut_workers(exp, graph, plan, node_ms, tdf, pad=True), device
     predicted_device, predicted_link, predicted_server = problem.stage_ms(side, link)
     row: dict[str, Any] = {"cut": cut, "node": CUTS[cut], "tensor_bytes": graph[CUTS[cut]].out_bytes,
                            "bandwidth_mbps": mbps, "tdf": tdf, "predicted_ms": plan.predicted_latency_ms,

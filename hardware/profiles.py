@@ -43,9 +43,6 @@ class Profile(ABC):
     def node_ms(self, graph: ModelGraph) -> dict[str, float]:
         """Milliseconds per node, for every node of ``graph`` (zero for inputs, outputs and pure views)."""
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": type(self).__name__}
-
 
 @dataclass
 class RooflineProfile(Profile):
@@ -90,10 +87,6 @@ class RooflineProfile(Profile):
             times[name] = (max(overhead_s, kernel_s) if self.async_launch else overhead_s + kernel_s) * 1e3
         return times
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "peak_gflops": self.peak_gflops, "memory_gbps": self.memory_gbps,
-                "kernel_overhead_us": self.kernel_overhead_us, "async_launch": self.async_launch,
-                "sources": self.sources}
 
 
 class _TimingInterpreter(fx.Interpreter):
@@ -202,5 +195,3 @@ class TableProfile(Profile):
                              f"{graph.name!r}, e.g. {missing[:5]}")
         return times
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "path": self.path}

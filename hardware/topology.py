@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from harness.model.graph import ModelGraph
 from hardware.profiles import Profile
 
 TOPOLOGIES = ("pair", "star")
+MAX_SERVERS = 4  # the largest star the papers measured (HALP: N = 2..4)
 
 
 @dataclass
@@ -29,8 +29,8 @@ class Hardware:
 
     @classmethod
     def star(cls, name: str, server: Profile, num_servers: int) -> "Hardware":
-        if not 2 <= num_servers <= 8:
-            raise ValueError(f"hardware {name!r}: num_servers must be in 2..8, got {num_servers}")
+        if not 2 <= num_servers <= MAX_SERVERS:
+            raise ValueError(f"hardware {name!r}: num_servers must be in 2..{MAX_SERVERS}, got {num_servers}")
         return cls(name=name, topology="star", endpoints={f"es{i}": server for i in range(num_servers)})
 
     @property
@@ -48,6 +48,3 @@ class Hardware:
             out[endpoint] = by_profile[id(profile)]
         return out
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "topology": self.topology,
-                "endpoints": {e: p.describe() for e, p in self.endpoints.items()}}

@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class, instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from hardware.topology import Hardware
+from hardware.topology import MAX_SERVERS, Hardware
 from harness.controller.experiment import Experiment, Link, Runtime, Scenario
 from harness.model.models import ModelSpec
 from harness.network.link import LinkSpec
@@ -140,7 +140,8 @@ def validate(cfg: DictConfig) -> None:
                  "runtime.remote needs the workers' shared secret: runtime.token=... or $SPLITBENCH_TOKEN")
     _require(hw.topology in ("pair", "star"), f"hardware.topology={hw.topology!r} is not one of ['pair', 'star']")
     if hw.topology == "star":
-        _require(2 <= hw.num_servers <= 4, f"hardware.num_servers must be in 2..4, got {hw.num_servers}")
+        _require(2 <= hw.num_servers <= MAX_SERVERS,
+                 f"hardware.num_servers must be in 2..{MAX_SERVERS}, got {hw.num_servers}")
     _require(len(cfg.model.input_shape) >= 2 and all(d > 0 for d in cfg.model.input_shape),
              f"model.input_shape must be positive dimensions [N, C, H, W, ...], got {list(cfg.model.input_shape)}")
     kind = method_kind(cfg)

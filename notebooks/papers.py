@@ -1,7 +1,7 @@
 """The papers' own numbers, as data, for notebooks/paper_tables.ipynb to print beside what the harness measured.
 
-Copied from /work/shared/papers.md (the papers' abstracts; DADS read in full). Every entry names its source. Where a
-paper gives no figure for a cell, the notebook prints :data:`NO_FIGURE` instead of inventing one.
+Taken from the papers themselves (the abstracts; DADS read in full). Every entry names its source. Where a paper
+gives no figure for a cell, the notebook prints :data:`NO_FIGURE` instead of inventing one.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ DADS_RANGES = {
     ("heavy", "device_only", "latency"): (1.66, 5.19),
     ("heavy", "device_only", "throughput"): (4.34, 9.14),
 }
-# DADS against Neurosurgeon (after a topological sort) on DAG models: latency / throughput better by these percents.
-DADS_VS_NEUROSURGEON_PCT = {"latency": (66, 86), "throughput": (76, 87)}
 
 # CIC's best-case claims against "existing solutions" (its baselines, models, bandwidths and hardware are not in the
 # stored sources).

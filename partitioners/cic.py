@@ -1,7 +1,7 @@
 """CIC (Yang et al., IJCNN 2022): cut a small *splitting model* online instead of the model's whole DAG.
 
 The paper says only that the DAG is compressed offline, from the model's structure and the two platforms' costs and
-independently of the network, and that the small splitting model is min-cut in real time (papers.md). Our
+independently of the network, and that the small splitting model is min-cut in real time. Our
 construction [ours] keeps the optimum *exact at every bandwidth*. A cut S has latency a(S) + x*b(S) with x the link's
 ms per byte, so the best latency over all bandwidths is the lower envelope of finitely many lines. ``prepare``:
 

@@ -8,7 +8,7 @@ groups on the device (closed under predecessors); its latency is a line in x, th
     latency(S, x) = a(S) + x * b(S)    a: device time of S + server time of the rest,  b: bytes crossing the link
 
 :class:`NetworkxCut` and :class:`ScipyCut` find the S of least latency for one x by a minimum s-t cut on the network
-of the DADS paper (Hu et al., INFOCOM 2019) with its two fixes (papers.md): source = device, sink = server; arc
+of the DADS paper (Hu et al., INFOCOM 2019) with its two fixes: source = device, sink = server; arc
 source->g costs g's server time (paid when g is on the server), g->sink g's device time; a tensor with one consumer
 is an arc producer->consumer costing x*bytes, one with several consumers goes through an auxiliary node (producer->aux
 x*bytes, aux->consumer infinite) so that it is paid once; every DAG edge u->w has an infinite reverse arc w->u (no

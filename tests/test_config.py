@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from harness.config import ConfigError, register, validate
-from harness.controller.pipeline import resolve_objective
+from harness.config import ConfigError, register, resolve_objective, validate
+
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 register()

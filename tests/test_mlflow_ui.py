@@ -1,6 +1,6 @@
 """The MLflow UI shows our runs: `mlflow server` on loopback, read by headless Chromium (Debian's package).
 
-The runs are written with MLflow's API, with the names DESIGN.md fixes (run names, params, metrics, tags). The
+The runs are written with MLflow's API, with the names ARCHITECTURE.md fixes (run names, params, metrics, tags). The
 screenshot of the runs page is kept under the test's tmp dir and copied to benchmarks/results/mlflow_ui.png when
 that folder exists.
 """

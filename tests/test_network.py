@@ -146,10 +146,9 @@ def test_topology_rejects_bad_configuration(endpoints, links, kwargs, message):
 
 def test_header_compensation_and_dilation_set_the_kernel_rate():
     link = LinkSpec(18.88)
-    plain = Topology(["a", "b"], [("a", "b", link)], compensate_headers=False, tdf=2.0)
-    compensated = Topology(["a", "b"], [("a", "b", link)], tdf=2.0)
-    assert plain._kernel_rate(link) == round(18.88e6 / 8 / 2)  # an integer number of bytes/s, dilated
-    assert compensated._kernel_rate(link) == round(18.88e6 / 8 / 2 * 1514 / 1448)
+    plain = shaping.kernel_rate(link, tdf=2.0, compensate_headers=False)
+    assert plain == round(18.88e6 / 8 / 2)  # an integer number of bytes/s, dilated
+    assert shaping.kernel_rate(link, tdf=2.0, compensate_headers=True) == round(18.88e6 / 8 / 2 * 1514 / 1448)
 
 
 # -- the sender's pacer (no root needed) ---------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from harness.config import register, validate
-from harness.controller.pipeline import resolve_objective
+from harness.config import register, resolve_objective, validate
+
 from tests.conftest import ROOT, needs_root, run_cli
 
 NOTEBOOK = ROOT / "notebooks" / "paper_tables.ipynb"

@@ -1,4 +1,4 @@
-"""End to end: run.py -> real split inference through namespaces -> MLflow records with DESIGN.md's names."""
+"""End to end: run.py -> real split inference through namespaces -> MLflow records with ARCHITECTURE.md's names."""
 
 from __future__ import annotations
 

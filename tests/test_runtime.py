@@ -33,13 +33,15 @@ from pyroute2 import IPRoute, netns
 from hardware.topology import Hardware
 from harness.network import namespaces, shaping
 from harness.worker import wire
-from harness.config import register, validate
+from harness.config import build_hardware, register, resolve
 from partitioners.base import cut_problem
-from harness.controller.pipeline import build_hardware, cut_workers, resolve_objective
+from harness.controller.cut import cut_workers
+from harness.controller.experiment import Experiment
 from harness.model.graph import ModelGraph, ancestors, build_graph, crossing_tensors
 from harness.model.models import ModelSpec, make_input
 from harness.network.link import LinkSpec
-from harness.controller.runtime import RunFailed, RunResult, WorkerSpec, run_workers
+from harness.controller.measurer import RunResult
+from harness.controller.runtime import RunFailed, WorkerSpec, run_workers
 from harness.worker.stage import HELLO_TIMEOUT_S
 from partitioners.base import LinkState, Plan, cut_plan, device_side_of
 from tests.conftest import ROOT, needs_root
@@ -56,8 +58,7 @@ register()
 def make_cfg(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose(config_name="config", overrides=overrides)
-    resolve_objective(cfg)
-    validate(cfg)
+    resolve(cfg)  # validates
     return cfg
 
 
@@ -66,6 +67,7 @@ class CutCase:
     """A device/server cut ready to run: the config, the model graph, the plan and what crosses the link."""
 
     cfg: DictConfig
+    exp: Experiment
     graph: ModelGraph
     hardware: Hardware
     plan: Plan
@@ -74,7 +76,7 @@ class CutCase:
 
     def workers(self) -> tuple[list[WorkerSpec], str]:
         """Fresh worker specs (``run_workers`` fills in addresses, so a spec serves one run)."""
-        return cut_workers(self.cfg, self.graph, self.plan, self.hardware, self.node_ms, tdf=1.0, pad=False)
+        return cut_workers(self.exp, self.graph, self.plan, self.node_ms, tdf=1.0, pad=False), self.hardware.cut_roles[0]
 
     def run(self, make_hook: Callable[..., Any] | None = None, timeout_s: float = 300) -> RunResult:
         device, server = self.hardware.cut_roles
@@ -97,7 +99,7 @@ def cut_case(overrides: list[str], cut_after: str = CUT_AFTER) -> CutCase:
     assignment = {n: 0 if n in side else 1 for n in graph.order if graph[n].op != "output"}
     assignment[graph.output_name] = 1
     crossing = [n for n, src, dst in crossing_tensors(graph, assignment) if (src, dst) == (0, 1)]
-    return CutCase(cfg, graph, hardware, plan, node_ms, crossing)
+    return CutCase(cfg, resolve(cfg), graph, hardware, plan, node_ms, crossing)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

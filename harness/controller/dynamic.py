@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from harness.network.topology import Topology
-from harness.controller.runtime import BeforeIssue, Controller, RunResult, wait_all, wait_for_span
+from harness.network.base import Network
+from harness.controller.measurer import BeforeIssue, RunResult, Workers, wait_all, wait_for_span
 from harness.controller.traces import Trace, TracePlayer
 from partitioners.base import LinkState, Partitioner, Plan, device_side_of
 
@@ -43,7 +43,7 @@ class Redecider:
             raise ValueError(f"scenario.estimator={self.estimator!r} is not one of {list(ESTIMATORS)}")
         self.estimate_mbps = self.initial_mbps
 
-    def hook(self, topology: Topology, controller: Controller, result: RunResult) -> BeforeIssue:
+    def hook(self, topology: Network, controller: Workers, result: RunResult) -> BeforeIssue:
         device, server = list(controller.endpoints)
         self.player = TracePlayer(self.trace, lambda mbps: topology.set_rate(device, server, mbps),
                                   result.tdf).start()

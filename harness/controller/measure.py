@@ -1,4 +1,4 @@
-"""From what the controller observed to the metrics DESIGN.md names, and the Gantt chart of one inference."""
+"""From what the controller observed to the metrics ARCHITECTURE.md names, and the Gantt chart of one inference."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from harness.controller.runtime import RunResult, latencies_ms  # noqa: E402
+import torch  # noqa: E402
+
+from harness.controller.measurer import RunResult, latencies_ms  # noqa: E402
+from harness.model.graph import ModelGraph  # noqa: E402
+from harness.model.models import make_input  # noqa: E402
 
 
 def latency_metrics(result: RunResult) -> dict[str, float]:
@@ -78,3 +82,13 @@ def timeline_figure(result: RunResult, seq: int | None = None, title: str = "") 
               frameon=False)
     fig.tight_layout()
     return fig
+
+
+def max_abs_error(graph: ModelGraph, result: RunResult) -> float:
+    """The split outputs against the whole model run here on the same inputs."""
+    worst = 0.0
+    with torch.no_grad():
+        for seq, out in sorted(result.outputs.items()):
+            ref = graph.module(make_input(graph.spec, seq))
+            worst = max(worst, float((out - ref).abs().max()))
+    return worst

@@ -1,4 +1,4 @@
-"""MLflow records: one run per experiment job, with the names DESIGN.md fixes for other tools to read."""
+"""MLflow records: one run per experiment job, with the names ARCHITECTURE.md fixes for other tools to read."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import mlflow
 import torch
-from omegaconf import DictConfig, OmegaConf
+import yaml
 
 from harness import PROJECT_ROOT
 
@@ -57,10 +57,14 @@ def environment() -> dict[str, Any]:
 
 
 class RunRecord:
-    """An open MLflow run; ``with RunRecord(cfg) as rec:`` ends it FINISHED, or FAILED with the reason."""
+    """An open MLflow run; ``with RunRecord(experiment, config) as rec:`` ends it FINISHED, or FAILED with the reason.
 
-    def __init__(self, cfg: DictConfig, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> None:
-        self.cfg = cfg
+    ``config`` is the resolved config as it may be recorded (secrets already redacted): params and ``config.yaml``.
+    """
+
+    def __init__(self, experiment: str, config: Mapping[str, Any], run_name: str | None = None,
+                 tags: Mapping[str, str] | None = None) -> None:
+        self.experiment, self.config = experiment, config
         self.run_name = run_name
         self.tags = dict(tags or {})
         self.failed_reason: str | None = None
@@ -68,14 +72,14 @@ class RunRecord:
 
     def __enter__(self) -> "RunRecord":
         mlflow.set_tracking_uri(tracking_uri())
-        mlflow.set_experiment(self.cfg.experiment.name)
+        mlflow.set_experiment(self.experiment)
         run = mlflow.start_run(run_name=self.run_name)
         self.run_id = run.info.run_id
-        params = {k: str(v)[:6000] for k, v in flatten(OmegaConf.to_container(self.cfg, resolve=True)).items()}
+        params = {k: str(v)[:6000] for k, v in flatten(self.config).items()}
         items = list(params.items())
         for i in range(0, len(items), 100):
             mlflow.log_params(dict(items[i:i + 100]))
-        mlflow.log_text(OmegaConf.to_yaml(self.cfg, resolve=True), "config.yaml")
+        mlflow.log_text(yaml.safe_dump(dict(self.config), sort_keys=False), "config.yaml")
         env = environment()
         mlflow.log_dict(env, "environment.json")
         mlflow.set_tags({"git_commit": env["git_commit"], **self.tags})

@@ -15,16 +15,15 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from harness.worker import wire
 from harness.worker.channel import Receiver, Sender
+from harness.controller.measurer import RunResult, absorb, drive, wait_all, warmup_tdf
 from harness.network.link import LinkSpec
 from harness.network.base import Network
 from harness.network.remote import RemoteNetwork
@@ -40,7 +39,9 @@ PEER_DEATH_GRACE_S = 1.0
 class RunFailed(RuntimeError):
     """The run could not produce a result (a worker crashed, a timeout); the message is the reason."""
 
-    worker_logs: dict[str, str] = {}
+    def __init__(self, reason: str, worker_logs: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.worker_logs = dict(worker_logs or {})
 
 
 @dataclass
@@ -49,25 +50,6 @@ class WorkerSpec:
 
     endpoint: str
     setup: dict[str, Any]
-
-
-@dataclass
-class RunResult:
-    """What the controller observed, in real (dilated) nanoseconds; :mod:`harness.controller.measure` turns it into metrics."""
-
-    tdf: float
-    backend: str
-    warmup: int
-    starts_ns: dict[int, int] = field(default_factory=dict)
-    ends_ns: dict[int, int] = field(default_factory=dict)
-    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
-    spans: list[dict[str, Any]] = field(default_factory=list)
-    peak_rss_mb: dict[str, float] = field(default_factory=dict)
-    model_rss_mb: dict[str, float] = field(default_factory=dict)  # peak minus the interpreter's own footprint
-    events: list[dict[str, Any]] = field(default_factory=list)
-    link_record: dict[str, Any] = field(default_factory=dict)
-    probe_mbps: dict[str, float] = field(default_factory=dict)
-    tdf_calibrated: float | None = None  # the TDF from local node times, when the warm-up had to raise it
 
 
 class _Endpoint:
@@ -235,64 +217,6 @@ class Controller:
         self.tmp.rmdir()
 
 
-def absorb(frame: wire.Frame, result: RunResult) -> bool:
-    """File a worker's report into ``result``; True when it completes an inference."""
-    if frame.kind == wire.Kind.TENSOR:
-        result.outputs[frame.seq] = frame.tensor
-    elif frame.kind == wire.Kind.JSON and frame.obj.get("event") == "spans":
-        result.spans.extend(frame.obj["spans"])
-        if frame.obj.get("final"):
-            result.ends_ns[frame.obj["seq"]] = int(frame.obj["done_ns"])
-            return True
-    elif frame.kind == wire.Kind.JSON:
-        result.events.append(frame.obj)
-    return False
-
-
-def wait_all(controller: Controller, event: str, result: RunResult) -> None:
-    """Wait until every worker reports ``event``; other reports are filed into ``result`` meanwhile."""
-    pending = set(controller.endpoints)
-    while pending:
-        ep, frame = controller.next_message()
-        if frame.kind == wire.Kind.JSON and frame.obj.get("event") == event:
-            pending.discard(ep.name)
-        else:
-            absorb(frame, result)
-
-
-def wait_for_span(controller: Controller, result: RunResult, seq: int, kind: str) -> None:
-    """Wait until some worker has reported a ``kind`` span of inference ``seq``."""
-    while not any(s["seq"] == seq and s["kind"] == kind for s in result.spans):
-        absorb(controller.next_message()[1], result)
-
-
-BeforeIssue = Callable[[int], None]
-
-
-def drive(controller: Controller, first: str, total: int, warmup: int, in_flight: int, result: RunResult,
-          before_issue: BeforeIssue | None = None, progress: bool = True,
-          after_warmup: Callable[[], None] | None = None) -> None:
-    """Issue ``total`` inferences to the first endpoint with at most ``in_flight`` outstanding; collect results."""
-    issued = done = 0
-    bar = tqdm(total=total, desc="inferences", unit="inf", disable=not progress, leave=False)
-    while done < total:
-        if done == warmup and issued == warmup and after_warmup is not None:
-            after_warmup()
-        # Warm-up inferences run one at a time; measured ones keep ``in_flight`` outstanding.
-        limit = 1 if done < warmup else in_flight
-        while issued < total and issued - done < limit:
-            if before_issue is not None:
-                before_issue(issued)
-            result.starts_ns[issued] = time.monotonic_ns()  # the measurer's clock: a query starts when issued
-            controller.send(first, {"cmd": "infer", "seq": issued})
-            issued += 1
-        _, frame = controller.next_message()
-        if absorb(frame, result):
-            done += 1
-            bar.update(1)
-    bar.close()
-
-
 PROBE_REAL_S = 0.3  # a probe lasts about this long in real time, whatever the rate and TDF
 PROBE_PORT = 46999
 
@@ -331,33 +255,6 @@ def probe_link(topology: Topology, a: str, b: str, port: int = PROBE_PORT) -> fl
     return nbytes * 8 / ((end - start) / 1e9 / topology.tdf) / 1e6
 
 
-def overrun_cost_ms(result: RunResult, seq: int, tdf: float | None = None) -> float:
-    """Emulated milliseconds by which inference ``seq``'s compute overran its budgets (at ``tdf``, default the run's):
-    an upper bound on how much the overruns delayed it."""
-    tdf = tdf or result.tdf
-    return sum(max(0.0, (s["end_ns"] - s["start_ns"]) / 1e6 / tdf - s["budget_ms"]) for s in result.spans
-               if s["kind"] == "compute" and s["seq"] == seq and s.get("budget_ms", 0) > 0)
-
-
-def warmup_tdf(result: RunResult, tolerance_pct: float) -> float:
-    """The smallest TDF at which the last warm-up inference's real compute, measured in the workers under this
-    machine's real contention, would have delayed it by at most half the tolerance."""
-    seq = result.warmup - 1
-    if seq < 0 or seq not in result.ends_ns:
-        return result.tdf
-    latency_ms = (result.ends_ns[seq] - result.starts_ns[seq]) / 1e6 / result.tdf
-    allowed = tolerance_pct / 200 * latency_ms
-    low, high = result.tdf, result.tdf
-    while overrun_cost_ms(result, seq, high) > allowed and high < 1e4 * result.tdf:
-        low, high = high, high * 2
-    if high == result.tdf:
-        return result.tdf
-    for _ in range(30):  # bisection: the cost falls as the TDF grows
-        mid = (low + high) / 2
-        low, high = (low, mid) if overrun_cost_ms(result, seq, mid) <= allowed else (mid, high)
-    return high
-
-
 def retime(controller: Controller, topology: Topology, links: list[tuple[str, str, LinkSpec]], result: RunResult,
            tolerance_pct: float) -> None:
     """Raise the TDF after the warm-up if the workers' real compute needs it: new link rates, budgets, delays."""
@@ -378,7 +275,7 @@ def retime(controller: Controller, topology: Topology, links: list[tuple[str, st
 def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], workers: list[WorkerSpec],
                 first: str, scenario: Mapping[str, Any], tdf: float, timeout_s: float, max_payload: int,
                 backend: str = "auto", compensate_headers: bool = True,
-                make_hook: Callable[[Topology, Controller, RunResult], BeforeIssue] | None = None,
+                make_hook: Callable[[Topology, Controller, RunResult], Callable[[int], None]] | None = None,
                 progress: bool = True, remote: Mapping[str, str] | None = None,
                 token: str | None = None, retime_tolerance_pct: float | None = None) -> RunResult:
     """Build the topology, run the scenario's inferences through the workers, tear everything down.
@@ -436,11 +333,3 @@ def _resolve_addresses(setup: dict[str, Any], topology: Topology) -> dict[str, A
     return setup
 
 
-def measured_seqs(result: RunResult) -> list[int]:
-    """The measured (post-warm-up) inferences that completed, in order."""
-    return sorted(s for s in result.ends_ns if s >= result.warmup and s in result.starts_ns)
-
-
-def latencies_ms(result: RunResult) -> np.ndarray:
-    """Per measured inference: (completion at the last endpoint − issue) / TDF, in ms."""
-    return np.array([(result.ends_ns[s] - result.starts_ns[s]) / 1e6 / result.tdf for s in measured_seqs(result)])

@@ -1,45 +1,19 @@
-"""Running a spatial plan (HALP, MoDNN) for real: a star of edge servers in namespaces, one shaped link each."""
+"""The spatial strategy: a HALP or MoDNN plan run by a star of edge servers, one shaped link per secondary."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from hardware.profiles import LocalProfile
-from hardware.topology import Hardware
+from harness.controller.experiment import Experiment
+from harness.controller.runtime import WorkerSpec
 from harness.model.graph import ModelGraph
-from harness.model.models import ModelSpec
 from harness.network.link import LinkSpec
-from harness.controller.records import RunRecord
-from harness.controller.runtime import WorkerSpec, run_workers
-from partitioners.base import LinkState, Partitioner
+from partitioners.base import LinkState, Plan
 from partitioners.spatial import SpatialProblem, kernel_overheads_ms, segment, spatial_problem
 
 
-def _layer_index(problem: SpatialProblem) -> dict[str, int]:
-    return {node: i for i, layer in enumerate(problem.layers) for node in layer.nodes}
-
-
-def calibrate_spatial_tdf(plan: dict[str, Any], emulated: SpatialProblem, local: SpatialProblem, margin: float,
-                          concurrent: int, cores: int) -> float:
-    """The smallest TDF at which every segment's (and the suffix's) real compute fits its emulated budget."""
-    index = _layer_index(local)
-    ratios = []
-    for block in plan["blocks"]:
-        first, last = index[block["layers"][0]], index[block["layers"][-1]]
-        for seg in block["segments"]:
-            real = segment(local, first, last, local.host, tuple(seg["out_rows"])).compute_ms
-            if seg["compute_ms"] > 0:
-                ratios.append(real / seg["compute_ms"])
-    if emulated.suffix_ms[emulated.host] > 0:
-        ratios.append(local.suffix_ms[local.host] / emulated.suffix_ms[emulated.host])
-    contention = max(1.0, concurrent / cores)
-    return max(1.0, margin * contention * max(ratios, default=1.0))
-
-
-def spatial_workers(cfg: DictConfig, plan: dict[str, Any], tdf: float, pad: bool) -> list[WorkerSpec]:
+def spatial_workers(exp: Experiment, plan: dict[str, Any], tdf: float, pad: bool) -> list[WorkerSpec]:
     """The host dials every secondary (a connection per direction); each secondary listens on its link."""
     host = plan["host"]
     secondaries = [e for e in plan["endpoints"] if e != host]
@@ -48,10 +22,9 @@ def spatial_workers(cfg: DictConfig, plan: dict[str, Any], tdf: float, pad: bool
             if sum(s["endpoint"] == e for s in block["segments"]) > 1:
                 raise ValueError(f"spatial plan gives {e} several segments in block {block['layers'][0]}: the "
                                  "runtime sends one band per secondary and block")
-    port = int(cfg.runtime.base_port)
-    common = {"kind": "spatial", "model": ModelSpec.from_config(cfg.model).to_dict(), "plan": plan, "tdf": tdf,
-              "pad": pad, "max_payload": int(cfg.runtime.max_payload_mb) << 20,
-              "threads": int(cfg.runtime.threads_per_worker)}
+    port = exp.runtime.base_port
+    common = {"kind": "spatial", "model": exp.model.to_dict(), "plan": plan, "tdf": tdf,
+              "pad": pad, "max_payload": exp.runtime.max_payload, "threads": exp.runtime.threads_per_worker}
     workers = [WorkerSpec(host, {**common, "endpoint": host,
                                  "peers": {e: {"peer": e, "port": port + i} for i, e in enumerate(secondaries, 1)},
                                  "pacers": {e: {"peer": e} for e in secondaries}})]
@@ -60,43 +33,63 @@ def spatial_workers(cfg: DictConfig, plan: dict[str, Any], tdf: float, pad: bool
     return workers
 
 
-def run_spatial_experiment(cfg: DictConfig, rec: RunRecord, graph: ModelGraph, hardware: Hardware,
-                           method: Partitioner, node_ms: dict[str, dict[str, float]], link: LinkState) -> dict[str, float]:
-    from harness.controller.pipeline import DECISION_REPEATS, _finish, is_local, remote_args, timed  # one record path
+class SpatialStrategy:
+    """Spatial methods: the host scatters row bands to the secondaries, joins their rows, runs the suffix."""
 
-    overheads = kernel_overheads_ms(hardware.endpoints)
-    problem = spatial_problem(graph, node_ms, overheads)
-    prepared, offline_ms = timed(method.prepare, problem)
-    plan, decision_ms = timed(method.decide, prepared, link, repeats=DECISION_REPEATS)
-    plan_json = plan.to_json()
-    rec.artifact_json(plan_json, "plan.json")
-    metrics: dict[str, float] = {
-        "decision_time_ms": decision_ms, "offline_time_ms": offline_ms,
-        "predicted_latency_ms": plan.predicted_latency_ms, "host_alone_ms": float(plan_json["host_alone_ms"]),
-        "predicted_speedup": float(plan_json["speedup_over_host"]), "blocks": float(len(plan_json["blocks"]))}
-    pad = not all(is_local(p) for p in hardware.endpoints.values()) and not cfg.runtime.remote
-    endpoints = list(hardware.endpoints)
-    tasks = int(plan_json.get("tasks_per_batch", 1))
-    in_flight = max(int(cfg.scenario.in_flight), tasks)
-    tdf = 1.0
-    if pad:
-        if cfg.runtime.tdf != "auto":
-            tdf = float(cfg.runtime.tdf)
-        else:
-            local_ms = LocalProfile(threads=int(cfg.runtime.threads_per_worker)).node_ms(graph)
-            local = spatial_problem(graph, {e: local_ms for e in endpoints})
-            tdf = calibrate_spatial_tdf(plan_json, problem, local, float(cfg.runtime.tdf_margin),
-                                        concurrent=len(endpoints), cores=os.cpu_count() or 1)
-    workers = spatial_workers(cfg, plan_json, tdf, pad)
-    scenario = {**OmegaConf.to_container(cfg.scenario), "in_flight": in_flight}
-    host = plan_json["host"]
-    links = [(host, e, LinkSpec.from_config(cfg.link)) for e in endpoints if e != host]
-    result = run_workers(endpoints, links, workers, host, scenario, tdf, float(cfg.runtime.timeout_s),
-                         int(cfg.runtime.max_payload_mb) << 20, backend=cfg.runtime.backend,
-                         compensate_headers=bool(cfg.link.compensate_headers), **remote_args(cfg),
-                         retime_tolerance_pct=float(cfg.runtime.overrun_tolerance_pct) if pad and cfg.runtime.tdf == "auto" else None)
-    out = _finish(cfg, rec, graph, result, metrics)
-    if out.get("throughput_ips"):
-        out["task_time_ms"] = 1e3 / out["throughput_ips"]
-        rec.metrics({"task_time_ms": out["task_time_ms"]})
-    return out
+    def __init__(self, exp: Experiment, graph: ModelGraph, node_ms: dict[str, dict[str, float]]) -> None:
+        self.exp, self.graph, self.node_ms = exp, graph, node_ms
+        self.endpoints = list(exp.hardware.endpoints)
+        self.emulated: SpatialProblem | None = None
+        self.first = self.endpoints[0]
+        self.links: list[tuple[str, str, LinkSpec]] = [(self.first, e, exp.link.spec) for e in self.endpoints[1:]]
+
+    def tags(self) -> dict[str, str]:
+        return {}
+
+    def problem(self) -> SpatialProblem:
+        self.emulated = spatial_problem(self.graph, self.node_ms, kernel_overheads_ms(self.exp.hardware.endpoints))
+        return self.emulated
+
+    def plan_metrics(self, problem: SpatialProblem, plan_json: dict[str, Any]) -> dict[str, float]:
+        return {"host_alone_ms": float(plan_json["host_alone_ms"]),
+                "predicted_speedup": float(plan_json["speedup_over_host"]), "blocks": float(len(plan_json["blocks"]))}
+
+    def pads(self) -> bool:
+        return not all(isinstance(p, LocalProfile) for p in self.exp.hardware.endpoints.values())
+
+    def compute_ratios(self, plan: Plan, local_ms: dict[str, float]) -> dict[str, float]:
+        """Per endpoint: the worst real/emulated compute ratio of its segments (the host's suffix included)."""
+        assert self.emulated is not None
+        plan_json = plan.to_json()
+        local = spatial_problem(self.graph, {e: local_ms for e in self.endpoints})
+        index = {node: i for i, layer in enumerate(local.layers) for node in layer.nodes}
+        ratios: dict[str, float] = {}
+        for block in plan_json["blocks"]:
+            first, last = index[block["layers"][0]], index[block["layers"][-1]]
+            for seg in block["segments"]:
+                if seg["compute_ms"] > 0:
+                    real = segment(local, first, last, local.host, tuple(seg["out_rows"])).compute_ms
+                    ratios[seg["endpoint"]] = max(ratios.get(seg["endpoint"], 0.0), real / seg["compute_ms"])
+        host = self.emulated.host
+        if self.emulated.suffix_ms[host] > 0:
+            ratios[host] = max(ratios.get(host, 0.0), local.suffix_ms[local.host] / self.emulated.suffix_ms[host])
+        return ratios
+
+    def concurrent(self, plan: Plan) -> int:
+        """Every server computes its band at once."""
+        return len(self.endpoints)
+
+    def workers(self, plan: Plan, tdf: float, pad: bool) -> list[WorkerSpec]:
+        return spatial_workers(self.exp, plan.to_json(), tdf, pad)
+
+    def in_flight(self, plan: Plan) -> int:
+        return max(self.exp.scenario.in_flight, int(plan.to_json().get("tasks_per_batch", 1)))
+
+    def make_hook(self, method: Any, prepared: Any, plan: Plan) -> Any:
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def link_state(self) -> LinkState:
+        return LinkState(self.exp.link.spec.bandwidth_mbps, self.exp.link.spec.delay_ms)
