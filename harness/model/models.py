@@ -10,11 +10,11 @@ become meaningless.
 from __future__ import annotations
 
 import contextlib
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -91,12 +91,32 @@ def _calibrate_batch_norms(model: nn.Module, spec: ModelSpec) -> None:
         bn.train(False)  # eval mode
 
 
+def import_target(target: str) -> Any:
+    """The object a dotted path names (``torchvision.models.resnet18``): the longest importable module, then
+    attributes. Raises ImportError naming the path."""
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError as exc:
+            if exc.name and not ".".join(parts[:cut]).startswith(exc.name):
+                raise  # the module exists but one of its own imports is missing
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError as exc:
+            raise ImportError(f"{target}: {exc}") from exc
+        return obj
+    raise ImportError(f"no importable module in {target!r}")
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Instantiate ``spec.target(**spec.args)`` with seeded random weights, in eval mode, calibrated."""
+    """Call ``spec.target(**spec.args)`` with seeded random weights, in eval mode, calibrated."""
     torch.manual_seed(spec.seed)
     try:
-        model = instantiate({"_target_": spec.target, **spec.args})
-    except Exception as exc:  # Hydra wraps import and call errors; name the model, keep the cause
+        model = import_target(spec.target)(**spec.args)
+    except Exception as exc:  # an import or a call that fails: name the model, keep the cause
         raise ModelBuildError(
             f"model {spec.name!r}: cannot build {spec.target}({spec.args}): {exc}") from exc
     if not isinstance(model, nn.Module):
