@@ -9,8 +9,11 @@ in passes: at least ``--repeats`` passes, more until 1000 samples or 2 s. ``deci
 included; ``core`` is the decision without its plan (``best_cut``: the device side and its latency line), which is
 what the <= 50 us goal of CIC's envelope is about. ``x dads`` is dads-networkx's median decide time over the
 method's, measured in the same run. ``gap`` is the largest relative excess of the method's predicted latency over
-dads's optimum across the bandwidths: 0 (<= 1e-9) for the exact methods. One thread everywhere; the garbage
-collector is off while timing. Timings are from a shared machine: compare ratios, not absolute values.
+dads's optimum across the bandwidths: 0 (<= 1e-9) for the exact methods. cic-mincut cuts the splitting model with
+its default solver (``flow="dense"``), cic-mincut-nx with networkx. A second table sets each CIC variant against the
+fastest DADS of the same model and run: ``cic x fastest dads`` is that DADS's median decide time over CIC's (goal:
+>= 100 for cic-mincut on resnet152 and densenet201). One thread everywhere; the garbage collector is off while
+timing. Timings are from a shared machine: compare ratios, not absolute values.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ MODELS = {
 DEFAULT_MODELS = ["vgg16", "resnet50", "resnet152", "inception_v3", "densenet121", "densenet201"]
 MIN_SAMPLES, BUDGET_S = 1000, 2.0
 REFERENCE = "dads-networkx"
+DADS_LABELS = (REFERENCE, "dads-scipy")
 
 
 def methods() -> dict[str, Partitioner]:
@@ -69,7 +73,8 @@ def methods() -> dict[str, Partitioner]:
         from partitioners.neurosurgeon import Neurosurgeon
         found["neurosurgeon"] = Neurosurgeon()
     found.update({"qdmp": QDMP(), REFERENCE: DADS(flow="networkx"), "dads-scipy": DADS(flow="scipy"),
-                  "cic-mincut": CIC(online="mincut"), "cic-envelope": CIC(online="envelope")})
+                  "cic-mincut": CIC(online="mincut"), "cic-mincut-nx": CIC(online="mincut", flow="networkx"),
+                  "cic-envelope": CIC(online="envelope")})
     return found
 
 
@@ -143,6 +148,21 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"{r['nodes_after'] if r['nodes_after'] is not None else '-':>5}")
 
 
+def print_cic_against_fastest_dads(rows: list[dict[str, Any]]) -> None:
+    """Each CIC variant against the faster DADS solver of its model, both medians from the same run."""
+    head = (f"{'cic method':<14} {'model':<13} {'decide us':>10}   {'fastest dads':<13} {'decide us':>10} "
+            f"{'cic x fastest dads':>18}")
+    print(head)
+    print("-" * len(head))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        of_model = [r for r in rows if r["model"] == model]
+        fastest = min((r for r in of_model if r["method"] in DADS_LABELS), key=lambda r: r["decide_us"])
+        for r in of_model:
+            if r["method"].startswith("cic"):
+                print(f"{r['method']:<14} {model:<13} {fmt(r['decide_us']):>10}   {fastest['method']:<13} "
+                      f"{fmt(fastest['decide_us']):>10} {fastest['decide_us'] / r['decide_us']:>18.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS,
@@ -160,6 +180,8 @@ def main() -> None:
     for name in names:
         rows.extend(measure(name, args.repeats))
     print_table(rows)
+    print()
+    print_cic_against_fastest_dads(rows)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ ms per byte, so the best latency over all bandwidths is the lower envelope of fi
 3. The splitting model: groups that every envelope cut puts on the same side are merged (:func:`splitting_model`).
    It holds every envelope cut, and its cuts are cuts of the model, so its min-cut equals the model's at every x.
 
-Online, ``online="mincut"`` cuts the splitting model at the link's bandwidth; ``online="envelope"`` bisects the
+Online, ``online="mincut"`` cuts the splitting model at the link's bandwidth, by default with a max-flow written for
+a handful of nodes (``flow="dense"``, :class:`~partitioners.flow.DenseCut`: exact, as networkx's, which
+``flow="networkx"`` keeps); each device side it finds gets its node table once. ``online="envelope"`` bisects the
 breakpoints and returns the piece's precomputed cut and node table. The link delay is paid by every cut that sends
 something, so both weigh the cut found against the last piece, which sends nothing. Only latency is exact: the stream
 scenario's max(device, link, server) is not a line in x, so ``objective`` accepts only "latency".
@@ -32,9 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from partitioners.base import CutProblem, LinkState, Partitioner, Plan
-from partitioners.flow import Cut, CutGraph, NetworkxCut, PlanTable, check_choice, cheapest, ms_per_byte
+from partitioners.flow import Cut, CutGraph, DenseCut, NetworkxCut, PlanTable, check_choice, cheapest, ms_per_byte
 
 ONLINE = ("mincut", "envelope")
+ONLINE_FLOWS: dict[str, type[DenseCut] | type[NetworkxCut]] = {"dense": DenseCut, "networkx": NetworkxCut}
 # A min-cut at a meeting point counts as cheaper than the two lines when below them by more than this (relative):
 # float noise stays far under it, and a missed line could lower the latency by no more than it.
 _TOLERANCE = 1e-12
@@ -153,13 +156,34 @@ def splitting_model(graph: CutGraph, cuts: list[tuple[int, ...]]) -> CutGraph:
     return graph.contract([label.setdefault(tuple(g in s for s in sides), len(label)) for g in range(len(graph))])
 
 
+class FoundCuts:
+    """The device sides of the splitting model that its min-cut has returned, each with its cut and node table.
+
+    A side's table lists every model node, so it is made once: in ``prepare`` for the envelope's cuts, else the first
+    time the min-cut returns the side.
+    """
+
+    def __init__(self, model: CutGraph, table: PlanTable) -> None:
+        self.model, self.table = model, table
+        self._found: dict[tuple[int, ...], tuple[Cut, list[dict[str, Any]]]] = {}
+
+    def get(self, groups: list[int]) -> tuple[Cut, list[dict[str, Any]]]:
+        key = tuple(groups)
+        found = self._found.get(key)
+        if found is None:
+            cut = Cut.of(self.model, key)
+            found = self._found[key] = (cut, self.table.nodes(cut.device))
+        return found
+
+
 @dataclass
 class Splitting:
     """What ``prepare`` leaves for the online decision."""
 
     problem: CutProblem
     model: CutGraph  # the splitting model
-    solver: NetworkxCut  # its min-cut (online="mincut")
+    solver: DenseCut | NetworkxCut  # its min-cut (online="mincut")
+    found: FoundCuts  # the sides that min-cut returns, with their tables (online="mincut")
     starts: list[float]  # the envelope's breakpoints in ms per byte (online="envelope")
     pieces: list[Cut]
     tables: list[list[dict[str, Any]]]  # each piece's plan table
@@ -173,9 +197,11 @@ class CIC(Partitioner):
     name = "cic"
     kind = "cut"
 
-    def __init__(self, name: str = "cic", objective: str = "latency", online: str = "mincut") -> None:
+    def __init__(self, name: str = "cic", objective: str = "latency", online: str = "mincut",
+                 flow: str = "dense") -> None:
         self.objective = check_choice("objective", objective, ("latency",), name)
         self.online = check_choice("online", online, ONLINE, name)
+        self.flow = check_choice("flow", flow, ONLINE_FLOWS, name)  # the min-cut solver of online="mincut"
 
     def prepare(self, problem: CutProblem) -> Splitting:
         full = CutGraph.from_problem(problem)
@@ -186,22 +212,34 @@ class CIC(Partitioner):
         table = PlanTable(problem)
         extra = {"nodes_before": len(full), "nodes_after": len(model), "nodes_merged_structurally": len(reduced),
                  "envelope_pieces": len(pieces), "online": self.online}
-        return Splitting(problem, model, NetworkxCut(model), [start for start, _ in envelope], pieces,
-                         [table.nodes(cut.device) for cut in pieces], table, extra)
+        found = FoundCuts(model, table)
+        for cut in pieces:  # the sides the min-cut returns (but at exact ties): their tables are made here, offline
+            found.get([g for g in range(len(model)) if model.members[g][0] in cut.device])
+        return Splitting(problem, model, ONLINE_FLOWS[self.flow](model), found, [start for start, _ in envelope],
+                         pieces, [table.nodes(cut.device) for cut in pieces], table, extra)
 
     def decide(self, prepared: Splitting, link: LinkState) -> Plan:
         if self.online == "envelope":
             piece = self._piece(prepared, link)
-            return prepared.table.plan(self.name, prepared.pieces[piece], link, prepared.extra,
-                                       prepared.tables[piece])
-        return prepared.table.plan(self.name, self.best_cut(prepared, link), link, prepared.extra)
+            cut, nodes = prepared.pieces[piece], prepared.tables[piece]
+        else:
+            cut, nodes = self._min_cut(prepared, link)
+        return prepared.table.plan(self.name, cut, link, prepared.extra, nodes)
 
     def best_cut(self, prepared: Splitting, link: LinkState) -> Cut:
         """The decision without its plan."""
         if self.online == "envelope":
             return prepared.pieces[self._piece(prepared, link)]
-        cut = Cut.of(prepared.model, prepared.solver.solve(ms_per_byte(link)))
-        return cheapest(cut, prepared.pieces[-1], link)  # the last piece sends nothing
+        return self._min_cut(prepared, link)[0]
+
+    @staticmethod
+    def _min_cut(prepared: Splitting, link: LinkState) -> tuple[Cut, list[dict[str, Any]]]:
+        """The splitting model's min-cut at the link's bandwidth, with its node table."""
+        found = prepared.found.get(prepared.solver.solve(ms_per_byte(link)))
+        silent = prepared.pieces[-1]  # the last piece sends nothing
+        if cheapest(found[0], silent, link) is silent:
+            return silent, prepared.tables[-1]
+        return found
 
     @staticmethod
     def _piece(prepared: Splitting, link: LinkState) -> int:

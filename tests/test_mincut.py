@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from partitioners.base import CutProblem, LinkState, cut_plan, device_side_of
 from partitioners.cic import CIC, Line, _hull, lower_envelope, merge_dominated
 from partitioners.dads import DADS
-from partitioners.flow import CutGraph, NetworkxCut, ScipyCut, ms_per_byte
+from partitioners.flow import CutGraph, DenseCut, NetworkxCut, ScipyCut, Tensor, ms_per_byte
 from partitioners.qdmp import QDMP, cut_vertices
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,8 +93,10 @@ def assert_optimal(problem, sides, plan, link, who):
     assert plan.predicted_latency_ms == pytest.approx(best, rel=REL), f"{who} at {link}"
 
 
-@pytest.mark.parametrize("method", [DADS(), DADS(flow="scipy"), QDMP(), CIC(), CIC(online="envelope")],
-                         ids=["dads-networkx", "dads-scipy", "qdmp", "cic-mincut", "cic-envelope"])
+@pytest.mark.parametrize("method", [DADS(), DADS(flow="scipy"), QDMP(), CIC(), CIC(flow="networkx"),
+                                    CIC(online="envelope")],
+                         ids=["dads-networkx", "dads-scipy", "qdmp", "cic-mincut", "cic-mincut-networkx",
+                              "cic-envelope"])
 def test_random_dags_optimal(random_cases, method):
     for problem, sides in random_cases:
         prepared = method.prepare(problem)
@@ -162,6 +164,50 @@ def test_scipy_never_beats_networkx_and_stays_within_resolution(random_cases):
             found = problem.latency_ms(set(graph.names(groups)), link)
             assert best * (1 - REL) <= found <= best + slack
             assert value == pytest.approx(found, abs=slack)
+
+
+def random_cut_graph(seed: int) -> CutGraph:
+    """A seeded cut graph of 2-8 groups, as a splitting model but denser: tensors read by up to three groups, some
+    producers with two tensors, zero bytes and zero times, and sometimes the last group pinned to the server."""
+    rng = random.Random(seed)
+    k = rng.randint(2, 8)
+    tensors = []
+    for producer in range(k - 1):
+        later = range(producer + 1, k)
+        reads = {tuple(sorted(rng.sample(later, rng.randint(1, min(3, len(later)))))) for _ in range(rng.randint(1, 2))}
+        tensors += [Tensor(producer, consumers, 0 if rng.random() < 0.1 else rng.randint(1, 10**6))
+                    for consumers in sorted(reads)]
+    device = [0.0 if rng.random() < 0.1 else rng.uniform(0.0, 80.0) for _ in range(k)]
+    server = [0.0 if rng.random() < 0.1 else d * rng.uniform(0.02, 2.0) for d in device]
+    on_server = frozenset({k - 1}) if rng.random() < 0.3 else frozenset()
+    return CutGraph([(f"g{g}",) for g in range(k)], device, server, tensors, frozenset({0}), on_server)
+
+
+def test_dense_cut_equals_networkx_on_random_small_graphs():
+    """The splitting model's solver finds networkx's minimum cut: the same value, exactly, and the same side."""
+    xs = [0.0, 2.0**-80, 3e-30, 1e-9] + [ms_per_byte(LinkState(b)) for b in BANDWIDTHS[::3]] + [0.7, 1e3]
+    shared = pinned = 0
+    for seed in range(300):
+        graph = random_cut_graph(seed)
+        dense, exact = DenseCut(graph), NetworkxCut(graph)
+        shared += any(len(t.consumers) > 1 for t in graph.tensors)
+        pinned += bool(graph.on_server)
+        for x in xs + ([] if graph.on_server else [math.inf]):
+            value, groups = dense.minimum(x)
+            assert (value, groups) == exact.minimum(x), (seed, x)
+            assert graph.is_closed(groups)
+            if math.isfinite(x):
+                a, b = graph.line(groups)
+                assert value == pytest.approx(a + x * b, rel=REL, abs=1e-12), (seed, x)
+    assert shared >= 150 and pinned >= 50  # the auxiliary nodes and the infinite sink arcs are exercised
+
+
+def test_dense_cut_refuses_a_network_without_a_finite_cut():
+    """With no bandwidth, a group pinned to the server makes every side send something."""
+    graph = CutGraph([("x",), ("y",)], [1.0, 1.0], [0.5, 0.5], [Tensor(0, (1,), 10)], frozenset({0}), frozenset({1}))
+    assert DenseCut(graph).minimum(1.0) == (1.0 + 10.0 + 0.5, [0])
+    with pytest.raises(ValueError, match="no cut of finite capacity"):
+        DenseCut(graph).minimum(math.inf)
 
 
 # ---- hand-made graphs ---------------------------------------------------------------------------------------------
@@ -251,6 +297,7 @@ def test_cic_plan_table_equals_cut_plan():
     (lambda: QDMP(objective="throughput"), r"qdmp: objective 'throughput' is not one of \['latency'\]"),
     (lambda: CIC(objective="throughput"), r"cic: objective 'throughput' is not one of \['latency'\]"),
     (lambda: CIC(online="table"), r"cic: online 'table' is not one of \['envelope', 'mincut'\]"),
+    (lambda: CIC(flow="scipy"), r"cic: flow 'scipy' is not one of \['dense', 'networkx'\]"),
 ])
 def test_bad_options_are_named(make, message):
     with pytest.raises(ValueError, match=message):
@@ -302,10 +349,11 @@ def test_models_all_methods_equal_dads(model_problems, name):
     problem = model_problems[name]
     dads = DADS()
     reference = dads.prepare(problem)
-    others = [QDMP(), CIC(), CIC(online="envelope"), DADS(flow="scipy")]
+    others = [QDMP(), CIC(), CIC(flow="networkx"), CIC(online="envelope"), DADS(flow="scipy")]
     prepared = [m.prepare(problem) for m in others]
-    cic = prepared[1]
+    cic, cic_networkx = prepared[1:3]
     assert cic.extra["nodes_before"] == len(problem.order) > cic.extra["nodes_after"] >= 2
+    assert isinstance(cic.solver, DenseCut) and isinstance(cic_networkx.solver, NetworkxCut)
     for bandwidth in BANDWIDTHS:
         link = LinkState(bandwidth)
         best = dads.decide(reference, link)
@@ -313,11 +361,12 @@ def test_models_all_methods_equal_dads(model_problems, name):
         if bandwidth in (0.13, 1.1, 5.85, 18.88):  # the min-cut's value is the latency of its cut
             value, groups = reference.solver.minimum(ms_per_byte(link))
             assert value == pytest.approx(best.predicted_latency_ms, rel=REL)
-        for method, prep in zip(others, prepared):
-            plan = method.decide(prep, link)
+        plans = [method.decide(prep, link) for method, prep in zip(others, prepared)]
+        for method, plan in zip(others, plans):
             assert is_closed(problem, device_side_of(plan)), method.name
             assert plan.predicted_latency_ms == pytest.approx(best.predicted_latency_ms, rel=REL), \
-                (name, method.name, getattr(method, "online", ""), bandwidth)
+                (name, method.name, getattr(method, "online", ""), getattr(method, "flow", ""), bandwidth)
+        assert plans[1] == plans[2]  # the two min-cut solvers of CIC find the same cut
 
 
 @pytest.mark.slow
