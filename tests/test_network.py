@@ -472,8 +472,10 @@ def test_stale_objects_of_a_killed_run_are_removed_at_the_next_start(tmp_path):
 def test_cleanup_command_removes_everything_with_its_prefix(tmp_path):
     proc, held = start_holder(tmp_path, "sbtc")
     try:
+        # cleanup also ends dead controllers' MLflow runs: in a store of this test's, never the repository's
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
         out = subprocess.run([sys.executable, "-m", "harness.network", "cleanup", "--prefix", "sbtc"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout
+                             capture_output=True, text=True, check=True, env=env).stdout
         assert all(name in out for name in held["names"])
         assert leftovers("sbtc") == []
         assert wait_for(lambda: gone(held["child"]), 5)

@@ -22,6 +22,7 @@ from harness.controller.measure import latency_metrics, link_metrics, throughput
 from harness.model.models import ModelSpec, make_input
 from harness.network.link import LinkSpec
 from harness.controller.records import RunRecord
+from harness.controller.stale_runs import end_dead_runs
 from harness.controller.runtime import (RunFailed, RunResult, WorkerSpec, latencies_ms, measured_seqs, overrun_cost_ms,
                              run_workers)
 from harness.model.submodels import full_assignment
@@ -300,6 +301,7 @@ def run_job(cfg: DictConfig, multirun: bool = False) -> dict[str, float]:
     name = f"{cfg.method.name}-{cfg.model.name}-{cfg.hardware.name}-{cfg.link.bandwidth_mbps:g}mbps"
     tags = {"method": cfg.method.name, "method_kind": method_kind(cfg), "model": cfg.model.name,
             "hardware": cfg.hardware.name, "scenario": cfg.scenario.name, "valid": "pending"}
+    end_dead_runs()  # before this job's run opens: no record of a dead controller stays RUNNING
     try:
         with RunRecord(cfg, run_name=name, tags=tags) as rec:
             try:
