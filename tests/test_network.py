@@ -103,10 +103,14 @@ def wait_for(condition, timeout: float = 10.0) -> bool:
 
 
 def qdisc_rate(namespace: str, ifname: str) -> int:
+    """Bytes/s of the root qdisc a kernel backend put on ``ifname``: netem where the kernel has it, else tbf."""
     with IPRoute(netns=namespace) as ip:
         index = ip.link_lookup(ifname=ifname)[0]
-        (qdisc,) = [q for q in ip.get_qdiscs(index=index) if q.get_attr("TCA_KIND") == "tbf"]
-        return qdisc.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")["rate"]
+        (qdisc,) = [q for q in ip.get_qdiscs(index=index) if q.get_attr("TCA_KIND") in ("netem", "tbf")]
+        options = qdisc.get_attr("TCA_OPTIONS")
+        if qdisc.get_attr("TCA_KIND") == "netem":
+            return options.get_attr("TCA_NETEM_RATE")["rate"]
+        return options.get_attr("TCA_TBF_PARMS")["rate"]
 
 
 # -- configuration errors (no root needed) -------------------------------------------------------------------------
