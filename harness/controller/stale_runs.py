@@ -82,7 +82,7 @@ def end_dead_runs(tracking_uri: str | None = None) -> list[str]:
             continue
         last_heard_ms, what = _last_heard_of(client, run)
         reason = (f"the controller died: {death}; last heard of at {_iso(last_heard_ms / 1000)} ({what}); "
-                  f"ended KILLED at {_iso(time.time())} by a later start on {this_host()}")
+                  f"ended KILLED at {_iso(time.time())}")
         client.log_batch(run.info.run_id, tags=[RunTag("valid", "false"), RunTag("invalid_reason", reason)])
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED), end_time=last_heard_ms)
         log.warning("run %s (%s) ended KILLED: %s", run.info.run_id, run.info.run_name, reason)
