@@ -25,11 +25,11 @@
 #   board, link rate, tasks per batch and number of servers.
 # - **(c) Reliability** (`halp_reliability`): deadline hit rate against the deadline under a fading link.
 #
-# Only valid runs count (`tags.valid == "true"`); if a cell has several, the latest wins. Missing and invalid runs
-# are listed, not fatal. Settings come from the environment: `MLFLOW_TRACKING_URI` (default `sqlite:///mlflow.db`
-# at the repository root), `CIC_EXPERIMENT`, `HALP_EXPERIMENT`, `RELIABILITY_EXPERIMENT` (comma-separated MLflow
-# experiment names; defaults: the presets' names) and `PAPER_FIGURES_DIR` (where to save the figures; default: not
-# saved).
+# Only valid runs count (status FINISHED and `tags.valid == "true"`: never a RUNNING, FAILED or KILLED run); if a
+# cell has several, the latest wins. Missing and invalid runs are listed, not fatal. Settings come from the
+# environment: `MLFLOW_TRACKING_URI` (default `sqlite:///mlflow.db` at the repository root), `CIC_EXPERIMENT`,
+# `HALP_EXPERIMENT`, `RELIABILITY_EXPERIMENT` (comma-separated MLflow experiment names; defaults: the presets'
+# names) and `PAPER_FIGURES_DIR` (where to save the figures; default: not saved).
 #
 # Headless: `python notebooks/paper_tables.py`. This notebook and `paper_tables.py` are a jupytext pair: edit either,
 # then `jupytext --sync notebooks/paper_tables.py` (or `.ipynb`) brings the other up to date.
@@ -111,8 +111,7 @@ def load_runs(names: list[str]) -> pd.DataFrame:
     df = mlflow.search_runs(experiment_names=found, output_format="pandas")
     for name in found:
         experiment_id = client.get_experiment_by_name(name).experiment_id
-        valid = int(((df["experiment_id"] == experiment_id) & (column_of(df, "tags.valid") == "true")).sum()) \
-            if not df.empty else 0
+        valid = int(((df["experiment_id"] == experiment_id) & counts(df)).sum()) if not df.empty else 0
         if name in PRESET_JOBS:
             print(f"{name}: {valid} valid runs of the {PRESET_JOBS[name]} jobs its presets sweep")
     if df.empty:
@@ -126,8 +125,13 @@ def load_runs(names: list[str]) -> pd.DataFrame:
     df["bandwidth_mbps"] = pd.to_numeric(column_of(df, "params.link.bandwidth_mbps"), errors="coerce")
     df["num_servers"] = pd.to_numeric(column_of(df, "params.hardware.num_servers"), errors="coerce").fillna(1).astype(int)
     df["tasks"] = pd.to_numeric(column_of(df, "params.method.tasks_per_batch"), errors="coerce").fillna(1).astype(int)
-    df["valid"] = column_of(df, "tags.valid").eq("true")
+    df["valid"] = counts(df)
     return df.sort_values("start_time")
+
+
+def counts(df: pd.DataFrame) -> pd.Series:
+    """Runs that count: FINISHED and valid. A run's tags are set before it ends, so `valid` alone is not enough."""
+    return df["status"].eq("FINISHED") & column_of(df, "tags.valid").eq("true")
 
 
 def column_of(df: pd.DataFrame, column: str) -> pd.Series:

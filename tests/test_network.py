@@ -103,10 +103,14 @@ def wait_for(condition, timeout: float = 10.0) -> bool:
 
 
 def qdisc_rate(namespace: str, ifname: str) -> int:
+    """Bytes/s of the root qdisc a kernel backend put on ``ifname``: netem where the kernel has it, else tbf."""
     with IPRoute(netns=namespace) as ip:
         index = ip.link_lookup(ifname=ifname)[0]
-        (qdisc,) = [q for q in ip.get_qdiscs(index=index) if q.get_attr("TCA_KIND") == "tbf"]
-        return qdisc.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")["rate"]
+        (qdisc,) = [q for q in ip.get_qdiscs(index=index) if q.get_attr("TCA_KIND") in ("netem", "tbf")]
+        options = qdisc.get_attr("TCA_OPTIONS")
+        if qdisc.get_attr("TCA_KIND") == "netem":
+            return options.get_attr("TCA_NETEM_RATE")["rate"]
+        return options.get_attr("TCA_TBF_PARMS")["rate"]
 
 
 # -- configuration errors (no root needed) -------------------------------------------------------------------------
@@ -471,8 +475,10 @@ def test_stale_objects_of_a_killed_run_are_removed_at_the_next_start(tmp_path):
 def test_cleanup_command_removes_everything_with_its_prefix(tmp_path):
     proc, held = start_holder(tmp_path, "sbtc")
     try:
+        # cleanup also ends dead controllers' MLflow runs: in a store of this test's, never the repository's
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
         out = subprocess.run([sys.executable, "-m", "harness.network", "cleanup", "--prefix", "sbtc"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout
+                             capture_output=True, text=True, check=True, env=env).stdout
         assert all(name in out for name in held["names"])
         assert leftovers("sbtc") == []
         assert wait_for(lambda: gone(held["child"]), 5)

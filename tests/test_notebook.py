@@ -158,3 +158,32 @@ def test_notebook_names_what_is_missing_instead_of_failing(tmp_path: Path) -> No
     for name in ("cic_paper", "halp_paper", "halp_reliability"):
         assert f"MISSING experiment '{name}'" in out and f"experiment={name}" in out
     assert out.count("(no valid runs for this table)") == 5
+
+
+def test_only_finished_valid_runs_count(tmp_path: Path) -> None:
+    """Tags are set before a run ends: a run tagged valid but KILLED (or still RUNNING) must not reach a table."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("cic_paper_quick")
+    latency = {"FINISHED": 11.11, "KILLED": 22.22, "RUNNING": 33.33}
+    for status, ms in latency.items():
+        run_id = client.create_run(experiment, run_name=f"run-{status}", tags={"valid": "true"}).info.run_id
+        for key, value in {"model.name": "resnet18", "method.name": "dads", "hardware.name": "local_pair",
+                           "link.bandwidth_mbps": "10.0", "model.input_shape": "[1, 3, 32, 32]"}.items():
+            client.log_param(run_id, key, value)
+        client.log_metric(run_id, "latency_ms", ms)
+        if status != "RUNNING":
+            client.set_terminated(run_id, status)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CIC_EXPERIMENT": "cic_paper_quick",  # the cut tables only
+           "HALP_EXPERIMENT": "absent", "RELIABILITY_EXPERIMENT": "absent", "PAPER_FIGURES_DIR": ""}
+    proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=SCRIPT.parent, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cic_paper_quick: 1 valid runs" in proc.stdout
+    assert "11.11" in proc.stdout and "22.22" not in proc.stdout and "33.33" not in proc.stdout
+    assert "INVALID cut run: run-KILLED: KILLED" in proc.stdout and "INVALID cut run: run-RUNNING: RUNNING" in proc.stdout

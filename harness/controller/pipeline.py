@@ -18,6 +18,7 @@ from harness.controller.experiment import Experiment
 from harness.controller.measure import latency_metrics, link_metrics, max_abs_error, throughput_ips, timeline_figure
 from harness.controller.measurer import RunResult, latencies_ms, overrun_metrics, verdict
 from harness.controller.records import RunRecord
+from harness.controller.stale_runs import end_dead_runs
 from harness.controller.runtime import RunFailed, run_workers
 from harness.controller.spatial import SpatialStrategy
 from harness.model.graph import build_graph
@@ -170,6 +171,7 @@ def run_job(exp: Experiment, multirun: bool = False) -> dict[str, float]:
         return profile_mode(exp)
     tags = {"method": exp.method.name, "method_kind": exp.method.kind, "model": exp.model.name,
             "hardware": exp.hardware.name, "scenario": exp.scenario.name, "valid": "pending"}
+    end_dead_runs()  # before this job's run opens: no record of a dead controller stays RUNNING
     with RunRecord(exp.name, exp.config, run_name=exp.run_name, tags=tags) as rec:
         try:
             return run_experiment(exp, rec)

@@ -15,11 +15,8 @@ import torch
 import yaml
 
 from harness import PROJECT_ROOT
-
-
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+from harness.controller.stale_runs import controller_tags
+from harness.controller.tracking import tracking_uri  # here too: where callers have always found it
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -73,7 +70,8 @@ class RunRecord:
     def __enter__(self) -> "RunRecord":
         mlflow.set_tracking_uri(tracking_uri())
         mlflow.set_experiment(self.experiment)
-        run = mlflow.start_run(run_name=self.run_name)
+        # created with its controller's identity, so that a later start can tell if the controller died
+        run = mlflow.start_run(run_name=self.run_name, tags=controller_tags())
         self.run_id = run.info.run_id
         params = {k: str(v)[:6000] for k, v in flatten(self.config).items()}
         items = list(params.items())

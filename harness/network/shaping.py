@@ -16,6 +16,7 @@ from typing import Any
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.tcmsg import sched_netem
 
 from harness.network.link import BackendError, LinkSpec
 from harness.network.namespaces import DEFAULT_PREFIX, is_root
@@ -34,6 +35,18 @@ MIN_BURST_BYTES = 1600
 QUEUE_S = 0.1
 MIN_QUEUE_BYTES = 16 * 1024 * 1024
 MAX_KERNEL_RATE = (1 << 32) - 1  # tbf and netem carry the rate as u32 bytes/s
+
+
+def _drop_top_level_rate(request: dict[str, Any]) -> None:
+    request.pop("rate", None)
+
+
+# pyroute2's netem plugin reads ``rate`` into TCA_NETEM_RATE but, unlike its tbf and htb plugins, leaves the keyword
+# in the request, which the tcmsg encoder also writes as a top-level TCA_RATE (a rate estimator): an int rate makes
+# the encoder raise TypeError, a "10mbit" string sends a bogus estimator. Every netem link with a rate hit this.
+# pyroute2 calls fix_request after get_parameters, so TCA_NETEM_RATE is already built when the keyword goes.
+if not hasattr(sched_netem, "fix_request"):
+    sched_netem.fix_request = _drop_top_level_rate
 
 
 def is_root() -> bool:

@@ -1,0 +1,25 @@
+"""Where runs are recorded. Apart from ``records`` (which imports torch) so that light tools can find the store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def local_store_exists(uri: str) -> bool:
+    """False only for a local store (SQLite file or file store) that is not there yet; remote stores count as there.
+
+    Opening a missing local store creates it: a tool that only reads or tidies runs must not leave one behind.
+    """
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).exists()
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path).exists()
+    return True
