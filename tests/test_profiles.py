@@ -16,7 +16,9 @@ from harness.model.models import ModelSpec
 from hardware.profiles import LocalProfile, RooflineProfile, TableProfile, write_table
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-BOARDS = ["gtx1080ti", "jetson_agx_xavier"]
+# Every calibrated board in conf/profile/, so a new one is checked against its published figures without editing this.
+BOARDS = sorted(p.stem for p in (CONF / "profile").glob("*.yaml")
+                if OmegaConf.load(p).get("_target_") == "hardware.profiles.RooflineProfile")
 USER_SPEC = ModelSpec("custom", "tests.user_models.build", (1, 3, 64, 64), 0, {"width": 8})
 
 
@@ -126,11 +128,24 @@ def test_calibrated_whole_model_time_lies_in_the_published_range(board_name: str
         f"{board_name}: {model} predicted {total:.2f} ms, published {figure['low']}..{figure['high']} ms")
 
 
+def test_every_board_is_discovered() -> None:
+    assert {"gtx1080ti", "jetson_agx_xavier", "raspberry_pi_3b", "raspberry_pi_4", "cpu_server_8core"} <= set(BOARDS)
+
+
 def test_xavier_is_slower_than_1080ti_on_every_model() -> None:
     gtx, xavier = board("gtx1080ti"), board("jetson_agx_xavier")
     for model in ("vgg16", "resnet50", "mobilenet_v2"):
         graph = model_graph(model)
         assert sum(xavier.node_ms(graph).values()) > 2 * sum(gtx.node_ms(graph).values()), model
+
+
+def test_pi3b_is_slower_than_pi4_and_both_far_slower_than_the_cpu_server() -> None:
+    pi3, pi4, server = board("raspberry_pi_3b"), board("raspberry_pi_4"), board("cpu_server_8core")
+    for model in ("vgg16", "resnet50", "mobilenet_v2", "nin", "tiny_yolov2"):
+        graph = model_graph(model)
+        pi3_ms, pi4_ms = sum(pi3.node_ms(graph).values()), sum(pi4.node_ms(graph).values())
+        assert pi3_ms > 1.5 * pi4_ms, model
+        assert pi4_ms > 5 * sum(server.node_ms(graph).values()), model
 
 
 # ---- measured here: LocalProfile -----------------------------------------------------------------------------------
