@@ -24,6 +24,8 @@ ALLOWED = {
     "partitioners": ("harness.model", "partitioners"),
     "harness.worker": ("harness.model", "harness.worker"),
     "harness.network": ("harness.network", "harness.worker.pacer"),
+    # the cleanup command also ends the MLflow runs of dead controllers (imported there only)
+    "harness.network.__main__": ("harness.network", "harness.controller.stale_runs", "harness.controller.tracking"),
     "harness.controller": ("harness.model", "harness.worker", "harness.network", "harness.controller", "hardware",
                            "partitioners"),
 }

@@ -24,7 +24,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from harness.network import namespaces, shaping
 from harness.worker import wire
-from harness.network import namespaces, shaping
 from harness.network.link import BackendError, LinkSpec
 from harness.network.namespaces import leftovers
 from harness.network.shaping import available_backends

@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from hardware.profiles import LocalProfile
-from harness.experiment import calibrate_tdf
-from harness.graph import build_graph
-from harness.models import ModelSpec
+from harness.controller.pipeline import calibrate_tdf
+from harness.model.graph import build_graph
+from harness.model.models import ModelSpec
 from tests.conftest import needs_root, run_cli
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -33,7 +33,8 @@ def test_calibrated_tdf_for_a_pi3b_is_one(tmp_path: Path, monkeypatch: pytest.Mo
     local = LocalProfile(warmup=1, repeats=3).node_ms(graph)  # one thread, as a worker runs by default
     emulated = pi3b.node_ms(graph)
     assert sum(local[n] for n in nodes) * 1.5 < sum(emulated[n] for n in nodes)  # this machine is the faster one
-    assert calibrate_tdf({"device": nodes}, {"device": emulated}, local, margin=1.5, concurrent=1) == 1.0
+    ratio = sum(local[n] for n in nodes) / sum(emulated[n] for n in nodes)
+    assert calibrate_tdf({"device": ratio}, margin=1.5, concurrent=1) == (1.0, "device")
 
 
 @needs_root

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from harness.graph import ModelGraph, build_graph
-from harness.models import ModelSpec, build_model
+from harness.model.graph import ModelGraph, build_graph
+from harness.model.models import ModelSpec, build_model
 from tests.test_graph import assert_split_is_exact, random_cuts
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "conf" / "model"
