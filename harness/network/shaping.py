@@ -49,10 +49,6 @@ if not hasattr(sched_netem, "fix_request"):
     sched_netem.fix_request = _drop_top_level_rate
 
 
-def is_root() -> bool:
-    return os.geteuid() == 0
-
-
 @functools.cache
 def _probe() -> tuple[bool, tuple[str, ...]]:
     """(can this process make network namespaces, the backends offered best first); probed once per process."""
