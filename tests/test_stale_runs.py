@@ -20,7 +20,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from pyroute2 import netns
 
-from harness.config import register
+from harness.config import register, resolve
 from harness.controller import pipeline
 from harness.controller.stale_runs import (HOST_TAG, PID_TAG, START_TIME_TAG, controller_tags, end_dead_runs,
                                            this_host)
@@ -129,7 +129,7 @@ def test_a_job_ends_dead_runs_before_it_opens_its_own(tracking_uri: str, monkeyp
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose(config_name="config", overrides=["model=resnet18", "hardware=local_pair", "method=server_only"])
     with pytest.raises(OpenedRun, match="KILLED"):
-        pipeline.run_job(cfg)
+        pipeline.run_job(resolve(cfg))
 
 
 # -- a real controller killed with SIGKILL mid-run -----------------------------------------------------------------
