@@ -12,7 +12,7 @@ from harness.controller.runtime import WorkerSpec
 from harness.model.graph import ModelGraph, crossing_tensors
 from harness.model.submodels import full_assignment
 from harness.network.link import LinkSpec
-from partitioners.base import LinkState, Plan, cut_problem, device_side_of
+from partitioners.base import Plan, cut_problem, device_side_of
 
 
 def stage_plans(graph: ModelGraph, plan: Plan, roles: tuple[str, str],
@@ -120,5 +120,6 @@ class CutStrategy:
         if self.redecider is not None:
             self.redecider.close()
 
-    def link_state(self) -> LinkState:
-        return LinkState(self.exp.link.spec.bandwidth_mbps, self.exp.link.spec.delay_ms)
+    def decisions(self) -> list[dict[str, Any]] | None:
+        """The re-decisions of a dynamic run (None otherwise)."""
+        return self.redecider.decisions if self.redecider is not None else None

@@ -22,6 +22,7 @@ from harness.controller.stale_runs import end_dead_runs
 from harness.controller.runtime import RunFailed, run_workers
 from harness.controller.spatial import SpatialStrategy
 from harness.model.graph import build_graph
+from partitioners.base import LinkState
 
 log = logging.getLogger("splitbench")
 
@@ -70,7 +71,8 @@ def run_experiment(exp: Experiment, rec: RunRecord) -> dict[str, float]:
     rec.set_tags(strategy.tags())
     problem = strategy.problem()
     prepared, offline_ms = timed(exp.method.prepare, problem)
-    plan, decision_ms = timed(exp.method.decide, prepared, strategy.link_state(), repeats=DECISION_REPEATS)
+    link = LinkState(exp.link.spec.bandwidth_mbps, exp.link.spec.delay_ms)
+    plan, decision_ms = timed(exp.method.decide, prepared, link, repeats=DECISION_REPEATS)
     plan_json = plan.to_json()
     rec.artifact_json(plan_json, "plan.json")
     metrics: dict[str, float] = {"decision_time_ms": decision_ms, "offline_time_ms": offline_ms,
@@ -98,8 +100,8 @@ def run_experiment(exp: Experiment, rec: RunRecord) -> dict[str, float]:
                              if pad and exp.runtime.tdf is None else None)
     finally:
         strategy.close()
-    if getattr(strategy, "redecider", None) is not None:
-        record_decisions(rec, strategy.redecider.decisions, metrics)
+    if (decisions := strategy.decisions()) is not None:
+        record_decisions(rec, decisions, metrics)
     out = finish(exp, rec, graph, result, metrics)
     if exp.method.kind == "spatial" and out.get("throughput_ips"):
         out["task_time_ms"] = 1e3 / out["throughput_ips"]

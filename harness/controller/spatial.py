@@ -9,7 +9,7 @@ from harness.controller.experiment import Experiment
 from harness.controller.runtime import WorkerSpec
 from harness.model.graph import ModelGraph
 from harness.network.link import LinkSpec
-from partitioners.base import LinkState, Plan
+from partitioners.base import Plan
 from partitioners.spatial import SpatialProblem, kernel_overheads_ms, segment, spatial_problem
 
 
@@ -91,5 +91,5 @@ class SpatialStrategy:
     def close(self) -> None:
         pass
 
-    def link_state(self) -> LinkState:
-        return LinkState(self.exp.link.spec.bandwidth_mbps, self.exp.link.spec.delay_ms)
+    def decisions(self) -> list[dict[str, Any]] | None:
+        return None
