@@ -3,7 +3,7 @@
 The estimate a method decides on is measured, not given (``scenario.estimator``):
 
 - ``probe`` (default): the goodput of the previous inference's own transfers when they said enough about the link
-  (at least ``PASSIVE_MIN_BYTES`` over ``PASSIVE_MIN_MS``, no older than two arrival intervals); otherwise a short
+  (at least ``PASSIVE_MIN_BYTES`` over ``PASSIVE_MIN_MS``, ended at most ``PASSIVE_MAX_AGE_MS`` ago); otherwise a short
   packet train through the shaped link between the device's and the server's namespaces
   (:mod:`harness.controller.probe`), sent after the previous inference completed and before the next is issued, so
   it never overlaps a measured inference. A plan that keeps everything on the device still sees the link recover.
@@ -33,6 +33,9 @@ from partitioners.base import LinkState, Partitioner, Plan, device_side_of
 PASSIVE_MIN_BYTES = 16 * 1024  # smaller transfers measure delay, not bandwidth
 PASSIVE_MIN_MS = 10.0  # emulated: ten times the kernel bucket's 1 ms burst, so that the burst is within 10 %
 SMOOTHING = 0.5  # EWMA weight of a new sample (smoothed)
+# Emulated: an older sample is stale. A link that fades in 0.5 s blocks (link=rayleigh) is unrelated to itself one
+# arrival interval later, so the transfers of the previous inference are too old at the default 500 ms interval.
+PASSIVE_MAX_AGE_MS = 100.0
 RESET_RATIO = 0.3  # smoothed: a sample this far from the estimate is a step of the link, not noise
 
 
@@ -142,7 +145,7 @@ class Redecider:
         return Sample(sent * 8 / seconds / 1e6, "passive", max(s["end_ns"] for s in sends))
 
     def _stale(self, sample: Sample, tdf: float) -> bool:
-        return (time.monotonic_ns() - sample.end_ns) / 1e6 / tdf > 2 * self.interval_ms
+        return (time.monotonic_ns() - sample.end_ns) / 1e6 / tdf > PASSIVE_MAX_AGE_MS
 
     def _probe(self) -> Sample:
         assert self.prober is not None
