@@ -172,7 +172,8 @@ def test_a_plan_that_retreated_to_the_device_comes_back_when_the_link_recovers(t
     # AlexNet from a Raspberry Pi 3B: CIC cuts after the features at 5.85 Mbit/s and keeps everything on the device
     # at 1.1 (4-6 s of the trace); there nothing crosses the link, and only a probe can see it recover at 6 s.
     proc = run_cli(["model=alexnet", "hardware=rpi3b_cpu_server", "method=cic", "scenario=dynamic",
-                    "link=trace_stepped", "scenario.estimator=probe", "scenario.inferences=14"], tracking_uri, tmp_path)
+                    "link=trace_stepped", "scenario.estimator=probe", "scenario.inferences=14", "runtime.tdf_margin=4"],
+                   tracking_uri, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = finished_runs(tracking_uri).iloc[0]
     decisions = artifact(tracking_uri, run["run_id"], "decisions.json", tmp_path)
