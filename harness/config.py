@@ -16,7 +16,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from hardware.topology import MAX_SERVERS, Hardware
-from harness.controller.experiment import Experiment, Link, Runtime, Scenario
+from harness.controller.experiment import ESTIMATORS, Experiment, Link, Runtime, Scenario
 from harness.model.models import ModelSpec
 from harness.network.link import LinkSpec
 
@@ -52,7 +52,7 @@ class ScenarioConfig:
     inferences: int = 5
     in_flight: int = 1
     deadline_ms: Optional[float] = None
-    estimator: str = "last"  # dynamic: how the runtime estimates bandwidth before each decision
+    estimator: str = "probe"  # dynamic: how the runtime estimates bandwidth before each decision
     interval_ms: float = 500.0  # dynamic: emulated time between inference arrivals
 
 
@@ -123,8 +123,8 @@ def validate(cfg: DictConfig) -> None:
     _require(scenario.warmup >= 0, f"scenario.warmup must be >= 0, got {scenario.warmup}")
     _require(scenario.in_flight >= 1, f"scenario.in_flight must be >= 1, got {scenario.in_flight}")
     _require(scenario.interval_ms > 0, f"scenario.interval_ms must be > 0, got {scenario.interval_ms}")
-    _require(scenario.estimator in ("last", "oracle"),
-             f"scenario.estimator={scenario.estimator!r} is not one of ['last', 'oracle']")
+    _require(scenario.estimator in ESTIMATORS,
+             f"scenario.estimator={scenario.estimator!r} is not one of {list(ESTIMATORS)}")
     _require(scenario.deadline_ms is None or scenario.deadline_ms > 0,
              f"scenario.deadline_ms must be > 0 or null, got {scenario.deadline_ms}")
     _require(scenario.name != "dynamic" or link.trace is not None,

@@ -24,12 +24,14 @@
 # - **(b) HALP** (`halp_paper`, `modnn_paper`, `halp_host_alone`): speed-up over the host edge server alone, per
 #   board, link rate, tasks per batch and number of servers.
 # - **(c) Reliability** (`halp_reliability`): deadline hit rate against the deadline under a fading link.
+# - **(d) Dynamic links** (`dynamic_payoff`): CIC re-deciding on a measured estimate, against the oracle and a fixed
+#   plan, and latency over time with the decisions marked.
 #
 # Only valid runs count (status FINISHED and `tags.valid == "true"`: never a RUNNING, FAILED or KILLED run); if a
 # cell has several, the latest wins. Missing and invalid runs are listed, not fatal. Settings come from the
 # environment: `MLFLOW_TRACKING_URI` (default `sqlite:///mlflow.db` at the repository root), `CIC_EXPERIMENT`,
-# `HALP_EXPERIMENT`, `RELIABILITY_EXPERIMENT` (comma-separated MLflow experiment names; defaults: the presets'
-# names) and `PAPER_FIGURES_DIR` (where to save the figures; default: not saved).
+# `HALP_EXPERIMENT`, `RELIABILITY_EXPERIMENT`, `DYNAMIC_EXPERIMENT` (comma-separated MLflow experiment names;
+# defaults: the presets' names) and `PAPER_FIGURES_DIR` (where to save the figures; default: not saved).
 #
 # Headless: `python notebooks/paper_tables.py`. This notebook and `paper_tables.py` are a jupytext pair: edit either,
 # then `jupytext --sync notebooks/paper_tables.py` (or `.ipynb`) brings the other up to date.
@@ -428,3 +430,85 @@ if not reliability.empty:
     ax.legend(fontsize=7)
     fig.tight_layout()
     save(fig, "deadline_hit_rate.png")
+
+# %% [markdown]
+# ## (d) Dynamic links: re-deciding on a measured estimate, against the oracle and a fixed plan
+#
+# `python run.py -m experiment=dynamic_payoff`: CIC under `scenario=dynamic` on each trace, once per estimator:
+# `probe` (the plan's own transfers when they say enough, else a packet train between inferences), `oracle` (the
+# trace's true rate: the bound), `fixed` (one plan for the trace's mean rate, never re-decided) and `last` (passive
+# only). Mean latency of the measured inferences, and its ratio to the oracle's and to the fixed plan's on the same
+# trace; the figure draws each inference's latency at its emulated arrival time, the decisions that switched the plan
+# marked, over the true rate.
+
+# %%
+DYNAMIC_EXPERIMENTS = experiments("DYNAMIC_EXPERIMENT", "dynamic_payoff")
+dyn_runs = load_runs(DYNAMIC_EXPERIMENTS)
+if not dyn_runs.empty:
+    dyn_runs = dyn_runs[column_of(dyn_runs, "params.scenario.name") == "dynamic"].copy()
+    dyn_runs["trace"] = column_of(dyn_runs, "params.link.trace")
+    dyn_runs["estimator"] = column_of(dyn_runs, "params.scenario.estimator")
+dyn = valid_cells(dyn_runs, ["hardware", "model", "method", "trace", "estimator"], "dynamic run",
+                  within=4) if not dyn_runs.empty else dyn_runs
+
+
+def dynamic_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run: mean latency, estimate error, switches, probing cost; ratios to the oracle and the fixed plan."""
+    keys = ["hardware", "model", "method", "trace", "estimator"]
+    table = runs.set_index(keys)[[]].copy()
+    for column, name in (("latency_ms", "latency_ms"), ("estimate_rel_error", "estimate_rel_error"),
+                         ("plan_switches", "plan_switches"), ("probes", "probes"), ("probe_bytes", "probe_bytes")):
+        table[column] = metric(runs, name).to_numpy()
+    for column in ("plan_switches", "probes", "probe_bytes"):  # counts: no decimals
+        table[column] = table[column].round().astype("Int64")
+    for baseline in ("oracle", "fixed"):
+        base = table.xs(baseline, level="estimator")["latency_ms"] if baseline in runs["estimator"].values else None
+        table[f"vs_{baseline}"] = [row / base.get(index[:-1], np.nan) if base is not None else np.nan
+                                   for index, row in table["latency_ms"].items()]
+    return table.sort_index()
+
+
+dynamic = dynamic_table(dyn) if not dyn.empty else pd.DataFrame()
+show("(d) CIC under a changing link: mean latency (ms) per estimator, and its ratio to the oracle and the fixed plan",
+     dynamic, "goal: probe within 1.10x of the oracle and below 1.00x of the fixed plan [ours: no paper figure]")
+
+
+# %%
+def decisions_of(run_id: str) -> list[dict]:
+    """The run's decisions.json (one per inference, warm-up included)."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(mlflow.MlflowClient().download_artifacts(run_id, "decisions.json", tmp)).read_text())
+
+
+def latencies_of(run_id: str) -> np.ndarray:
+    history = mlflow.MlflowClient().get_metric_history(run_id, "inference_latency_ms")
+    return np.array([m.value for m in sorted(history, key=lambda m: m.step)])
+
+
+if not dyn.empty:
+    traces = sorted(dyn["trace"].dropna().unique())
+    fig, axes = plt.subplots(len(traces), 1, figsize=(8, 3.2 * len(traces)), squeeze=False)
+    for ax, trace_name in zip(axes[:, 0], traces):
+        rate_ax = ax.twinx()
+        for i, (_, run) in enumerate(dyn[dyn["trace"] == trace_name].sort_values("estimator").iterrows()):
+            decisions = sorted(decisions_of(run["run_id"]), key=lambda d: d["seq"])
+            warmup = int(float(run.get("params.scenario.warmup", 1)))
+            measured = [d for d in decisions if d["seq"] >= warmup]
+            lat = latencies_of(run["run_id"])[: len(measured)]
+            t = [d["emulated_s"] for d in measured][: len(lat)]
+            ax.plot(t, lat, marker=".", color=f"C{i}", label=f"{run['estimator']} ({np.mean(lat):.0f} ms)")
+            switched = [(d["emulated_s"], y) for d, y in zip(measured, lat) if d["switched"]]
+            if switched:
+                ax.scatter(*zip(*switched), marker="v", s=60, color=f"C{i}", edgecolor="black", zorder=3)
+            if i == 0:
+                rate_ax.step([d["emulated_s"] for d in decisions], [d["true_mbps"] for d in decisions],
+                             where="post", color="grey", alpha=0.4)
+        rate_ax.set_ylabel("true rate (Mbit/s)", color="grey")
+        ax.set(xlabel="emulated time (s)", ylabel="latency (ms)",
+               title=f"{trace_name}: latency over time, plan switches marked (v)")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    save(fig, "dynamic_latency_over_time.png")

@@ -80,6 +80,8 @@ def test_bad_scenario_values_are_named() -> None:
         validate(make(["runtime.backend=carrier_pigeon"]))
     with pytest.raises(ConfigError, match="hardware.num_servers must be in 2..4, got 7"):
         validate(make(["hardware=4x_1080ti", "hardware.num_servers=7"]))
+    with pytest.raises(ConfigError, match=r"scenario.estimator='psychic' is not one of \['probe', 'smoothed', 'last'"):
+        validate(make(["scenario=dynamic", "link=trace_stepped", "scenario.estimator=psychic"]))
 
 
 def test_stream_scenario_turns_auto_objective_into_throughput() -> None:

@@ -124,7 +124,7 @@ def test_notebook_prints_the_runs_values_beside_the_papers(paper_store: tuple[st
 
     out = execute_notebook({"MLFLOW_TRACKING_URI": uri, "CIC_EXPERIMENT": "cic_paper_quick",
                             "HALP_EXPERIMENT": "halp_paper_quick", "RELIABILITY_EXPERIMENT": "halp_paper_quick",
-                            "PAPER_FIGURES_DIR": str(tmp / "figures")})
+                            "DYNAMIC_EXPERIMENT": "halp_paper_quick", "PAPER_FIGURES_DIR": str(tmp / "figures")})
 
     for _, run in cut.iterrows():  # (a): every cut run's latency, throughput and decision time, as measured
         assert f"{run['metrics.latency_ms']:.2f}" in out, run["params.method.name"]
@@ -145,19 +145,22 @@ def test_notebook_prints_the_runs_values_beside_the_papers(paper_store: tuple[st
     assert "(c) deadline hit rate" in out and "measured under the trace" in out  # (c)
     dynamic = star[star["params.scenario.name"] == "dynamic"].iloc[0]
     assert f"{dynamic['metrics.deadline_hit_rate']:.3f}  [paper gives no figure]" in out
+    assert f"{dynamic['metrics.latency_ms']:.2f}" in out  # (d): the dynamic run's mean latency
     assert "<= 20 ms" in out and "[paper gives no figure]" in out
     assert "MISSING experiment" not in out and "(no valid runs for this table)" not in out
     assert {p.name for p in (tmp / "figures").iterdir()} == {
-        "cic_latency_vs_bandwidth.png", "cic_decision_time.png", "halp_speedup_vs_n.png", "deadline_hit_rate.png"}
+        "cic_latency_vs_bandwidth.png", "cic_decision_time.png", "halp_speedup_vs_n.png", "deadline_hit_rate.png",
+        "dynamic_latency_over_time.png"}
 
 
 def test_notebook_names_what_is_missing_instead_of_failing(tmp_path: Path) -> None:
     out = execute_notebook({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}",
                             "CIC_EXPERIMENT": "cic_paper", "HALP_EXPERIMENT": "halp_paper",
-                            "RELIABILITY_EXPERIMENT": "halp_reliability", "PAPER_FIGURES_DIR": ""})
-    for name in ("cic_paper", "halp_paper", "halp_reliability"):
+                            "RELIABILITY_EXPERIMENT": "halp_reliability", "DYNAMIC_EXPERIMENT": "dynamic_payoff",
+                            "PAPER_FIGURES_DIR": ""})
+    for name in ("cic_paper", "halp_paper", "halp_reliability", "dynamic_payoff"):
         assert f"MISSING experiment '{name}'" in out and f"experiment={name}" in out
-    assert out.count("(no valid runs for this table)") == 5
+    assert out.count("(no valid runs for this table)") == 6
 
 
 def test_only_finished_valid_runs_count(tmp_path: Path) -> None:

@@ -128,3 +128,57 @@ def test_dynamic_method_re_decides_when_the_best_cut_moves(tracking_uri: str, tm
     first_slow = next(d for d in decisions if d["true_mbps"] == 1.1)
     assert first_slow["switched"]
     assert run["metrics.max_abs_error"] <= 1e-4  # the switched plan still computes the model
+
+
+def test_trace_mean_is_weighted_by_time() -> None:
+    # 2 s each at 18.88, 5.85, 1.1, 5.85, 18.88: the rate the fixed plan is chosen for.
+    assert load_trace("stepped_3g_lte_wifi.csv").mean_mbps == pytest.approx((2 * 18.88 + 2 * 5.85 + 1.1) / 5)
+
+
+def _steps(decisions: list[dict]) -> list[list[dict]]:
+    """The decisions grouped by the step of the trace they were taken in (a run of equal true rates)."""
+    steps: list[list[dict]] = []
+    for d in decisions:
+        if steps and steps[-1][-1]["true_mbps"] == d["true_mbps"]:
+            steps[-1].append(d)
+        else:
+            steps.append([d])
+    return steps
+
+
+@needs_root
+def test_probe_estimate_follows_every_step_while_the_plan_sends_nothing(tracking_uri: str, tmp_path: Path) -> None:
+    # device_only sends nothing, so only the probe can see the link: 20 arrivals 500 ms apart walk all five steps.
+    proc = run_cli(["model=resnet18", "model.input_shape=[1,3,64,64]", "hardware=local_pair", "method=device_only",
+                    "scenario=dynamic", "link=trace_stepped", "scenario.estimator=probe"], tracking_uri, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = finished_runs(tracking_uri).iloc[0]
+    spans = artifact(tracking_uri, run["run_id"], "spans.json", tmp_path)
+    decisions = artifact(tracking_uri, run["run_id"], "decisions.json", tmp_path)
+    assert not [s for s in spans if s["kind"] == "send"]  # the plan's own transfers say nothing
+    steps = _steps(decisions)
+    assert [s[0]["true_mbps"] for s in steps] == [18.88, 5.85, 1.1, 5.85, 18.88]
+    for step in steps:
+        errors = sorted(abs(d["estimate_mbps"] - d["true_mbps"]) / d["true_mbps"] for d in step)
+        assert errors[len(errors) // 2] <= 0.15, step  # the median (the upper one of an even count)
+    assert all(d["source"] == "probe" and d["probe_bytes"] > 0 for d in decisions), decisions
+    assert run["metrics.probes"] == len(decisions)
+    assert run["metrics.probe_bytes"] == sum(d["probe_bytes"] for d in decisions)
+
+
+@needs_root
+def test_a_plan_that_retreated_to_the_device_comes_back_when_the_link_recovers(tracking_uri: str,
+                                                                              tmp_path: Path) -> None:
+    # AlexNet from a Raspberry Pi 3B: CIC cuts after the features at 5.85 Mbit/s and keeps everything on the device
+    # at 1.1 (4-6 s of the trace); there nothing crosses the link, and only a probe can see it recover at 6 s.
+    proc = run_cli(["model=alexnet", "hardware=rpi3b_cpu_server", "method=cic", "scenario=dynamic",
+                    "link=trace_stepped", "scenario.estimator=probe", "scenario.inferences=14", "runtime.tdf_margin=4"],
+                   tracking_uri, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = finished_runs(tracking_uri).iloc[0]
+    decisions = artifact(tracking_uri, run["run_id"], "decisions.json", tmp_path)
+    total = len(artifact(tracking_uri, run["run_id"], "plan.json", tmp_path)["nodes"])
+    retreat = next(i for i, d in enumerate(decisions) if d["true_mbps"] == 1.1 and d["device_nodes"] == total)
+    back = next(d for d in decisions[retreat:] if d["device_nodes"] < total)
+    assert back["switched"] and back["true_mbps"] == 5.85 and back["source"] == "probe", back
+    assert back["emulated_s"] < 6.6, back  # at the first decision after the recovery at 6 s, or the next one

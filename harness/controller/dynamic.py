@@ -1,8 +1,20 @@
 """The dynamic scenario: the link follows a bandwidth trace and the method re-decides before every inference.
 
-The estimate a method decides on is measured, not given: ``last`` takes the goodput of the previous inference's
-transfers as the runtime measured them (sender start to receiver ACK); ``oracle`` reads the trace (the bound any
-estimator could reach). Every decision is recorded with its time, the estimate and the true rate.
+The estimate a method decides on is measured, not given (``scenario.estimator``):
+
+- ``probe`` (default): the goodput of the previous inference's own transfers when they said enough about the link
+  (at least ``PASSIVE_MIN_BYTES`` over ``PASSIVE_MIN_MS``, ended at most ``PASSIVE_MAX_AGE_MS`` ago); otherwise a short
+  packet train through the shaped link between the device's and the server's namespaces
+  (:mod:`harness.controller.probe`), sent after the previous inference completed and before the next is issued, so
+  it never overlaps a measured inference. A plan that keeps everything on the device still sees the link recover.
+- ``smoothed``: the same samples, averaged (EWMA) while the link holds steady; a sample that differs from the
+  estimate by more than ``RESET_RATIO`` is taken as a step of the link and replaces it.
+- ``last``: only the previous inference's transfers (passive); with nothing crossing it keeps its last estimate.
+- ``oracle``: the trace's true rate, the bound any estimator could reach.
+- ``fixed``: the trace's mean rate, always: the plan chosen once for the average link, never re-decided.
+
+Every decision is recorded with its time, the estimate and its source, the true rate, the estimate's age (emulated
+ms since the measurement it rests on) and what probing cost (bytes, emulated ms).
 """
 
 from __future__ import annotations
@@ -11,13 +23,31 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from harness.network.base import Network
+from harness.controller.experiment import ESTIMATORS
 from harness.controller.measurer import BeforeIssue, RunResult, Workers, wait_all, wait_for_span
+from harness.controller.probe import LinkProber, ProbeSample
 from harness.controller.traces import Trace, TracePlayer
+from harness.network.base import Network
 from partitioners.base import LinkState, Partitioner, Plan, device_side_of
 
-ESTIMATORS = ("last", "oracle")
-MIN_PROBE_BYTES = 16 * 1024  # smaller transfers measure delay, not bandwidth
+PASSIVE_MIN_BYTES = 16 * 1024  # smaller transfers measure delay, not bandwidth
+PASSIVE_MIN_MS = 10.0  # emulated: ten times the kernel bucket's 1 ms burst, so that the burst is within 10 %
+SMOOTHING = 0.5  # EWMA weight of a new sample (smoothed)
+# Emulated: an older sample is stale. A link that fades in 0.5 s blocks (link=rayleigh) is unrelated to itself one
+# arrival interval later, so the transfers of the previous inference are too old at the default 500 ms interval.
+PASSIVE_MAX_AGE_MS = 100.0
+RESET_RATIO = 0.3  # smoothed: a sample this far from the estimate is a step of the link, not noise
+
+
+@dataclass
+class Sample:
+    """One measurement of the link: rate (undilated Mbit/s), where it came from, when it ended, what it cost."""
+
+    mbps: float
+    source: str
+    end_ns: int
+    probe_bytes: int = 0
+    probe_ms: float = 0.0
 
 
 @dataclass
@@ -36,7 +66,9 @@ class Redecider:
     sends_data: bool
     decisions: list[dict[str, Any]] = field(default_factory=list)
     player: TracePlayer | None = None
+    prober: LinkProber | None = None
     estimate_mbps: float = 0.0
+    estimate_ns: int | None = None  # when the measurement behind the estimate ended (None: nothing measured yet)
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -45,6 +77,8 @@ class Redecider:
 
     def hook(self, topology: Network, controller: Workers, result: RunResult) -> BeforeIssue:
         device, server = list(controller.endpoints)
+        if self.estimator in ("probe", "smoothed"):
+            self.prober = LinkProber(topology, device, server, result.tdf)  # type: ignore[arg-type]
         self.player = TracePlayer(self.trace, lambda mbps: topology.set_rate(device, server, mbps),
                                   result.tdf).start()
 
@@ -55,7 +89,7 @@ class Redecider:
                 time.sleep(wait_ns / 1e9)
             if seq > 0 and self.sends_data:  # the previous transfer's ACK report is the measurement
                 wait_for_span(controller, result, seq - 1, "send")
-            self.estimate_mbps = self._estimate(seq, result)
+            sample = self._estimate(seq, result)
             start = time.perf_counter_ns()
             plan = self.method.decide(self.prepared, LinkState(self.estimate_mbps, self.delay_ms))
             decision_ms = (time.perf_counter_ns() - start) / 1e6
@@ -68,23 +102,58 @@ class Redecider:
                 wait_all(controller, "plan_ready", result)
                 self.current = device_side
                 self.sends_data = bool(stage_plans[0]["send"]) and max(stage_plans[0]["assignment"].values()) == 1
+            now_ns = time.monotonic_ns()
             self.decisions.append({
-                "seq": seq, "emulated_s": self.player.emulated_s(), "true_mbps": self.player.rate_now(),
-                "estimate_mbps": self.estimate_mbps, "decision_ms": decision_ms, "switched": switched,
+                "seq": seq, "emulated_s": self.player.emulated_s(now_ns), "true_mbps": self.player.rate_now(now_ns),
+                "estimate_mbps": self.estimate_mbps, "estimator": self.estimator,
+                "source": sample.source if sample else "held",
+                "estimate_age_ms": (now_ns - self.estimate_ns) / 1e6 / result.tdf if self.estimate_ns else None,
+                "probe_bytes": sample.probe_bytes if sample else 0, "probe_ms": sample.probe_ms if sample else 0.0,
+                "decision_ms": decision_ms, "switched": switched,
                 "device_nodes": len(device_side), "predicted_latency_ms": plan.predicted_latency_ms})
 
         return before_issue
 
-    def _estimate(self, seq: int, result: RunResult) -> float:
-        if self.estimator == "oracle":
-            return self.player.rate_now()
-        sends = [s for s in result.spans if s["kind"] == "send" and s["seq"] == seq - 1
-                 and s.get("bytes", 0) >= MIN_PROBE_BYTES]
-        if not sends:
-            return self.estimate_mbps  # nothing crossed: keep the last estimate
+    def _estimate(self, seq: int, result: RunResult) -> Sample | None:
+        """Update ``estimate_mbps`` for inference ``seq``; the sample it rests on (None: the estimate is held)."""
+        now_ns = time.monotonic_ns()
+        if self.estimator in ("oracle", "fixed"):
+            rate = self.player.rate_now(now_ns) if self.estimator == "oracle" else self.trace.mean_mbps
+            sample = Sample(rate, self.estimator, now_ns)
+        else:
+            sample = self._passive(seq, result, min_ms=0.0 if self.estimator == "last" else PASSIVE_MIN_MS)
+            idle = all(s in result.ends_ns for s in range(seq))  # a probe must never overlap an inference
+            if self.estimator != "last" and idle and (sample is None or self._stale(sample, result.tdf)):
+                sample = self._probe()
+        if sample is None:
+            return None
+        if self.estimator == "smoothed" and self.estimate_ns is not None and \
+                abs(sample.mbps - self.estimate_mbps) <= RESET_RATIO * self.estimate_mbps:
+            self.estimate_mbps = SMOOTHING * sample.mbps + (1 - SMOOTHING) * self.estimate_mbps
+        else:
+            self.estimate_mbps = sample.mbps
+        self.estimate_ns = sample.end_ns
+        return sample
+
+    def _passive(self, seq: int, result: RunResult, min_ms: float) -> Sample | None:
+        """The goodput of inference ``seq - 1``'s transfers (sender start to receiver ACK), if they said enough."""
+        sends = [s for s in result.spans if s["kind"] == "send" and s["seq"] == seq - 1]
+        sent = sum(s.get("bytes", 0) for s in sends)
         seconds = sum(s["end_ns"] - s["start_ns"] for s in sends) / 1e9 / result.tdf
-        return sum(s["bytes"] for s in sends) * 8 / seconds / 1e6
+        if sent < PASSIVE_MIN_BYTES or seconds * 1e3 < min_ms:
+            return None
+        return Sample(sent * 8 / seconds / 1e6, "passive", max(s["end_ns"] for s in sends))
+
+    def _stale(self, sample: Sample, tdf: float) -> bool:
+        return (time.monotonic_ns() - sample.end_ns) / 1e6 / tdf > PASSIVE_MAX_AGE_MS
+
+    def _probe(self) -> Sample:
+        assert self.prober is not None
+        probe: ProbeSample = self.prober.measure(self.estimate_mbps)
+        return Sample(probe.mbps, "probe", probe.end_ns, probe.bytes, probe.emulated_ms)
 
     def close(self) -> None:
         if self.player is not None:
             self.player.stop()
+        if self.prober is not None:
+            self.prober.close()

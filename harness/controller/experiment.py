@@ -24,6 +24,10 @@ class Link:
     compensate_headers: bool = True  # raise the kernel rate so that TCP payload gets the configured bandwidth
 
 
+# How the dynamic scenario estimates the link before each decision (harness.controller.dynamic says how each works).
+ESTIMATORS = ("probe", "smoothed", "last", "oracle", "fixed")
+
+
 @dataclass(frozen=True)
 class Scenario:
     """How inferences are issued (after MLPerf LoadGen's scenarios)."""
@@ -33,7 +37,7 @@ class Scenario:
     inferences: int = 5
     in_flight: int = 1
     deadline_ms: float | None = None
-    estimator: str = "last"  # dynamic: how the bandwidth is estimated before each decision
+    estimator: str = "probe"  # dynamic: how the bandwidth is estimated before each decision (ESTIMATORS)
     interval_ms: float = 500.0  # dynamic: emulated time between inference arrivals
 
     @property

@@ -119,6 +119,13 @@ def record_decisions(rec: RunRecord, decisions: list[dict[str, Any]], metrics: d
     metrics["decision_time_ms"] = statistics.median(d["decision_ms"] for d in decisions)
     metrics["plan_switches"] = sum(d["switched"] for d in decisions)
     metrics["estimate_rel_error"] = statistics.mean(errors)
+    probes = [d for d in decisions if d.get("probe_bytes")]
+    metrics["probes"] = len(probes)
+    metrics["probe_bytes"] = sum(d["probe_bytes"] for d in probes)
+    metrics["probe_time_ms"] = sum(d["probe_ms"] for d in probes)
+    ages = [d["estimate_age_ms"] for d in decisions if d.get("estimate_age_ms") is not None]
+    if ages:
+        metrics["estimate_age_ms"] = statistics.median(ages)
 
 
 def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult,

@@ -39,6 +39,12 @@ class Trace:
         if any(r <= 0 for r in self.mbps):
             raise ValueError(f"trace {self.name!r}: every rate must be > 0 Mbit/s, got min {min(self.mbps)}")
 
+    @property
+    def mean_mbps(self) -> float:
+        """The time-weighted mean rate over one period."""
+        ends = (*self.times_s[1:], self.period_s)
+        return sum(r * (end - t) for t, end, r in zip(self.times_s, ends, self.mbps)) / self.period_s
+
     def rate_at(self, t_s: float) -> float:
         """The rate in force at emulated time ``t_s`` (the trace repeats)."""
         return self.mbps[bisect.bisect_right(self.times_s, t_s % self.period_s) - 1]

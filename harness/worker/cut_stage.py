@@ -126,7 +126,19 @@ class CutStage:
 
     def switch_plan(self, command: dict[str, Any]) -> None:
         self.plan = self.make_plan(command["plan"])
+        self.warm_up(self.plan)
         self.control.send({"event": "plan_ready", "id": command["id"]})
+
+    def warm_up(self, plan: StagePlan) -> None:
+        """Run a new part once on zeros, between inferences: the first call of layers this worker has not run yet
+        (kernel selection, workspace allocation) must not land in a measured inference's compute budget."""
+        if plan.part is None:
+            return
+        assert self.graph is not None
+        metas = {n.name: n.meta.get("tensor_meta") for n in self.graph.module.graph.nodes}
+        values = {name: torch.zeros(metas[name].shape, dtype=metas[name].dtype) for name in plan.part.inputs}
+        with torch.no_grad():
+            plan.part.run(values)
 
     def serve(self) -> None:
         """Run until the controller says stop."""

@@ -1,0 +1,112 @@
+"""Active probing of a live shaped link: a short packet train from one endpoint's namespace to the other's.
+
+The dynamic scenario's ``probe`` estimator calls it between inferences, when the plan's own transfers said too
+little about the link. The train is a few tensor frames of the wire protocol, each acknowledged by the receiver,
+sent through the same veth and qdisc as the workers' data, so it measures the rate they would get.
+
+Sizing. A train lasts about ``TRAIN_MS`` of emulated time at the current estimate, in ``CHUNKS`` frames. The
+kernel's token bucket (``shaping.burst_bytes``: 1 ms of traffic, at least one frame) lets the first bytes after an
+idle pause through above the rate, so the first frame is not counted when there are later ones: between frames the
+link pauses only for one ACK, far too short to refill the bucket, and the later frames see the sustained rate. A
+frame is never smaller than ``MIN_CHUNK_BYTES``, several buckets, so that even a lone first frame reads close to
+the rate. A train stops early once it has run ``MAX_TRAIN_MS``: a link far slower than estimated costs one frame.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from harness.network.shaping import MIN_BURST_BYTES
+from harness.network.topology import Topology
+from harness.worker.channel import Receiver, Sender
+
+TRAIN_MS = 50.0  # emulated duration of a train at the estimated rate
+MAX_TRAIN_MS = 120.0  # emulated: after this, no further frame is sent
+CHUNKS = 5
+MIN_CHUNK_BYTES = 4 * MIN_BURST_BYTES
+MAX_CHUNK_BYTES = 16 << 20
+PROBE_PORT = 46998  # the pre-run goodput probe (runtime.probe_link) uses 46999
+
+
+@dataclass(frozen=True)
+class ProbeSample:
+    """One train: the rate it measured (undilated Mbit/s), what it cost, and when it ended (monotonic ns)."""
+
+    mbps: float
+    bytes: int
+    emulated_ms: float
+    end_ns: int
+
+
+class LinkProber:
+    """A standing probe connection ``a -> b`` through the topology's shaped link; :meth:`measure` sends a train."""
+
+    def __init__(self, topology: Topology, a: str, b: str, tdf: float, port: int = PROBE_PORT) -> None:
+        self.tdf = tdf
+        self.seq = 0
+        listener = topology.socket(b)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((topology.address(b, a), port))
+        listener.listen(1)
+        accepted: list[socket.socket] = []
+        acceptor = threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True)
+        acceptor.start()
+        self.sock = topology.socket(a)
+        try:
+            self.sock.connect((topology.address(b, a), port))
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            acceptor.join(timeout=10)
+        finally:
+            listener.close()
+        if not accepted:
+            self.sock.close()
+            raise RuntimeError(f"the link probe {a} -> {b} could not connect")
+        self.peer = accepted[0]
+        # The receiving end acknowledges every frame and discards it; it ends when the sender closes.
+        receiver = Receiver(self.peer, lambda *args, **kw: None, MAX_CHUNK_BYTES)
+        self.receiver = threading.Thread(target=self._drain, args=(receiver,), daemon=True, name="probe-receiver")
+        self.receiver.start()
+        self.sender_spans: list[tuple[int, int, int]] = []
+        self.sender = Sender(self.sock, lambda seq, kind, start, end, **kw: self.sender_spans.append(
+            (start, end, int(kw["bytes"]))), topology.pacer(a, b))
+
+    @staticmethod
+    def _drain(receiver: Receiver) -> None:
+        try:
+            while receiver.recv() is not None:
+                pass
+        except OSError:  # closed under it at the end of the run
+            pass
+
+    def measure(self, estimate_mbps: float) -> ProbeSample:
+        """Send one train sized to ``estimate_mbps`` (undilated) and return the rate it measured."""
+        chunk = int(min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, estimate_mbps * 1e6 / 8 * TRAIN_MS / 1e3 / CHUNKS)))
+        payload = torch.zeros(chunk, dtype=torch.uint8)
+        self.sender_spans.clear()
+        self.seq += 1
+        start = time.monotonic_ns()
+        stop_at = start + int(MAX_TRAIN_MS * 1e6 * self.tdf)
+        for tag in range(CHUNKS):
+            self.sender.send(payload, self.seq, tag)
+            if time.monotonic_ns() >= stop_at:
+                break
+        spans = self.sender_spans[1:] or self.sender_spans  # the first frame rode the bucket's burst
+        seconds = sum(end - begin for begin, end, _ in spans) / 1e9 / self.tdf
+        sent = sum(n for _, _, n in self.sender_spans)
+        end_ns = self.sender_spans[-1][1]
+        return ProbeSample(mbps=sum(n for _, _, n in spans) * 8 / seconds / 1e6, bytes=sent,
+                           emulated_ms=(end_ns - start) / 1e6 / self.tdf, end_ns=end_ns)
+
+    def close(self) -> None:
+        for sock in (self.sock, self.peer):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self.receiver.join(timeout=5)
