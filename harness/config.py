@@ -75,6 +75,7 @@ class RuntimeConfig:
     remote: Any = None  # endpoint -> tcp:HOST:PORT of workers already running on real boards
     token_file: Optional[str] = None  # a file holding their shared secret (else $SPLITBENCH_TOKEN); never the secret
     compute_device: str = "auto"  # what the workers compute on: auto (cuda when present), cpu, cuda
+    link_timeout_s: float = 60.0  # a data link stalled this long mid-transfer fails the run (0: never)
 
 
 @dataclass
@@ -133,6 +134,7 @@ def validate(cfg: DictConfig) -> None:
              "scenario=dynamic needs a bandwidth trace: set link.trace (e.g. link=trace_stepped)")
     _require(runtime.compute_device in COMPUTE_DEVICES,
              f"runtime.compute_device={runtime.compute_device!r} is not one of {list(COMPUTE_DEVICES)}")
+    _require(runtime.link_timeout_s >= 0, f"runtime.link_timeout_s must be >= 0 (0: never), got {runtime.link_timeout_s}")
     _require(runtime.backend in BACKENDS, f"runtime.backend={runtime.backend!r} is not one of {list(BACKENDS)}")
     _require(runtime.tdf == "auto" or (isinstance(runtime.tdf, (int, float)) and runtime.tdf >= 1),
              f"runtime.tdf must be 'auto' or a number >= 1, got {runtime.tdf!r}")
@@ -223,6 +225,6 @@ def resolve(cfg: DictConfig) -> Experiment:
             base_port=int(runtime.base_port), max_payload_mb=int(runtime.max_payload_mb), backend=str(runtime.backend),
             remote={str(e): str(a) for e, a in runtime.remote.items()} if runtime.remote else None,
             token=read_secret(runtime.token_file) if runtime.remote else None,
-            compute_device=str(runtime.compute_device)),
+            compute_device=str(runtime.compute_device), link_timeout_s=float(runtime.link_timeout_s)),
         profile_out=cfg.profile_out,
         config=redacted(OmegaConf.to_container(cfg, resolve=True)))

@@ -99,7 +99,8 @@ def run_experiment(exp: Experiment, rec: RunRecord) -> dict[str, float]:
                              remote=exp.runtime.remote, token=exp.runtime.token,
                              retime_tolerance_pct=exp.runtime.overrun_tolerance_pct
                              if pad and exp.runtime.tdf is None else None,
-                             compute_device=exp.runtime.compute_device)
+                             compute_device=exp.runtime.compute_device,
+                             link_timeout_s=exp.runtime.link_timeout_s)
     finally:
         strategy.close()
     if (decisions := strategy.decisions()) is not None:

@@ -128,7 +128,8 @@ class Controller:
     """Starts one worker per endpoint inside ``topology`` and talks to them over Unix control sockets."""
 
     def __init__(self, topology: Network, workers: list[WorkerSpec], timeout_s: float,
-                 max_payload: int, token: str | None = None, compute_device: str = "auto") -> None:
+                 max_payload: int, token: str | None = None, compute_device: str = "auto",
+                 link_timeout_s: float = 0.0) -> None:
         self.topology = topology
         self.workers = workers
         self.timeout_s = timeout_s
@@ -136,6 +137,7 @@ class Controller:
         self.token = token or secrets.token_hex(16)  # the control channel's secret (the boards', or this run's)
         self.link_token = secrets.token_hex(16)  # the workers' data links: this run's only, never the boards' secret
         self.compute_device = compute_device
+        self.link_timeout_s = link_timeout_s
         self.devices: dict[str, str] = {}  # endpoint -> the processor it computed on (from its "built" report)
         self.tmp = Path(tempfile.mkdtemp(prefix="splitbench-"))
         self.endpoints: dict[str, _Endpoint] = {}
@@ -203,7 +205,8 @@ class Controller:
         for w in self.workers:
             ep = self.endpoints[w.endpoint]
             wire.send_json(ep.sock, {"setup": {**w.setup, "token": self.link_token,
-                                               "compute_device": self.compute_device}})
+                                               "compute_device": self.compute_device,
+                                               "link_timeout_s": self.link_timeout_s}})
             self.selector.register(ep.sock, selectors.EVENT_READ, ep)
         pending = set(self.endpoints)
         while pending:
@@ -366,7 +369,7 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
                 make_hook: Callable[[Topology, Controller, RunResult], Callable[[int], None]] | None = None,
                 progress: bool = True, remote: Mapping[str, str] | None = None,
                 token: str | None = None, retime_tolerance_pct: float | None = None,
-                compute_device: str = "auto") -> RunResult:
+                compute_device: str = "auto", link_timeout_s: float = 0.0) -> RunResult:
     """Build the topology, run the scenario's inferences through the workers, tear everything down.
 
     With ``remote`` (endpoint -> ``tcp:HOST:PORT``), the workers already run on real machines: nothing is spawned,
@@ -383,7 +386,7 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
                            link_record=topology.record())
         if topology.local:
             result.probe_mbps = {f"{a}-{b}": probe_link(topology, a, b) for a, b, _ in links}
-        controller = Controller(topology, workers, timeout_s, max_payload, token, compute_device)
+        controller = Controller(topology, workers, timeout_s, max_payload, token, compute_device, link_timeout_s)
         try:
             controller.start()
             result.clocks, result.devices = controller.clocks(), dict(controller.devices)

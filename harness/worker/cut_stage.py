@@ -18,7 +18,7 @@ from harness.model.graph import graph_from_module
 from harness.model.models import ModelSpec, build_model, make_input
 from harness.worker.pacer import Pacer
 from harness.worker.stage import (Budget, Control, Timeline, accept_data, connect_data, guard, now_ns, retime_pacer,
-                                  serve_commands, to_device, to_host)
+                                  link_timeouts, serve_commands, to_device, to_host)
 from harness.model.submodels import Part, split
 
 
@@ -79,6 +79,7 @@ class CutStage:
         if "connect" in self.setup:
             host, port = self.setup["connect"]
             self.data = connect_data((host, int(port)), token)
+        link_timeouts(self.setup, [self.data] if self.data is not None else [])
 
     def compute(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         assert plan.part is not None

@@ -181,6 +181,13 @@ def accept_data(address: tuple[str, int], token: str, max_payload: int) -> socke
             sock.close()
 
 
+def link_timeouts(setup: dict[str, Any], socks: list[socket.socket]) -> None:
+    """Bound how long a data link may stall mid-transfer (``runtime.link_timeout_s``; 0: forever)."""
+    timeout = float(setup.get("link_timeout_s") or 0) or None
+    for sock in socks:
+        sock.settimeout(timeout)
+
+
 def serve_commands(control: Control, handlers: dict[str, Callable[[dict[str, Any]], None]]) -> None:
     """Dispatch the controller's commands to ``handlers`` until it says ``stop``; anything else is an error."""
     while True:
