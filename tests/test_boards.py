@@ -42,7 +42,7 @@ def test_a_worker_100000_s_ahead_gives_the_same_latency_and_no_record_holds_the_
     try:
         with boards(tmp_path) as ports:
             base = free_port()
-            common = [*SMALL, "scenario.inferences=10", f"runtime.base_port={base}"]
+            common = [*SMALL, "scenario.inferences=30", f"runtime.base_port={base}"]
             same = run_cli([*common, remote_override(ports)], tracking_uri, tmp_path,
                            env={"SPLITBENCH_TOKEN": TOKEN})
             assert same.returncode == 0, same.stderr[-3000:]
@@ -59,8 +59,6 @@ def test_a_worker_100000_s_ahead_gives_the_same_latency_and_no_record_holds_the_
     assert abs(moved["metrics.clock_offset_ms_server"] - AHEAD_S * 1e3) < 50, moved["metrics.clock_offset_ms_server"]
     assert abs(ref["metrics.clock_offset_ms_server"]) < 50
     assert moved["metrics.clock_uncertainty_ms_server"] < 5
-    assert abs(moved["metrics.latency_p50_ms"] / ref["metrics.latency_p50_ms"] - 1) <= 0.10, \
-        (moved["metrics.latency_p50_ms"], ref["metrics.latency_p50_ms"])
     # The secret: not in params, artifacts, Hydra's output folder, the run's output or the workers' logs.
     client = mlflow.MlflowClient(tracking_uri)
     for run_id in df["run_id"]:
@@ -75,6 +73,9 @@ def test_a_worker_100000_s_ahead_gives_the_same_latency_and_no_record_holds_the_
     assert not [name for name, text in hydra.items() if TOKEN in text]
     assert TOKEN not in outputs
     assert not [p.name for p in tmp_path.glob("*.log") if TOKEN in p.read_text(errors="replace")]
+    # Last, as it needs a quiet machine: the same latency on either clock (without the offset: 10^8 ms).
+    assert abs(moved["metrics.latency_p50_ms"] / ref["metrics.latency_p50_ms"] - 1) <= 0.10, \
+        (moved["metrics.latency_p50_ms"], ref["metrics.latency_p50_ms"])
 
 
 def test_a_secret_given_as_config_is_refused_before_hydra_records_it(tracking_uri: str, tmp_path: Path) -> None:
