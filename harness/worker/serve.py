@@ -123,7 +123,8 @@ def _await_setup(control: Control) -> dict[str, Any]:
 def session(control: Control, allowed_models: Sequence[str]) -> None:
     """One authenticated run: clock pings, setup, build, serve until the controller says stop."""
     setup = _await_setup(control)
-    target = str(setup.get("model", {}).get("target", ""))
+    model = setup.get("model")
+    target = str(model.get("target", "")) if isinstance(model, dict) else ""
     if not model_allowed(target, allowed_models):
         control.send({"event": "error", "reason": f"model target {target!r} is not allowed on this worker; allowed: "
                                                   f"{list(allowed_models)} (the worker's --allow-models)"})
@@ -134,6 +135,19 @@ def session(control: Control, allowed_models: Sequence[str]) -> None:
         control.send({"event": "error", "reason": str(exc)})
         return
     setup["device"] = str(device)
+    try:
+        _build_and_serve(setup, control, device, target)
+    except (wire.ConnectionClosed, OSError):
+        raise
+    except Exception as exc:  # a setup this worker cannot run: the controller records why, then this run ends
+        try:
+            control.send({"event": "error", "reason": f"{type(exc).__name__}: {exc}"})
+        except OSError:
+            pass
+        raise
+
+
+def _build_and_serve(setup: dict[str, Any], control: Control, device: torch.device, target: str) -> None:
     torch.set_num_threads(int(setup.get("threads", 1)))
     if setup.get("kind", "cut") == "spatial":
         from harness.worker.spatial_stage import SpatialStage as Stage
