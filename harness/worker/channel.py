@@ -48,7 +48,6 @@ class Sender:
             raise wire.FrameError(f"expected ACK for ({seq}, {tag}), got {ack.kind!r} ({ack.seq}, {ack.tag})")
         self.record(seq, "send", start, time.monotonic_ns(), bytes=nbytes, peer=self.peer, **extra)
 
-
     def _await_ack(self) -> None:
         """Wait for the ACK while the link drains what is queued: a slow link is waited for as long as bytes keep
         leaving the socket; a link on which nothing moves for the timeout is stalled."""

@@ -142,7 +142,7 @@ class CutStage:
         metas = {n.name: n.meta.get("tensor_meta") for n in self.graph.module.graph.nodes}
         values = {name: torch.zeros(metas[name].shape, dtype=metas[name].dtype) for name in plan.part.inputs}
         with torch.no_grad():
-            plan.part.run(values)
+            to_host(plan.part.run(to_device(values, self.device)), self.device)
 
     def serve(self) -> None:
         """Run until the controller says stop."""
