@@ -10,6 +10,7 @@ Three kinds, one interface (:meth:`Profile.node_ms`):
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import json
@@ -90,44 +91,68 @@ class RooflineProfile(Profile):
 
 
 class _TimingInterpreter(fx.Interpreter):
-    """Runs the graph node by node and records each node's wall time."""
+    """Runs the graph node by node and records each node's wall time (on a GPU: CUDA events around each node,
+    read after one synchronisation, so a node's time is what the device spent on it, not its launch)."""
 
-    def __init__(self, module: fx.GraphModule) -> None:
+    def __init__(self, module: fx.GraphModule, device: torch.device) -> None:
         super().__init__(module)
+        self.device = device
         self.times: dict[str, float] = {}
+        self.events: dict[str, tuple[Any, Any]] = {}
 
     def run_node(self, n: fx.Node) -> Any:
-        start = time.perf_counter()
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = super().run_node(n)
+            end.record()
+            self.events[n.name] = (start, end)
+            return result
+        start_s = time.perf_counter()
         result = super().run_node(n)
-        self.times[n.name] = (time.perf_counter() - start) * 1e3
+        self.times[n.name] = (time.perf_counter() - start_s) * 1e3
         return result
 
+    def node_times(self) -> dict[str, float]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return {name: start.elapsed_time(end) for name, (start, end) in self.events.items()}
+        return self.times
 
-def measure_node_ms(graph: ModelGraph, warmup: int = 2, repeats: int = 7) -> dict[str, float]:
-    """Median wall time of every node on this machine, with the current torch thread count."""
+
+def measure_node_ms(graph: ModelGraph, warmup: int = 2, repeats: int = 7,
+                    device: torch.device | str = "cpu") -> dict[str, float]:
+    """Median time of every node on ``device`` of this machine (the CPU with the current torch thread count, or a
+    GPU timed with CUDA events)."""
+    device = torch.device(device)
+    module = graph.module if device.type == "cpu" else copy.deepcopy(graph.module).to(device)
+    example = graph.example_input.to(device)
     samples: dict[str, list[float]] = {n: [] for n in graph.order}
     with torch.no_grad():
         for i in range(warmup + repeats):
-            interp = _TimingInterpreter(graph.module)
-            interp.run(graph.example_input)
+            interp = _TimingInterpreter(module, device)
+            interp.run(example)
+            times = interp.node_times()
             if i >= warmup:
-                for n, t in interp.times.items():
+                for n, t in times.items():
                     samples[n].append(t)
     return {n: (statistics.median(s) if s and graph[n].op not in ("placeholder", "output") else 0.0)
             for n, s in samples.items()}
 
 
-def _graph_key(graph: ModelGraph, threads: int) -> str:
+def _graph_key(graph: ModelGraph, threads: int, device: str = "cpu") -> str:
     spec = graph.spec.to_dict()
     digest = hashlib.sha1(json.dumps({**spec, "threads": threads, "torch": torch.__version__},
                                      sort_keys=True).encode()).hexdigest()[:12]
     shape = "x".join(str(d) for d in graph.spec.input_shape)
-    return f"{graph.spec.name}_{shape}_t{threads}_{digest}"
+    where = "" if device == "cpu" else f"_{device}"
+    return f"{graph.spec.name}_{shape}_t{threads}{where}_{digest}"
 
 
 @dataclass
 class LocalProfile(Profile):
-    """This machine, measured now: per-node medians, cached per model, input shape and thread count."""
+    """This machine, measured now: per-node medians, cached per model, input shape, thread count and device
+    (``cpu`` or ``cuda``: a board's GPU is profiled where its workers compute)."""
 
     name: str = "local"
     threads: int = 1
@@ -135,10 +160,11 @@ class LocalProfile(Profile):
     repeats: int = 7
     cache: bool = True
     cache_dir: str | None = None  # default: cache_dir()
+    device: str = "cpu"
 
     def cache_path(self, graph: ModelGraph) -> Path:
         root = Path(self.cache_dir) if self.cache_dir else cache_dir()
-        return root / "local_profiles" / f"{_graph_key(graph, self.threads)}.csv"
+        return root / "local_profiles" / f"{_graph_key(graph, self.threads, self.device)}.csv"
 
     def node_ms(self, graph: ModelGraph) -> dict[str, float]:
         path = self.cache_path(graph)
@@ -147,7 +173,7 @@ class LocalProfile(Profile):
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            times = measure_node_ms(graph, self.warmup, self.repeats)
+            times = measure_node_ms(graph, self.warmup, self.repeats, self.device)
         finally:
             torch.set_num_threads(previous)
         if self.cache:

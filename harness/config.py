@@ -23,6 +23,7 @@ from harness.network.link import LinkSpec
 MODES = ("run", "profile")
 SCENARIOS = ("single_stream", "stream", "dynamic")
 BACKENDS = ("auto", "netem", "tbf", "htb", "userspace")
+COMPUTE_DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -72,7 +73,9 @@ class RuntimeConfig:
     max_payload_mb: int = 1024
     backend: str = "auto"
     remote: Any = None  # endpoint -> tcp:HOST:PORT of workers already running on real boards
-    token: Optional[str] = None  # their shared secret (else $SPLITBENCH_TOKEN)
+    token_file: Optional[str] = None  # a file holding their shared secret (else $SPLITBENCH_TOKEN); never the secret
+    compute_device: str = "auto"  # what the workers compute on: auto (cuda when present), cpu, cuda
+    link_timeout_s: float = 60.0  # a data link stalled this long mid-transfer fails the run (0: never)
 
 
 @dataclass
@@ -129,6 +132,9 @@ def validate(cfg: DictConfig) -> None:
              f"scenario.deadline_ms must be > 0 or null, got {scenario.deadline_ms}")
     _require(scenario.name != "dynamic" or link.trace is not None,
              "scenario=dynamic needs a bandwidth trace: set link.trace (e.g. link=trace_stepped)")
+    _require(runtime.compute_device in COMPUTE_DEVICES,
+             f"runtime.compute_device={runtime.compute_device!r} is not one of {list(COMPUTE_DEVICES)}")
+    _require(runtime.link_timeout_s >= 0, f"runtime.link_timeout_s must be >= 0 (0: never), got {runtime.link_timeout_s}")
     _require(runtime.backend in BACKENDS, f"runtime.backend={runtime.backend!r} is not one of {list(BACKENDS)}")
     _require(runtime.tdf == "auto" or (isinstance(runtime.tdf, (int, float)) and runtime.tdf >= 1),
              f"runtime.tdf must be 'auto' or a number >= 1, got {runtime.tdf!r}")
@@ -136,8 +142,9 @@ def validate(cfg: DictConfig) -> None:
     if runtime.remote:
         _require(scenario.name != "dynamic", "scenario=dynamic shapes the link to a trace; runtime.remote runs over a "
                                              "real network that the harness cannot shape")
-        _require(bool(runtime.token or os.environ.get("SPLITBENCH_TOKEN")),
-                 "runtime.remote needs the workers' shared secret: runtime.token=... or $SPLITBENCH_TOKEN")
+        _require(bool(read_secret(runtime.token_file)),
+                 "runtime.remote needs the workers' shared secret: $SPLITBENCH_TOKEN or runtime.token_file=PATH "
+                 f"(got {'an empty runtime.token_file' if runtime.token_file else 'neither'})")
     _require(hw.topology in ("pair", "star"), f"hardware.topology={hw.topology!r} is not one of ['pair', 'star']")
     if hw.topology == "star":
         _require(2 <= hw.num_servers <= MAX_SERVERS,
@@ -165,6 +172,19 @@ def resolve_objective(cfg: DictConfig) -> None:
 
 
 SECRET_KEYS = ("token", "secret")
+SECRET_ENV = "SPLITBENCH_TOKEN"
+
+
+def read_secret(token_file: str | None) -> str | None:
+    """The boards' shared secret, from ``runtime.token_file`` or ``$SPLITBENCH_TOKEN``: never from the config
+    itself, so that it cannot reach Hydra's output folder, MLflow params or ``config.yaml``."""
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                return f.read().strip() or None
+        except OSError as exc:
+            raise ConfigError(f"runtime.token_file={token_file!r} cannot be read: {exc.strerror}") from None
+    return os.environ.get(SECRET_ENV) or None
 
 
 def redacted(tree: Any) -> Any:
@@ -204,6 +224,7 @@ def resolve(cfg: DictConfig) -> Experiment:
             overrun_tolerance_pct=float(runtime.overrun_tolerance_pct), timeout_s=float(runtime.timeout_s),
             base_port=int(runtime.base_port), max_payload_mb=int(runtime.max_payload_mb), backend=str(runtime.backend),
             remote={str(e): str(a) for e, a in runtime.remote.items()} if runtime.remote else None,
-            token=(runtime.token or os.environ.get("SPLITBENCH_TOKEN")) if runtime.remote else None),
+            token=read_secret(runtime.token_file) if runtime.remote else None,
+            compute_device=str(runtime.compute_device), link_timeout_s=float(runtime.link_timeout_s)),
         profile_out=cfg.profile_out,
         config=redacted(OmegaConf.to_container(cfg, resolve=True)))

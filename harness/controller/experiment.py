@@ -58,7 +58,9 @@ class Runtime:
     max_payload_mb: int = 1024
     backend: str = "auto"
     remote: dict[str, str] | None = None  # endpoint -> tcp:HOST:PORT of workers running on real boards
-    token: str | None = None  # their shared secret
+    token: str | None = None  # their shared secret (read from the environment or a file; never recorded)
+    compute_device: str = "auto"  # auto | cpu | cuda: what the workers compute on
+    link_timeout_s: float = 60.0  # a data link that makes no progress this long fails the run (0: never)
 
     @property
     def max_payload(self) -> int:

@@ -42,6 +42,8 @@ class RunResult:
     link_record: dict[str, Any] = field(default_factory=dict)
     probe_mbps: dict[str, float] = field(default_factory=dict)
     tdf_calibrated: float | None = None  # the TDF from local node times, when the warm-up had to raise it
+    clocks: dict[str, dict[str, Any]] = field(default_factory=dict)  # remote endpoint -> its clock estimate
+    devices: dict[str, str] = field(default_factory=dict)  # endpoint -> the processor it computed on
 
 
 def absorb(frame: wire.Frame, result: RunResult) -> bool:

@@ -17,10 +17,11 @@ from harness.controller.cut import CutStrategy
 from harness.controller.experiment import Experiment
 from harness.controller.measure import latency_metrics, link_metrics, max_abs_error, throughput_ips, timeline_figure
 from harness.controller.measurer import RunResult, latencies_ms, overrun_metrics, verdict
-from harness.controller.records import RunRecord
+from harness.controller.records import RunRecord, environment
 from harness.controller.stale_runs import end_dead_runs
 from harness.controller.runtime import RunFailed, run_workers
 from harness.controller.spatial import SpatialStrategy
+from harness.worker.serve import compute_device, device_name
 from harness.model.graph import build_graph
 from partitioners.base import LinkState
 
@@ -97,7 +98,9 @@ def run_experiment(exp: Experiment, rec: RunRecord) -> dict[str, float]:
                              compensate_headers=exp.link.compensate_headers, make_hook=hook,
                              remote=exp.runtime.remote, token=exp.runtime.token,
                              retime_tolerance_pct=exp.runtime.overrun_tolerance_pct
-                             if pad and exp.runtime.tdf is None else None)
+                             if pad and exp.runtime.tdf is None else None,
+                             compute_device=exp.runtime.compute_device,
+                             link_timeout_s=exp.runtime.link_timeout_s)
     finally:
         strategy.close()
     if (decisions := strategy.decisions()) is not None:
@@ -128,6 +131,17 @@ def record_decisions(rec: RunRecord, decisions: list[dict[str, Any]], metrics: d
         metrics["estimate_age_ms"] = statistics.median(ages)
 
 
+def record_clocks_and_devices(rec: RunRecord, result: RunResult, metrics: dict[str, float]) -> None:
+    """Each remote worker's clock offset and its uncertainty; the processor each endpoint computed on."""
+    for endpoint, clock in result.clocks.items():
+        metrics[f"clock_offset_ms_{endpoint}"] = clock["offset_ms"]
+        metrics[f"clock_uncertainty_ms_{endpoint}"] = clock["uncertainty_ms"]
+        rec.set_tags({f"completion_stamp_{endpoint}": clock["completion_stamp"]})
+    if result.devices:
+        rec.set_tags({f"compute_device_{e}": name for e, name in result.devices.items()})
+        rec.artifact_json({**environment(), "compute_devices": result.devices}, "environment.json")
+
+
 def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult,
            metrics: dict[str, float]) -> dict[str, float]:
     """Turn the observed run into metrics, artifacts and the verdict."""
@@ -136,6 +150,7 @@ def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult,
         metrics["tdf_from_profile"] = result.tdf_calibrated
     metrics.update({f"peak_rss_mb_{e}": v for e, v in result.peak_rss_mb.items()})
     metrics.update({f"model_rss_mb_{e}": v for e, v in result.model_rss_mb.items()})
+    record_clocks_and_devices(rec, result, metrics)
     crossed = any(s["kind"] == "send" and s["seq"] >= result.warmup for s in result.spans)
     rec.set_tags({"link_backend": result.backend, "measured_bandwidth_source": "transfers" if crossed else "probe"})
     metrics.update(overrun_metrics(result))
@@ -163,13 +178,15 @@ def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult,
 def profile_mode(exp: Experiment) -> dict[str, float]:
     """``mode=profile``: measure every node of the model on this machine and write the table a TableProfile reads."""
     graph = build_graph(exp.model)
-    profile = LocalProfile(threads=exp.runtime.threads_per_worker, cache=False)
+    device = compute_device(exp.runtime.compute_device)
+    profile = LocalProfile(threads=exp.runtime.threads_per_worker, cache=False, device=device.type)
     times = profile.node_ms(graph)
     shape = "x".join(str(d) for d in exp.model.input_shape)
     path = exp.profile_out or f"profiles/{exp.model.name}_{shape}.csv"
-    write_table(path, graph, times, {"threads": profile.threads, "torch": torch.__version__})
+    write_table(path, graph, times, {"threads": profile.threads, "torch": torch.__version__,
+                                     "device": device_name(device)})
     total = sum(times.values())
-    print(f"wrote {path}: {len(times)} nodes, {total:.2f} ms in all")
+    print(f"wrote {path}: {len(times)} nodes, {total:.2f} ms in all on {device_name(device)}")
     return {"profiled_total_ms": total}
 
 

@@ -1,7 +1,9 @@
 """The controller side of split inference: start workers in their namespaces, drive a scenario, collect spans.
 
 The controller owns the clock and the verdict (after MLPerf LoadGen): workers only compute, send and report spans
-on the shared monotonic clock; latency, throughput, bandwidth and validity are computed here.
+on their monotonic clocks; latency, throughput, bandwidth and validity are computed here. Workers on other machines
+count from their own boot: at set-up the controller estimates each remote worker's clock offset (``estimate_clock``)
+and converts every stamp it reports into the controller's clock.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from harness.worker import wire
+from harness.worker import auth, wire
 from harness.worker.channel import Receiver, Sender
 from harness.controller.measurer import RunResult, absorb, drive, wait_all, warmup_tdf
 from harness.network.link import LinkSpec
@@ -30,6 +32,61 @@ from harness.network.remote import RemoteNetwork
 from harness.network.topology import Topology
 
 from harness import PROJECT_ROOT
+
+
+CLOCK_PINGS = 16  # ping exchanges per remote worker at set-up; the one with the smallest round trip is kept
+CLOCK_TRUST_MS = 1.0  # above this offset uncertainty, an inference's completion is stamped on arrival instead
+HANDSHAKE_TIMEOUT_S = 30.0
+
+
+@dataclass
+class ClockEstimate:
+    """A worker's clock relative to the controller's: worker stamp - offset = controller time, within +- uncertainty."""
+
+    offset_ns: int = 0
+    uncertainty_ns: int = 0
+    trusted: bool = True  # False: completions are stamped by the controller when the last report arrives
+
+    def record(self) -> dict[str, float]:
+        return {"offset_ms": self.offset_ns / 1e6, "uncertainty_ms": self.uncertainty_ns / 1e6,
+                "completion_stamp": "worker" if self.trusted else "controller"}
+
+
+def estimate_clock(sock: socket.socket, pings: int = CLOCK_PINGS) -> ClockEstimate:
+    """Ping a worker (before its setup): offset = its stamp - the midpoint of the exchange, from the exchange with the
+    smallest round trip; the uncertainty is half that round trip (the stamp lies somewhere inside it)."""
+    best: tuple[int, int] | None = None
+    for i in range(pings):
+        sent = time.monotonic_ns()
+        wire.send_json(sock, {"cmd": "clock", "id": i})
+        reply = wire.recv_frame(sock, max_payload=0)
+        received = time.monotonic_ns()
+        if reply.kind is wire.Kind.ERROR and reply.obj is not None:
+            raise RunFailed(f"the worker answered a clock ping with an error: {reply.obj['reason']}")
+        if reply.kind is not wire.Kind.JSON or reply.obj.get("event") != "clock" or reply.obj.get("id") != i:
+            raise wire.FrameError(f"expected the answer to clock ping {i}, got {reply.kind.name} {reply.obj}")
+        now = reply.obj.get("now_ns")
+        if not isinstance(now, int):
+            raise wire.FrameError(f"clock ping {i}: now_ns must be an integer, got {now!r}")
+        rtt = received - sent
+        if best is None or rtt < best[0]:
+            best = (rtt, now - (sent + received) // 2)
+    assert best is not None
+    rtt, offset = best
+    return ClockEstimate(offset, rtt // 2, trusted=rtt / 2 / 1e6 <= CLOCK_TRUST_MS)
+
+
+def to_controller_clock(frame: wire.Frame, clock: ClockEstimate, arrived_ns: int) -> wire.Frame:
+    """A worker's report with its stamps converted into the controller's clock (and an untrusted clock's completion
+    replaced by the report's arrival)."""
+    if frame.kind is not wire.Kind.JSON or frame.obj is None or frame.obj.get("event") != "spans":
+        return frame
+    obj = dict(frame.obj)
+    obj["spans"] = [{**span, "start_ns": int(span["start_ns"]) - clock.offset_ns,
+                     "end_ns": int(span["end_ns"]) - clock.offset_ns} for span in obj.get("spans", [])]
+    if "done_ns" in obj:
+        obj["done_ns"] = int(obj["done_ns"]) - clock.offset_ns if clock.trusted else arrived_ns
+    return wire.Frame(frame.kind, frame.seq, frame.tag, obj=obj)
 
 
 # How long a worker's error report waits for a peer's death to become visible (see Controller._blame).
@@ -55,6 +112,7 @@ class WorkerSpec:
 class _Endpoint:
     def __init__(self, name: str, process: Any, sock: socket.socket, log_path: Path) -> None:
         self.name, self.process, self.sock, self.log_path = name, process, sock, log_path
+        self.clock = ClockEstimate()  # a local worker reads this machine's clock
 
     def crash_reason(self) -> str | None:
         if self.process is None:  # a remote worker: a lost connection is how it fails
@@ -70,12 +128,17 @@ class Controller:
     """Starts one worker per endpoint inside ``topology`` and talks to them over Unix control sockets."""
 
     def __init__(self, topology: Network, workers: list[WorkerSpec], timeout_s: float,
-                 max_payload: int, token: str | None = None) -> None:
+                 max_payload: int, token: str | None = None, compute_device: str = "auto",
+                 link_timeout_s: float = 0.0) -> None:
         self.topology = topology
         self.workers = workers
         self.timeout_s = timeout_s
         self.max_payload = max_payload
-        self.token = token or secrets.token_hex(16)
+        self.token = token or secrets.token_hex(16)  # the control channel's secret (the boards', or this run's)
+        self.link_token = secrets.token_hex(16)  # the workers' data links: this run's only, never the boards' secret
+        self.compute_device = compute_device
+        self.link_timeout_s = link_timeout_s
+        self.devices: dict[str, str] = {}  # endpoint -> the processor it computed on (from its "built" report)
         self.tmp = Path(tempfile.mkdtemp(prefix="splitbench-"))
         self.endpoints: dict[str, _Endpoint] = {}
         self.selector = selectors.DefaultSelector()
@@ -87,18 +150,21 @@ class Controller:
             return
         env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SPLITBENCH_WORKER": "1",
+               "SPLITBENCH_TOKEN": self.token,  # in the environment, not on a command line that ps shows
                "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed weights go back to the OS, so peak RSS is honest
         for w in self.workers:
             path = self.tmp / f"{w.endpoint}.sock"
             log_path = self.tmp / f"{w.endpoint}.log"
             with log_path.open("w") as log:
+                # The harness's own workers build whatever model this run names: the user chose it here.
                 proc = self.topology.spawn(w.endpoint, [sys.executable, "-m", "harness.worker", "--once",
-                                                        "--control", f"unix:{path}", "--token", self.token], env=env,
+                                                        "--control", f"unix:{path}", "--allow-models", "*"], env=env,
                                            stdout=log, stderr=log, cwd=PROJECT_ROOT)
             self.endpoints[w.endpoint] = _Endpoint(w.endpoint, proc, None, log_path)  # type: ignore[arg-type]
         for w in self.workers:
             ep = self.endpoints[w.endpoint]
             ep.sock = self._connect(self.tmp / f"{w.endpoint}.sock", ep)
+            self._login(ep)
         self._set_up()
 
     def _start_remote(self) -> None:
@@ -111,19 +177,42 @@ class Controller:
                 sock = socket.create_connection(address, timeout=30)
             except OSError as exc:
                 raise RunFailed(f"cannot reach the worker of {w.endpoint!r} at {address}: {exc}") from exc
-            sock.settimeout(None)
-            self.endpoints[w.endpoint] = _Endpoint(w.endpoint, None, sock, self.tmp / f"{w.endpoint}.log")
+            ep = self.endpoints[w.endpoint] = _Endpoint(w.endpoint, None, sock, self.tmp / f"{w.endpoint}.log")
+            self._login(ep)
+            try:
+                sock.settimeout(HANDSHAKE_TIMEOUT_S)
+                ep.clock = estimate_clock(sock)
+                sock.settimeout(None)
+            except (wire.FrameError, wire.ConnectionClosed, OSError) as exc:
+                raise RunFailed(f"worker {w.endpoint!r} at {address}: clock estimation failed: {exc}") from exc
         self._set_up()
 
+    def _login(self, ep: _Endpoint) -> None:
+        """Answer the worker's challenge (the secret never crosses the wire)."""
+        try:
+            ep.sock.settimeout(HANDSHAKE_TIMEOUT_S)
+            auth.login(ep.sock, self.token)
+            ep.sock.settimeout(None)
+        except (auth.AuthError, wire.FrameError, wire.ConnectionClosed, OSError) as exc:
+            raise RunFailed(ep.crash_reason() or f"worker {ep.name!r}: {exc}") from exc
+
+    def clocks(self) -> dict[str, dict[str, float]]:
+        """The clock estimate of every remote worker (local workers share this machine's clock)."""
+        return {name: ep.clock.record() for name, ep in self.endpoints.items() if ep.process is None}
+
     def _set_up(self) -> None:
-        """Send every worker its setup (with the shared token) and wait until all are ready."""
+        """Send every worker its setup (with this run's data-link token) and wait until all are ready."""
         for w in self.workers:
             ep = self.endpoints[w.endpoint]
-            wire.send_json(ep.sock, {"token": self.token, "setup": {**w.setup, "token": self.token}})
+            wire.send_json(ep.sock, {"setup": {**w.setup, "token": self.link_token,
+                                               "compute_device": self.compute_device,
+                                               "link_timeout_s": self.link_timeout_s}})
             self.selector.register(ep.sock, selectors.EVENT_READ, ep)
         pending = set(self.endpoints)
         while pending:
             ep, frame = self.next_message()
+            if frame.kind == wire.Kind.JSON and frame.obj.get("event") == "built":
+                self.devices[ep.name] = str(frame.obj.get("device", ""))
             if frame.kind == wire.Kind.JSON and frame.obj.get("event") == "ready":
                 pending.discard(ep.name)
 
@@ -166,6 +255,8 @@ class Controller:
                                                 f"worker {ep.name!r} closed its control connection"))
                 if frame.kind == wire.Kind.JSON and frame.obj.get("event") == "error":
                     raise RunFailed(self._blame(ep, f"worker {ep.name!r}: {frame.obj.get('reason')}"))
+                if ep.process is None:
+                    frame = to_controller_clock(frame, ep.clock, time.monotonic_ns())
                 return ep, frame
 
     def _blame(self, reporter: _Endpoint, report: str) -> str:
@@ -277,7 +368,8 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
                 backend: str = "auto", compensate_headers: bool = True,
                 make_hook: Callable[[Topology, Controller, RunResult], Callable[[int], None]] | None = None,
                 progress: bool = True, remote: Mapping[str, str] | None = None,
-                token: str | None = None, retime_tolerance_pct: float | None = None) -> RunResult:
+                token: str | None = None, retime_tolerance_pct: float | None = None,
+                compute_device: str = "auto", link_timeout_s: float = 0.0) -> RunResult:
     """Build the topology, run the scenario's inferences through the workers, tear everything down.
 
     With ``remote`` (endpoint -> ``tcp:HOST:PORT``), the workers already run on real machines: nothing is spawned,
@@ -294,9 +386,10 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
                            link_record=topology.record())
         if topology.local:
             result.probe_mbps = {f"{a}-{b}": probe_link(topology, a, b) for a, b, _ in links}
-        controller = Controller(topology, workers, timeout_s, max_payload, token)
+        controller = Controller(topology, workers, timeout_s, max_payload, token, compute_device, link_timeout_s)
         try:
             controller.start()
+            result.clocks, result.devices = controller.clocks(), dict(controller.devices)
             hook = make_hook(topology, controller, result) if make_hook else None
             after_warmup = None
             if retime_tolerance_pct and hook is None and topology.local:

@@ -1,13 +1,18 @@
 """One direction of a data link between two workers: tensors one way, acknowledgements the other.
 
-A transfer's span runs from the sender's first byte (after any harness-added delay) to the receiver's ACK, as
+With a timeout on the socket (``runtime.link_timeout_s``), a link that stops moving ends the transfer with a
+``TimeoutError`` naming the peer; the receiver waits for a frame's first byte without one (links idle between
+inferences). A transfer's span runs from the sender's first byte (after any harness-added delay) to the receiver's ACK, as
 ECOSYSTEM.md recommends; the receiver's span starts when the first byte arrives.
 """
 
 from __future__ import annotations
 
+import fcntl
 import select
 import socket
+import struct
+import termios
 import time
 from typing import Any, Callable
 
@@ -31,11 +36,35 @@ class Sender:
         start = time.monotonic_ns()
         if self.pacer is not None:
             self.pacer.before_send(nbytes)
-        wire.send_tensor(self.sock, tensor, seq, tag)
-        ack = wire.recv_frame(self.sock, 1024)
+        try:
+            wire.send_tensor(self.sock, tensor, seq, tag)
+            self._await_ack()
+            ack = wire.recv_frame(self.sock, 1024)
+        except TimeoutError:
+            raise TimeoutError(f"data link to {self.peer or 'the peer'!r} stalled: no progress for "
+                               f"{self.sock.gettimeout():g} s while sending inference {seq} (runtime.link_timeout_s)"
+                               ) from None
         if ack.kind != wire.Kind.ACK or (ack.seq, ack.tag) != (seq, tag):
             raise wire.FrameError(f"expected ACK for ({seq}, {tag}), got {ack.kind!r} ({ack.seq}, {ack.tag})")
         self.record(seq, "send", start, time.monotonic_ns(), bytes=nbytes, peer=self.peer, **extra)
+
+    def _await_ack(self) -> None:
+        """Wait for the ACK while the link drains what is queued: a slow link is waited for as long as bytes keep
+        leaving the socket; a link on which nothing moves for the timeout is stalled."""
+        timeout = self.sock.gettimeout()
+        if timeout is None:
+            return
+        queued = unsent_bytes(self.sock)
+        while not select.select([self.sock], [], [], timeout)[0]:
+            now = unsent_bytes(self.sock)
+            if now >= queued:
+                raise TimeoutError("no ACK and no bytes leaving")
+            queued = now
+
+
+def unsent_bytes(sock: socket.socket) -> int:
+    """Bytes of this socket not yet acknowledged by the peer's kernel (Linux SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
 
 
 class Receiver:
@@ -54,6 +83,10 @@ class Receiver:
             if exc.mid_frame:
                 raise
             return None
+        except TimeoutError:
+            raise TimeoutError(f"data link from {self.peer or 'the peer'!r} stalled: no progress for "
+                               f"{self.sock.gettimeout():g} s in the middle of a tensor (runtime.link_timeout_s)"
+                               ) from None
         if frame.kind != wire.Kind.TENSOR:
             raise wire.FrameError(f"expected a tensor frame on the data link, got {frame.kind!r}")
         wire.send_ack(self.sock, frame.seq, frame.tag)

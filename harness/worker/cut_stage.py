@@ -18,7 +18,7 @@ from harness.model.graph import graph_from_module
 from harness.model.models import ModelSpec, build_model, make_input
 from harness.worker.pacer import Pacer
 from harness.worker.stage import (Budget, Control, Timeline, accept_data, connect_data, guard, now_ns, retime_pacer,
-                           serve_commands)
+                                  link_timeouts, serve_commands, to_device, to_host)
 from harness.model.submodels import Part, split
 
 
@@ -49,6 +49,7 @@ class CutStage:
         self.is_first = self.part_index == 0
         self.timeline = Timeline(setup["endpoint"])
         self.max_payload = int(setup["max_payload"])
+        self.device = torch.device(setup.get("device", "cpu"))  # resolved by the worker from runtime.compute_device
         self.graph = graph_from_module(build_model(self.spec), self.spec)
         self.plan = self.make_plan(setup["plan"])
         if not setup.get("keep_model"):
@@ -63,6 +64,8 @@ class CutStage:
         assert self.graph is not None, "a new plan needs the whole model: start the worker with keep_model"
         parts = split(self.graph, plan["assignment"], keep=[self.part_index])
         part = next((p for p in parts if p.index == self.part_index), None)
+        if part is not None and part.module is not None:
+            part.module.to(self.device)
         return StagePlan(part=part, sends=list(plan["send"]) if self.is_first else [],
                          recvs=[] if self.is_first else list(plan["recv"]),
                          budget=Budget(plan["budget_ms"], self.setup["tdf"], self.setup["pad"]),
@@ -76,12 +79,13 @@ class CutStage:
         if "connect" in self.setup:
             host, port = self.setup["connect"]
             self.data = connect_data((host, int(port)), token)
+        link_timeouts(self.setup, [self.data] if self.data is not None else [])
 
     def compute(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         assert plan.part is not None
         start = now_ns()
         with torch.no_grad():
-            out = plan.part.run(values)
+            out = to_host(plan.part.run(to_device(values, self.device)), self.device)
         plan.budget.finish(self.timeline, seq, start)
         return out
 
@@ -138,7 +142,7 @@ class CutStage:
         metas = {n.name: n.meta.get("tensor_meta") for n in self.graph.module.graph.nodes}
         values = {name: torch.zeros(metas[name].shape, dtype=metas[name].dtype) for name in plan.part.inputs}
         with torch.no_grad():
-            plan.part.run(values)
+            to_host(plan.part.run(to_device(values, self.device)), self.device)
 
     def serve(self) -> None:
         """Run until the controller says stop."""

@@ -1,33 +1,80 @@
 """An endpoint of split inference, started as ``python -m harness.worker``.
 
-The controller (or an operator on a real board) starts one worker per endpoint. A worker listens for one control
-connection, checks the shared token, receives its setup as JSON (model spec, plan, its role, its peers), builds the
-model itself from the spec and seed, keeps only its own part, and then runs inferences when told to. Only JSON and
-raw tensors cross the wire (``harness.worker.wire``); nothing received is unpickled or executed.
+The controller (or an operator on a real board) starts one worker per endpoint. A worker listens for a control
+connection, authenticates it by challenge-response (``harness.worker.auth``: the secret never crosses the wire),
+answers the controller's clock pings, receives its setup as JSON (model spec, plan, its role, its peers, the compute
+device), builds the model itself from the spec and seed when its factory is allowed (``--allow-models``), keeps only
+its own part, and then runs inferences when told to. Only JSON and raw tensors cross the wire
+(``harness.worker.wire``); nothing received is unpickled or executed.
 
-Timestamps are ``time.monotonic_ns()``: on one machine every process reads the same clock, so the controller can
-order spans of different endpoints. Workers report what happened; the controller decides what it means.
+A board's worker (without ``--once``) serves run after run: each authenticated run is served by a forked child
+that gets the connection, so a run that ends in any way (the controller killed, an error, a crash) leaves the
+listener serving and the next run starts from a clean process.
+
+Timestamps are this machine's ``time.monotonic_ns()``; the controller estimates each worker's clock offset from the
+pings and converts the stamps into its own clock. Workers report what happened; the controller decides what it means.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import fnmatch
 import gc
-import hmac
 import importlib
 import logging
 import os
+import signal
 import socket
+import time
+from typing import Any, Sequence
 
 import torch
 
-from harness.worker import wire
+from harness.worker import auth, wire
 from harness.worker.stage import HELLO_TIMEOUT_S, Control, peak_rss_mb, reset_peak_rss, rss_mb
 
 log = logging.getLogger("splitbench.worker")
 
+# torchvision's model builders and the project's own factories; anything else must be allowed by the board's owner.
+DEFAULT_ALLOWED_MODELS = ("torchvision.models.*", "harness.model.zoo.*")
+KEEPALIVE_S = (10, 5, 3)  # idle, interval, probes: a controller that vanished without a FIN is noticed in ~25 s
 
-def _listen_control(address: str) -> socket.socket:
+
+def model_allowed(target: str, patterns: Sequence[str]) -> bool:
+    """Whether a factory's dotted path matches an allowed pattern (fnmatch); private names (``_x``) never do."""
+    if any(part.startswith("_") for part in target.split(".")):
+        return False
+    return any(fnmatch.fnmatchcase(target, pattern) for pattern in patterns)
+
+
+def compute_device(name: str, cuda_ok: bool = True) -> torch.device:
+    """``auto``: CUDA when this machine has it (and the stage can use it), else the CPU; ``cuda`` without a GPU is
+    an error. Spatial stages compute on the CPU (their row ops are not moved to a GPU yet)."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"compute device {name!r} is not one of ['auto', 'cpu', 'cuda']")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("runtime.compute_device=cuda, but this worker has no CUDA device; use auto or cpu")
+    if name == "cuda" and not cuda_ok:
+        raise ValueError("runtime.compute_device=cuda: spatial methods compute on the CPU; use auto or cpu")
+    return torch.device("cuda" if name != "cpu" and cuda_ok and torch.cuda.is_available() else "cpu")
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+
+
+def keepalive(sock: socket.socket) -> None:
+    """TCP keepalive on a control connection, so a peer that vanished is noticed even without a FIN."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in zip(("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT"), KEEPALIVE_S):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+def _listen_control(address: str, backlog: int = 1) -> socket.socket:
     if address.startswith("unix:"):
         path = address[5:]
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -37,41 +84,80 @@ def _listen_control(address: str) -> socket.socket:
         server = socket.create_server((host, int(port)))
     else:
         raise SystemExit(f"--control must be unix:/path or tcp:host:port, got {address!r}")
-    server.listen(1)
+    server.listen(backlog)
     return server
 
 
-def serve(address: str, token: str, max_payload: int = 1 << 30) -> None:
-    """Accept the controller, authenticate it, set up this endpoint and run until told to stop."""
-    server = _listen_control(address)
-    while True:
-        sock, peer = server.accept()
-        sock.settimeout(HELLO_TIMEOUT_S)  # a client that connects and says nothing must not lock the controller out
-        control = Control(sock, max_payload)
+def authenticate(sock: socket.socket, peer: Any, token: str) -> bool:
+    """Challenge the peer; a peer that fails in any way gets a reason (best effort) and is closed by the caller."""
+    sock.settimeout(HELLO_TIMEOUT_S)  # a client that connects and says nothing must not lock the controller out
+    try:
+        auth.accept(sock, token)
+    except (auth.AuthError, wire.FrameError) as exc:
+        log.warning("control connection from %s refused: %s", peer or "local socket", exc)
         try:
-            hello = control.recv()
-        except (wire.FrameError, wire.ConnectionClosed, OSError) as exc:
-            log.warning("control connection from %s refused: %s", peer or "local socket", exc or type(exc).__name__)
-            sock.close()
-            continue
-        if hello.kind == wire.Kind.JSON and hmac.compare_digest(str(hello.obj.get("token", "")), token):
-            sock.settimeout(None)
-            break
-        log.warning("control connection refused: bad token")
-        wire.send_error(sock, "bad token")
-        sock.close()
-    server.close()
-    setup = hello.obj["setup"]
+            wire.send_error(sock, str(exc))
+        except OSError:
+            pass
+        return False
+    except (wire.ConnectionClosed, OSError) as exc:
+        log.warning("control connection from %s refused: %s", peer or "local socket", exc or type(exc).__name__)
+        return False
+    sock.settimeout(None)
+    return True
+
+
+def _await_setup(control: Control) -> dict[str, Any]:
+    """Answer clock pings until the setup arrives (the controller estimates this worker's clock offset)."""
+    while True:
+        frame = wire.recv_frame(control.sock, max_payload=0)
+        command = frame.obj if frame.kind == wire.Kind.JSON and frame.obj is not None else {}
+        if command.get("cmd") == "clock":
+            control.send({"event": "clock", "id": command.get("id"), "now_ns": time.monotonic_ns()})
+        elif isinstance(command.get("setup"), dict):
+            return command["setup"]
+        else:
+            raise wire.FrameError(f"expected a clock ping or the setup, got {frame.kind.name} {sorted(command)}")
+
+
+def session(control: Control, allowed_models: Sequence[str]) -> None:
+    """One authenticated run: clock pings, setup, build, serve until the controller says stop."""
+    setup = _await_setup(control)
+    model = setup.get("model")
+    target = str(model.get("target", "")) if isinstance(model, dict) else ""
+    if not model_allowed(target, allowed_models):
+        control.send({"event": "error", "reason": f"model target {target!r} is not allowed on this worker; allowed: "
+                                                  f"{list(allowed_models)} (the worker's --allow-models)"})
+        return
+    try:
+        device = compute_device(str(setup.get("compute_device", "auto")), cuda_ok=setup.get("kind", "cut") == "cut")
+    except ValueError as exc:
+        control.send({"event": "error", "reason": str(exc)})
+        return
+    setup["device"] = str(device)
+    try:
+        _build_and_serve(setup, control, device, target)
+    except (wire.ConnectionClosed, OSError):
+        raise
+    except Exception as exc:  # a setup this worker cannot run: the controller records why, then this run ends
+        try:
+            control.send({"event": "error", "reason": f"{type(exc).__name__}: {exc}"})
+        except OSError:
+            pass
+        raise
+
+
+def _build_and_serve(setup: dict[str, Any], control: Control, device: torch.device, target: str) -> None:
     torch.set_num_threads(int(setup.get("threads", 1)))
     if setup.get("kind", "cut") == "spatial":
         from harness.worker.spatial_stage import SpatialStage as Stage
     else:
         from harness.worker.cut_stage import CutStage as Stage
-    importlib.import_module(str(setup["model"]["target"]).rsplit(".", 1)[0])  # the factory's package
+    importlib.import_module(target.rsplit(".", 1)[0])  # the factory's package
     baseline_mb = rss_mb()  # the interpreter and its libraries, before any model is built
     stage = Stage(setup, control)
     gc.collect()
-    control.send({"event": "built", "endpoint": setup["endpoint"]})
+    control.send({"event": "built", "endpoint": setup["endpoint"], "device": device_name(device)})
     stage.connect()
     reset_peak_rss()
     control.send({"event": "ready", "endpoint": setup["endpoint"], "pid": os.getpid()})
@@ -80,20 +166,110 @@ def serve(address: str, token: str, max_payload: int = 1 << 30) -> None:
                   "baseline_rss_mb": baseline_mb})
 
 
+def serve_once(address: str, token: str, max_payload: int, allowed_models: Sequence[str]) -> None:
+    """The harness's own workers: accept one authenticated controller, serve its run in this process, return."""
+    server = _listen_control(address)
+    with server:
+        while True:
+            sock, peer = server.accept()
+            if authenticate(sock, peer, token):
+                break
+            sock.close()
+    session(Control(sock, max_payload), allowed_models)
+
+
+def serve_boards(address: str, token: str, max_payload: int, allowed_models: Sequence[str]) -> None:
+    """A board: listen forever; each authenticated run is served by a forked child that gets the connection.
+
+    The child starts with the libraries already imported and dies with its run; while it serves, other controllers
+    are told the worker is busy. When the run ends in any way, the next controller is served.
+    """
+    server = _listen_control(address, backlog=4)  # listening first: a controller's connection waits in the backlog
+    import harness.worker.cut_stage  # noqa: F401  (imported once here, so each run's child starts at once)
+    import harness.worker.spatial_stage  # noqa: F401
+
+    server.settimeout(0.5)
+    child: int | None = None
+    while True:
+        if child is not None and (ended := os.waitpid(child, os.WNOHANG))[0]:
+            log.info("run served by pid %d ended with code %s; listening", child, os.waitstatus_to_exitcode(ended[1]))
+            child = None
+        try:
+            sock, peer = server.accept()
+        except TimeoutError:
+            continue
+        with sock:
+            if child is not None:
+                try:
+                    wire.send_error(sock, f"busy: this worker is serving another run (pid {child})")
+                except OSError:
+                    pass
+                continue
+            if not authenticate(sock, peer, token):
+                continue
+            keepalive(sock)
+            child = os.fork()
+            if child == 0:
+                server.close()
+                _serve_child(sock, max_payload, allowed_models)
+            log.info("controller %s authenticated; its run is served by pid %d", peer, child)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A run's child must not outlive its board worker (nothing left behind): Linux's parent-death signal."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _serve_child(sock: socket.socket, max_payload: int, allowed_models: Sequence[str]) -> None:
+    """The forked child of :func:`serve_boards`: serve the run on the authenticated connection, then exit."""
+    code = 0
+    try:
+        _die_with_parent(os.getppid())
+        session(Control(sock, max_payload), allowed_models)
+    except (wire.ConnectionClosed, OSError) as exc:
+        log.warning("the controller's connection was lost: %s; ending this run", exc)
+        code = 2
+    except BaseException:  # noqa: BLE001  (whatever happened, the child must not return into the listener loop)
+        log.exception("the run failed")
+        code = 1
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def read_token(token_file: str | None) -> str:
+    """The shared secret: ``--token-file`` or ``$SPLITBENCH_TOKEN`` (never a command-line argument: ps shows it)."""
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError as exc:
+            raise SystemExit(f"--token-file {token_file!r} cannot be read: {exc.strerror}") from None
+    return os.environ.get("SPLITBENCH_TOKEN", "")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="splitbench endpoint worker")
     parser.add_argument("--control", required=True, help="unix:/path/to.sock or tcp:host:port to listen on")
-    parser.add_argument("--token", default=os.environ.get("SPLITBENCH_TOKEN", ""),
-                        help="shared secret the controller must present (or $SPLITBENCH_TOKEN)")
+    parser.add_argument("--token-file", help="file holding the shared secret (else $SPLITBENCH_TOKEN)")
     parser.add_argument("--max-payload-mb", type=int, default=1024)
+    parser.add_argument("--allow-models", nargs="+", default=list(DEFAULT_ALLOWED_MODELS), metavar="PATTERN",
+                        help="model factories (_target_) this worker may build, as fnmatch patterns "
+                             f"(default: {' '.join(DEFAULT_ALLOWED_MODELS)})")
     parser.add_argument("--once", action="store_true",
                         help="serve one run and exit (the harness's own workers); without it a board serves run after run")
     args = parser.parse_args(argv)
-    if not args.token:
-        raise SystemExit("a token is required: --token or $SPLITBENCH_TOKEN")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
-    while True:
-        serve(args.control, args.token, args.max_payload_mb << 20)
-        if args.once:
-            return
-
+    max_payload = args.max_payload_mb << 20
+    token = read_token(args.token_file)
+    if not token:
+        raise SystemExit("a shared secret is required: $SPLITBENCH_TOKEN or --token-file PATH")
+    if args.once:
+        serve_once(args.control, token, max_payload, args.allow_models)
+    else:
+        serve_boards(args.control, token, max_payload, args.allow_models)

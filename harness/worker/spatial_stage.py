@@ -32,8 +32,8 @@ from harness.model.models import ModelSpec, build_model, make_input
 from harness.worker.pacer import Pacer
 from harness.model.rows import spatial_prefix
 from harness.worker.segments import join_rows, run_segment, suffix_part
-from harness.worker.stage import (HELLO_TIMEOUT_S, Budget, Timeline, connect_data, guard, now_ns, retime_pacer,
-                           serve_commands)
+from harness.worker.stage import (HELLO_TIMEOUT_S, Budget, Timeline, connect_data, guard, link_timeouts, now_ns,
+                                  retime_pacer, serve_commands)
 
 DIRECTIONS = ("down", "up")  # down: host -> secondary (bands); up: secondary -> host (rows)
 
@@ -125,6 +125,7 @@ class SpatialStage:
             pacer = Pacer(**self.setup["pacer"])
             self.receivers["host"] = Receiver(socks["down"], self.timeline.add, self.max_payload, "host")
             self.senders["host"] = Sender(socks["up"], self.timeline.add, pacer, "host")
+        link_timeouts(self.setup, [c.sock for c in [*self.senders.values(), *self.receivers.values()]])
 
     # -- compute -----------------------------------------------------------------------------------------------------
 

@@ -99,6 +99,24 @@ class Budget:
         return end
 
 
+def to_device(values: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Received tensors (CPU) onto the compute device."""
+    if device.type == "cpu":
+        return values
+    return {name: value.to(device, non_blocking=True) for name, value in values.items()}
+
+
+def to_host(values: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Results back into pinned host buffers for the wire, the device synchronised: a compute span ends when the
+    device has really finished, not when its kernels were queued."""
+    if device.type == "cpu":
+        return values
+    host = {name: torch.empty(value.shape, dtype=value.dtype, pin_memory=True).copy_(value, non_blocking=True)
+            for name, value in values.items()}
+    torch.cuda.synchronize(device)
+    return host
+
+
 def retime_pacer(pacer: Any, config: dict[str, Any]) -> None:
     """Apply a new TDF's pacer settings (delays scale with it; a userspace rate too)."""
     if pacer is None:
@@ -161,6 +179,13 @@ def accept_data(address: tuple[str, int], token: str, max_payload: int) -> socke
             except (wire.FrameError, wire.ConnectionClosed, OSError) as exc:
                 log.warning("data connection from %s refused: %s", peer, exc)
             sock.close()
+
+
+def link_timeouts(setup: dict[str, Any], socks: list[socket.socket]) -> None:
+    """Bound how long a data link may stall mid-transfer (``runtime.link_timeout_s``; 0: forever)."""
+    timeout = float(setup.get("link_timeout_s") or 0) or None
+    for sock in socks:
+        sock.settimeout(timeout)
 
 
 def serve_commands(control: Control, handlers: dict[str, Callable[[dict[str, Any]], None]]) -> None:

@@ -1,0 +1,91 @@
+"""Workers as an operator starts them on real boards (``python -m harness.worker --control tcp:...``), here on
+loopback: shared by the remote-worker, clock, control-channel and fault tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from tests.conftest import ROOT
+
+TOKEN = "test-token-7f3a"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, f"the worker on port {port} exited with code {proc.returncode}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"the worker on port {port} did not start listening"
+            time.sleep(0.1)
+
+
+def start_board(port: int, log: Path, prefix: list[str] | None = None, args: list[str] | None = None,
+                token: str = TOKEN) -> subprocess.Popen:
+    """One board worker, in its own process group (its run's child included) so that it can be killed whole."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPLITBENCH_TOKEN": token}
+    proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "harness.worker", "--control",
+                             f"tcp:127.0.0.1:{port}", *(args or [])], env=env, cwd=ROOT, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    wait_listening(port, proc)
+    return proc
+
+
+def stop_board(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+@contextmanager
+def boards(tmp_path: Path, prefixes: dict[str, list[str]] | None = None,
+           args: dict[str, list[str]] | None = None) -> Iterator[dict[str, int]]:
+    """A device and a server board worker on loopback; yields their ports."""
+    ports = {"device": free_port(), "server": free_port()}
+    procs = []
+    try:
+        for name, port in ports.items():
+            procs.append(start_board(port, tmp_path / f"{name}.log", (prefixes or {}).get(name),
+                                     (args or {}).get(name)))
+        yield ports
+    finally:
+        for proc in procs:
+            stop_board(proc)
+
+
+def remote_override(ports: dict[str, int]) -> str:
+    return f"runtime.remote={{device: 'tcp:127.0.0.1:{ports['device']}', server: 'tcp:127.0.0.1:{ports['server']}'}}"
+
+
+def challenge_when_free(port: int, timeout_s: float = 60) -> tuple[socket.socket, str]:
+    """A connection to a board worker and its challenge's nonce, once the worker is free (a run it served ends
+    when its child process notices the closed connection)."""
+    from harness.worker import auth, wire
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        hello = auth.recv_hello(sock)
+        if hello.kind is wire.Kind.JSON:
+            return sock, auth.parse_challenge(hello)
+        sock.close()
+        assert "busy" in hello.obj["reason"] and time.monotonic() < deadline, hello.obj
+        time.sleep(0.2)
