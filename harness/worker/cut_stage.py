@@ -17,8 +17,8 @@ from harness.worker.channel import Receiver, Sender
 from harness.model.graph import graph_from_module
 from harness.model.models import ModelSpec, build_model, make_input
 from harness.worker.pacer import Pacer
-from harness.worker.stage import (Budget, Control, Timeline, accept_data, connect_data, guard, now_ns, retime_pacer,
-                           serve_commands)
+from harness.worker.stage import (Budget, Control, Timeline, accept_data, connect_data, guard, injected_stall, now_ns,
+                                  retime_pacer, serve_commands, settle_for_measurement, time_repeats)
 from harness.model.submodels import Part, split
 
 
@@ -58,6 +58,7 @@ class CutStage:
         pacer = setup.get("pacer")
         self.pacer = Pacer(**pacer) if pacer else None
         self.outbox: queue.Queue = queue.Queue()
+        self.last_inputs: dict[str, torch.Tensor] | None = None  # what calibration replays
 
     def make_plan(self, plan: dict[str, Any]) -> StagePlan:
         assert self.graph is not None, "a new plan needs the whole model: start the worker with keep_model"
@@ -79,11 +80,23 @@ class CutStage:
 
     def compute(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         assert plan.part is not None
+        self.last_inputs = {name: values[name] for name in plan.part.inputs}
         start = now_ns()
         with torch.no_grad():
             out = plan.part.run(values)
+        injected_stall(self.setup, seq)
         plan.budget.finish(self.timeline, seq, start)
         return out
+
+    def calibrate(self, command: dict[str, Any]) -> None:
+        """Time this endpoint's part, in this process, on the last inference's inputs: the controller sets the TDF
+        from the distribution (the other workers calibrate at the same time when they will compute at once)."""
+        plan, samples = self.plan, []
+        if plan.part is not None and self.last_inputs is not None and plan.budget.budget_ms > 0:
+            inputs = self.last_inputs
+            samples.append({"budget_ms": plan.budget.budget_ms,
+                            "real_ms": time_repeats(lambda: plan.part.run(inputs), int(command["repeats"]))})
+        self.control.send({"event": "calibrated", "samples": samples})
 
     def finish(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]) -> None:
         end = now_ns()
@@ -139,10 +152,12 @@ class CutStage:
         values = {name: torch.zeros(metas[name].shape, dtype=metas[name].dtype) for name in plan.part.inputs}
         with torch.no_grad():
             plan.part.run(values)
+        self.last_inputs = values  # what calibration replays until an inference brings real ones
 
     def serve(self) -> None:
         """Run until the controller says stop."""
         inputs: queue.Queue = queue.Queue()
+        settle_for_measurement()
         if self.data is not None:
             worker = self.send_loop if self.is_first else lambda: self.recv_loop(inputs)
             threading.Thread(target=guard(worker, self.control), daemon=True).start()
@@ -152,7 +167,8 @@ class CutStage:
             self._serve_later(inputs)
 
     def _serve_first(self) -> None:
-        serve_commands(self.control, {"infer": self.infer, "plan": self.switch_plan, "retime": self.retime})
+        serve_commands(self.control, {"infer": self.infer, "plan": self.switch_plan, "retime": self.retime,
+                                       "calibrate": self.calibrate})
         self.outbox.put(None)
 
     def infer(self, command: dict[str, Any]) -> None:
@@ -165,7 +181,8 @@ class CutStage:
 
     def _serve_later(self, inputs: queue.Queue) -> None:
         def watch_control() -> None:
-            serve_commands(self.control, {"plan": self.switch_plan, "retime": self.retime})
+            serve_commands(self.control, {"plan": self.switch_plan, "retime": self.retime,
+                                          "calibrate": self.calibrate})
             inputs.put(None)
 
         threading.Thread(target=guard(watch_control, self.control), daemon=True).start()
