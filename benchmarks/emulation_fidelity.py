@@ -93,10 +93,12 @@ def measure(cfg: DictConfig, cut: str, mbps: float, margin: float, retime: bool)
     except RunFailed as exc:
         return {**row, "valid": False, "invalid_reason": str(exc), "real_s": time.monotonic() - started}
     measured = latencies_ms(result)
-    sends = [s for s in result.spans if s["kind"] == "send" and s["seq"] >= result.warmup]
-    per_inference_link = sum(s["end_ns"] - s["start_ns"] for s in sends) / 1e6 / tdf / max(1, len(measured))
+    seqs = set(measured_seqs(result))
+    sends = [s for s in result.spans if s["kind"] == "send" and s["seq"] in seqs]
+    per_inference_link = sum((s["end_ns"] - s["start_ns"]) / 1e6 / result.tdf_of(s["seq"]) for s in sends) / max(
+        1, len(measured))
     overruns = overrun_metrics(result)
-    measured_compute = [s for s in result.spans if s["kind"] == "compute" and s["seq"] >= result.warmup]
+    measured_compute = [s for s in result.spans if s["kind"] == "compute" and s["seq"] in seqs]
     # Where real compute overran, and what that cost in emulated latency (the runtime's measure, per inference).
     by_endpoint = {e: 100 * max(s.get("overrun", 0.0) for s in measured_compute if s["endpoint"] == e)
                    for e in sorted({s["endpoint"] for s in measured_compute})}

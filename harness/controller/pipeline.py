@@ -16,7 +16,7 @@ from hardware.profiles import LocalProfile, write_table
 from harness.controller.cut import CutStrategy
 from harness.controller.experiment import Experiment
 from harness.controller.measure import latency_metrics, link_metrics, max_abs_error, throughput_ips, timeline_figure
-from harness.controller.measurer import AutoTdf, RunResult, latencies_ms, overrun_metrics, verdict
+from harness.controller.measurer import AutoTdf, RunResult, latencies_ms, measured_seqs, overrun_metrics, verdict
 from harness.controller.records import RunRecord
 from harness.controller.stale_runs import end_dead_runs
 from harness.controller.runtime import RunFailed, run_workers
@@ -170,6 +170,7 @@ def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult,
         metrics["deadline_hit_rate"] = float((lat <= exp.scenario.deadline_ms).mean())
     rec.metrics(metrics)
     rec.series("inference_latency_ms", list(lat))
+    rec.series("inference_tdf", [result.tdf_of(seq) for seq in measured_seqs(result)])
     rec.set_tags({"valid": "true", "invalid_reason": ""})
     return metrics
 
