@@ -140,6 +140,7 @@ class CutStage:
     def switch_plan(self, command: dict[str, Any]) -> None:
         self.plan = self.make_plan(command["plan"])
         self.warm_up(self.plan)
+        gc.collect()  # splitting leaves fx graphs' reference cycles; collected here, between inferences
         self.control.send({"event": "plan_ready", "id": command["id"]})
 
     def warm_up(self, plan: StagePlan) -> None:
