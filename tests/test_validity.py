@@ -9,15 +9,18 @@ named, for an emulated time, so the stall overruns its budget by as much at any 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
 from harness.config import build_hardware, resolve
 from harness.controller.cut import cut_workers
-from harness.controller.measurer import AutoTdf, RunResult, overrun_metrics, overrun_pct, verdict
+from harness.controller.measurer import AutoTdf, RunResult, calibrated_tdf, overrun_metrics, overrun_pct, verdict
 from harness.controller.runtime import run_workers
+from harness.controller.traces import Trace, TracePlayer
 from harness.model.graph import ancestors, build_graph
 from harness.model.models import ModelSpec
 from harness.network.link import LinkSpec
@@ -84,3 +87,32 @@ def test_a_worker_that_always_overruns_ends_invalid_with_the_reason(marker: str)
     reason = verdict(result, expected, TOLERANCE_PCT)
     assert reason is not None
     assert "overran" in reason and "after 2 repeated inference(s)" in reason and "'device'" in reason, reason
+
+
+def test_calibration_takes_a_high_quantile_of_each_workers_own_times() -> None:
+    # The device's part (budget 2 ms) took 30 ms once in six: the 90th percentile keeps half of that outlier.
+    samples = {"device": [{"budget_ms": 2.0, "real_ms": [10.0, 10.0, 10.0, 10.0, 10.0, 30.0]}],
+               "server": [{"budget_ms": 1.0, "real_ms": [8.0] * 6}]}
+    cal = calibrated_tdf(samples, AutoTdf(TOLERANCE_PCT, predicted_ms=0.0))
+    need = float(np.quantile(samples["device"][0]["real_ms"], 0.9)) / 2.0
+    assert cal["set_by"] == "device" and cal["needs"]["server"] == pytest.approx(8.0, rel=1e-6)
+    assert cal["need"] == pytest.approx(need, rel=1e-6) and need == pytest.approx(10.0)  # the median would say 5
+    assert cal["tdf"] == pytest.approx(1.1 * need, rel=1e-6)
+    # A slower board than this machine: nothing to dilate.
+    assert calibrated_tdf({"device": [{"budget_ms": 50.0, "real_ms": [10.0] * 6}]}, AutoTdf(5.0))["tdf"] == 1.0
+
+
+def test_a_retimed_trace_player_keeps_its_place() -> None:
+    rates: list[float] = []
+    player = TracePlayer(Trace("t", (0.0, 100.0), (10.0, 1.0), 200.0), rates.append, tdf=1.0).start()
+    try:
+        time.sleep(0.05)
+        before = player.emulated_s()
+        player.retime(4.0)
+        after = player.emulated_s()
+        assert after == pytest.approx(before, abs=0.01)  # emulated time goes on from where it was...
+        time.sleep(0.08)
+        assert player.emulated_s() - after == pytest.approx(0.02, abs=0.01)  # ...at the new pace
+    finally:
+        player.stop()
+    assert rates == [10.0]
