@@ -18,7 +18,7 @@ from harness.model.graph import graph_from_module
 from harness.model.models import ModelSpec, build_model, make_input
 from harness.worker.pacer import Pacer
 from harness.worker.stage import (Budget, Control, Timeline, accept_data, connect_data, guard, injected_stall, now_ns,
-                                  retime_pacer, serve_commands, settle_for_measurement, time_repeats)
+                                  retime_pacer, serve_commands, quiet_for_measurement, time_repeats)
 from harness.model.submodels import Part, split
 
 
@@ -158,14 +158,14 @@ class CutStage:
     def serve(self) -> None:
         """Run until the controller says stop."""
         inputs: queue.Queue = queue.Queue()
-        settle_for_measurement()
-        if self.data is not None:
-            worker = self.send_loop if self.is_first else lambda: self.recv_loop(inputs)
-            threading.Thread(target=guard(worker, self.control), daemon=True).start()
-        if self.is_first:
-            self._serve_first()
-        else:
-            self._serve_later(inputs)
+        with quiet_for_measurement():
+            if self.data is not None:
+                worker = self.send_loop if self.is_first else lambda: self.recv_loop(inputs)
+                threading.Thread(target=guard(worker, self.control), daemon=True).start()
+            if self.is_first:
+                self._serve_first()
+            else:
+                self._serve_later(inputs)
 
     def _serve_first(self) -> None:
         serve_commands(self.control, {"infer": self.infer, "plan": self.switch_plan, "retime": self.retime,

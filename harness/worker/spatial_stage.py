@@ -33,7 +33,7 @@ from harness.worker.pacer import Pacer
 from harness.model.rows import spatial_prefix
 from harness.worker.segments import join_rows, run_segment, suffix_part
 from harness.worker.stage import (HELLO_TIMEOUT_S, Budget, Timeline, connect_data, guard, injected_stall, now_ns,
-                                  retime_pacer, serve_commands, settle_for_measurement, time_repeats)
+                                  retime_pacer, serve_commands, quiet_for_measurement, time_repeats)
 
 DIRECTIONS = ("down", "up")  # down: host -> secondary (bands); up: secondary -> host (rows)
 
@@ -286,5 +286,5 @@ class SpatialStage:
         returns.put(None)
 
     def serve(self) -> None:
-        settle_for_measurement()
-        self._serve_host() if self.is_host else self._serve_secondary()
+        with quiet_for_measurement():
+            self._serve_host() if self.is_host else self._serve_secondary()

@@ -11,9 +11,10 @@ import os
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -32,13 +33,15 @@ def now_ns() -> int:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX = -1, -3, 32 << 20
 
 
-def settle_for_measurement() -> None:
-    """Before measured inferences: keep the activations' memory resident and the garbage collector out of them.
+@contextmanager
+def quiet_for_measurement() -> Iterator[None]:
+    """While a stage serves: keep the activations' memory resident and the garbage collector out of inferences.
 
     Workers start with a small mmap threshold so that freed weights go back to the OS (an honest peak RSS). Left
     so, every activation is a fresh mmap whose pages fault in again on each inference: 2-3x slower on MobileNetV2
     here, and as jittery as the kernel's page allocator. Once the model is built, freed activations stay in the
-    heap for the next inference. Tensors are freed by reference counting; the cycle collector only adds pauses.
+    heap for the next inference. Tensors are freed by reference counting; the cycle collector only adds pauses, and
+    runs again when the stage is done (a board's worker serves run after run).
     """
     gc.collect()
     gc.freeze()
@@ -49,6 +52,12 @@ def settle_for_measurement() -> None:
         libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
     except (OSError, AttributeError):  # not glibc: its allocator's own policy stands
         log.info("mallopt unavailable: activations' memory is left to the allocator")
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.enable()
+        gc.collect()
 
 
 def time_repeats(fn: Callable[[], Any], repeats: int) -> list[float]:
