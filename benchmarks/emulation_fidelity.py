@@ -4,9 +4,9 @@ VGG-16 (224x224) on ``xavier_1080ti`` (Jetson AGX Xavier device, GTX 1080 Ti ser
 pool5 (one tensor of 784, 392 and 98 KiB crosses), at DADS's 3G, LTE and Wi-Fi uplink rates (1.1, 5.85, 18.88
 Mbit/s). Each combination is one real run through ``harness.controller.runtime.run_workers``: two worker processes in network
 namespaces, the kernel shaping the veth at bandwidth / TDF, compute padded to the roofline time x TDF, TDF calibrated
-per run from this machine's local profile as ``run.py`` does. ``--retime`` also raises it after the warm-up when the
-workers' compute needed more, as ``run.py`` does; it is off by default because the cold first inference can triple
-the TDF, and the real time with it (``warmup_tdf`` in the JSON says what it would have asked for). The ratio is
+per run from this machine's local profile. ``--auto-tdf`` sets it as ``run.py`` does instead: the workers time their
+own parts after the warm-up, and an inference that overruns is repeated at a higher TDF (``calibrated_tdf`` and
+``repeats`` in the JSON). The ratio is
 measured latency (issue to result, divided by TDF, mean over the measured inferences) over the plan's predicted
 latency (device + transfer + server); the goal is within +-5 %. ``link`` compares the measured send spans (first
 byte to ACK) with the predicted transfer. A run is marked INVALID by the rule ``run.py`` applies: when the real
@@ -45,7 +45,7 @@ from harness.controller.pipeline import calibrate_tdf
 from harness.model.graph import ancestors, build_graph
 from harness.model.models import ModelSpec
 from harness.network.link import LinkSpec
-from harness.controller.measurer import latencies_ms, measured_seqs, overrun_cost_ms, warmup_tdf
+from harness.controller.measurer import AutoTdf, latencies_ms, measured_seqs, overrun_cost_ms
 from harness.controller.runtime import RunFailed, run_workers
 from partitioners.base import LinkState, cut_plan
 
@@ -88,21 +88,25 @@ def measure(cfg: DictConfig, cut: str, mbps: float, margin: float, retime: bool)
         result = run_workers([device, server], [(device, server, LinkSpec(mbps, float(cfg.link.delay_ms)))],
                              workers, first, OmegaConf.to_container(cfg.scenario), tdf, float(cfg.runtime.timeout_s),
                              int(cfg.runtime.max_payload_mb) << 20, backend=cfg.runtime.backend, progress=False,
-                             retime_tolerance_pct=tolerance if retime else None)
+                             auto_tdf=AutoTdf(tolerance, int(cfg.runtime.max_repeats), plan.predicted_latency_ms,
+                                              together=False) if retime else None)
     except RunFailed as exc:
         return {**row, "valid": False, "invalid_reason": str(exc), "real_s": time.monotonic() - started}
     measured = latencies_ms(result)
-    sends = [s for s in result.spans if s["kind"] == "send" and s["seq"] >= result.warmup]
-    per_inference_link = sum(s["end_ns"] - s["start_ns"] for s in sends) / 1e6 / tdf / max(1, len(measured))
+    seqs = set(measured_seqs(result))
+    sends = [s for s in result.spans if s["kind"] == "send" and s["seq"] in seqs]
+    per_inference_link = sum((s["end_ns"] - s["start_ns"]) / 1e6 / result.tdf_of(s["seq"]) for s in sends) / max(
+        1, len(measured))
     overruns = overrun_metrics(result)
-    measured_compute = [s for s in result.spans if s["kind"] == "compute" and s["seq"] >= result.warmup]
+    measured_compute = [s for s in result.spans if s["kind"] == "compute" and s["seq"] in seqs]
     # Where real compute overran, and what that cost in emulated latency (the runtime's measure, per inference).
     by_endpoint = {e: 100 * max(s.get("overrun", 0.0) for s in measured_compute if s["endpoint"] == e)
                    for e in sorted({s["endpoint"] for s in measured_compute})}
     worst_cost_ms = max((overrun_cost_ms(result, seq) for seq in measured_seqs(result)), default=0.0)
     reason = verdict(result, len(result.starts_ns), tolerance)  # the rule run.py applies
     valid = reason is None
-    return {**row, "tdf_calibrated": tdf, "tdf": result.tdf, "warmup_tdf": warmup_tdf(result, tolerance),
+    return {**row, "tdf_calibrated": tdf, "tdf": result.tdf, "calibrated_tdf": result.calibration.get("tdf"),
+            "repeats": len(result.repeats),
             "backend": result.backend, "measured_ms": float(measured.mean()),
             "measured_ms_each": [float(x) for x in measured], "ratio": float(measured.mean()) / plan.predicted_latency_ms,
             "measured_link_ms": per_inference_link, "link_ratio": per_inference_link / predicted_link,
@@ -139,9 +143,9 @@ def main() -> None:
     parser.add_argument("--inferences", type=int, default=2, help="measured inferences per run (after 1 warm-up)")
     parser.add_argument("--tdf-margin", type=float, default=None,
                         help="headroom over the slowest part's local/emulated ratio (default: runtime.tdf_margin)")
-    parser.add_argument("--retime", action="store_true",
-                        help="raise the TDF after the warm-up when its compute needed more, as run.py does (the cold "
-                             "first inference can triple the TDF, and the real time with it)")
+    parser.add_argument("--auto-tdf", dest="retime", action="store_true",
+                        help="set the TDF as run.py does: the workers calibrate it after the warm-up, and an overrun "
+                             "inference is repeated at a higher TDF")
     parser.add_argument("--json", nargs="?", const=str(ROOT / "benchmarks" / "results" / "emulation_fidelity.json"),
                         metavar="PATH", help="also write the rows as JSON (default benchmarks/results/"
                                              "emulation_fidelity.json)")
@@ -151,7 +155,7 @@ def main() -> None:
     margin = float(args.tdf_margin if args.tdf_margin is not None else cfg.runtime.tdf_margin)
     load = os.getloadavg()
     print(f"host {platform.node()}, {os.cpu_count()} cpus, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
-          f"torch {torch.__version__}, tdf margin {margin:g}, retime {args.retime}", flush=True)
+          f"torch {torch.__version__}, tdf margin {margin:g}, auto tdf {args.retime}", flush=True)
     rows = []
     for cut in args.cuts:
         for mbps in args.rates:
@@ -173,7 +177,7 @@ def main() -> None:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"host": platform.node(), "cpus": os.cpu_count(), "load_before": load,
-                                   "load_after": load_after, "tdf_margin": margin, "retime": args.retime,
+                                   "load_after": load_after, "tdf_margin": margin, "auto_tdf": args.retime,
                                    "rows": rows}, indent=1))
         print(f"wrote {out}")
 

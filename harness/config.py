@@ -68,6 +68,7 @@ class RuntimeConfig:
     tdf: Any = "auto"
     tdf_margin: float = 1.5
     overrun_tolerance_pct: float = 5.0
+    max_repeats: int = 3
     timeout_s: float = 900.0
     base_port: int = 47000
     max_payload_mb: int = 1024
@@ -138,6 +139,7 @@ def validate(cfg: DictConfig) -> None:
     _require(runtime.backend in BACKENDS, f"runtime.backend={runtime.backend!r} is not one of {list(BACKENDS)}")
     _require(runtime.tdf == "auto" or (isinstance(runtime.tdf, (int, float)) and runtime.tdf >= 1),
              f"runtime.tdf must be 'auto' or a number >= 1, got {runtime.tdf!r}")
+    _require(runtime.max_repeats >= 0, f"runtime.max_repeats must be >= 0, got {runtime.max_repeats}")
     _require(runtime.threads_per_worker >= 1, f"runtime.threads_per_worker must be >= 1, got {runtime.threads_per_worker}")
     if runtime.remote:
         _require(scenario.name != "dynamic", "scenario=dynamic shapes the link to a trace; runtime.remote runs over a "
@@ -221,7 +223,8 @@ def resolve(cfg: DictConfig) -> Experiment:
         runtime=Runtime(
             threads_per_worker=int(runtime.threads_per_worker),
             tdf=None if runtime.tdf == "auto" else float(runtime.tdf), tdf_margin=float(runtime.tdf_margin),
-            overrun_tolerance_pct=float(runtime.overrun_tolerance_pct), timeout_s=float(runtime.timeout_s),
+            overrun_tolerance_pct=float(runtime.overrun_tolerance_pct), max_repeats=int(runtime.max_repeats),
+            timeout_s=float(runtime.timeout_s),
             base_port=int(runtime.base_port), max_payload_mb=int(runtime.max_payload_mb), backend=str(runtime.backend),
             remote={str(e): str(a) for e, a in runtime.remote.items()} if runtime.remote else None,
             token=read_secret(runtime.token_file) if runtime.remote else None,

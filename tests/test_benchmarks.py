@@ -56,3 +56,15 @@ def test_emulation_fidelity_runs_a_dilated_split(tmp_path: Path) -> None:
     assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
     assert row["max_abs_error"] <= 1e-4
     assert isinstance(row["valid"], bool) and (row["valid"] or row["invalid_reason"])
+
+
+@needs_root
+def test_validity_runs_a_job_as_run_py_does(tmp_path: Path) -> None:
+    out_json = tmp_path / "validity.json"
+    out = bench("validity.py", "--models", "resnet18", "--scenarios", "single_stream", "--json", str(out_json)).stdout
+    report = json.loads(out_json.read_text())
+    (row,) = report["rows"]
+    assert row["model"] == "resnet18" and row["scenario"] == "single_stream"
+    assert row["tdf"] >= 1 and row["tdf_from_profile"] >= 1 and row["tdf_set_by"] in ("device", "server")
+    assert row["valid"] or row["invalid_reason"]
+    assert report["summary"]["jobs"] == 1 and "| xavier_1080ti | single_stream | resnet18 |" in out

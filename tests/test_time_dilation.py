@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import mlflow
@@ -46,7 +45,7 @@ def test_a_pi3b_run_is_padded_not_dilated(tracking_uri: str, tmp_path: Path) -> 
     assert (df["tags.valid"] == "true").all(), df.get("tags.invalid_reason")
     device = df.loc["device_only"]
     assert device["metrics.tdf"] == 1.0
-    assert math.isnan(device.get("metrics.tdf_from_profile", math.nan))  # the warm-up never had to raise it
+    assert device["metrics.tdf_from_profile"] == 1.0  # the profile alone says: a slower board, nothing to dilate
     # Padding alone brought this machine's compute up to the Pi 3B's emulated time.
     assert device["metrics.latency_ms"] >= 0.95 * device["metrics.predicted_latency_ms"]
     # The server side is DADS's 8-core server, faster than one core here: that part of the pair is dilated.

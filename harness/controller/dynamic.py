@@ -69,6 +69,8 @@ class Redecider:
     prober: LinkProber | None = None
     estimate_mbps: float = 0.0
     estimate_ns: int | None = None  # when the measurement behind the estimate ended (None: nothing measured yet)
+    arrivals: int = 0  # inferences issued so far, repeats included: each takes the next arrival slot
+    last_seq: int | None = None
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -81,15 +83,19 @@ class Redecider:
             self.prober = LinkProber(topology, device, server, result.tdf)  # type: ignore[arg-type]
         self.player = TracePlayer(self.trace, lambda mbps: topology.set_rate(device, server, mbps),
                                   result.tdf).start()
+        controller.on_retime.append(self.player.retime)  # a new TDF: the trace keeps its place
+        if self.prober is not None:
+            controller.on_retime.append(lambda tdf: setattr(self.prober, "tdf", tdf))
 
         def before_issue(seq: int) -> None:
             # Inferences arrive every interval_ms of emulated time, so that the run walks through the trace.
-            due_ns = self.player.start_ns + int(seq * self.interval_ms * 1e6 * result.tdf)
-            if (wait_ns := due_ns - time.monotonic_ns()) > 0:
-                time.sleep(wait_ns / 1e9)
-            if seq > 0 and self.sends_data:  # the previous transfer's ACK report is the measurement
-                wait_for_span(controller, result, seq - 1, "send")
-            sample = self._estimate(seq, result)
+            due_s, previous = self.arrivals * self.interval_ms / 1e3, self.last_seq
+            self.arrivals, self.last_seq = self.arrivals + 1, seq
+            if (wait_s := (due_s - self.player.emulated_s()) * self.player.tdf) > 0:
+                time.sleep(wait_s)
+            if previous is not None and self.sends_data:  # the previous transfer's ACK report is the measurement
+                wait_for_span(controller, result, previous, "send")
+            sample = self._estimate(previous, result)
             start = time.perf_counter_ns()
             plan = self.method.decide(self.prepared, LinkState(self.estimate_mbps, self.delay_ms))
             decision_ms = (time.perf_counter_ns() - start) / 1e6
@@ -114,15 +120,16 @@ class Redecider:
 
         return before_issue
 
-    def _estimate(self, seq: int, result: RunResult) -> Sample | None:
-        """Update ``estimate_mbps`` for inference ``seq``; the sample it rests on (None: the estimate is held)."""
+    def _estimate(self, previous: int | None, result: RunResult) -> Sample | None:
+        """Update ``estimate_mbps`` before an inference (``previous``: the one issued before it); the sample it
+        rests on (None: the estimate is held)."""
         now_ns = time.monotonic_ns()
         if self.estimator in ("oracle", "fixed"):
             rate = self.player.rate_now(now_ns) if self.estimator == "oracle" else self.trace.mean_mbps
             sample = Sample(rate, self.estimator, now_ns)
         else:
-            sample = self._passive(seq, result, min_ms=0.0 if self.estimator == "last" else PASSIVE_MIN_MS)
-            idle = all(s in result.ends_ns for s in range(seq))  # a probe must never overlap an inference
+            sample = self._passive(previous, result, min_ms=0.0 if self.estimator == "last" else PASSIVE_MIN_MS)
+            idle = all(s in result.ends_ns for s in result.starts_ns)  # a probe must never overlap an inference
             if self.estimator != "last" and idle and (sample is None or self._stale(sample, result.tdf)):
                 sample = self._probe()
         if sample is None:
@@ -135,12 +142,12 @@ class Redecider:
         self.estimate_ns = sample.end_ns
         return sample
 
-    def _passive(self, seq: int, result: RunResult, min_ms: float) -> Sample | None:
-        """The goodput of inference ``seq - 1``'s transfers (sender start to receiver ACK), if they said enough."""
-        sends = [s for s in result.spans if s["kind"] == "send" and s["seq"] == seq - 1]
+    def _passive(self, previous: int | None, result: RunResult, min_ms: float) -> Sample | None:
+        """The goodput of inference ``previous``'s transfers (sender start to receiver ACK), if they said enough."""
+        sends = [s for s in result.spans if s["kind"] == "send" and s["seq"] == previous]
         sent = sum(s.get("bytes", 0) for s in sends)
-        seconds = sum(s["end_ns"] - s["start_ns"] for s in sends) / 1e9 / result.tdf
-        if sent < PASSIVE_MIN_BYTES or seconds * 1e3 < min_ms:
+        seconds = sum(s["end_ns"] - s["start_ns"] for s in sends) / 1e9 / result.tdf_of(previous or 0)
+        if previous is None or sent < PASSIVE_MIN_BYTES or seconds * 1e3 < min_ms:
             return None
         return Sample(sent * 8 / seconds / 1e6, "passive", max(s["end_ns"] for s in sends))
 

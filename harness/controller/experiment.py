@@ -53,6 +53,7 @@ class Runtime:
     tdf: float | None = None  # None: calibrated per run
     tdf_margin: float = 1.5
     overrun_tolerance_pct: float = 5.0
+    max_repeats: int = 3  # measured inferences a run may repeat at a raised TDF before it is INVALID
     timeout_s: float = 900.0
     base_port: int = 47000
     max_payload_mb: int = 1024

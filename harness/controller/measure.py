@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 import torch  # noqa: E402
 
-from harness.controller.measurer import RunResult, latencies_ms  # noqa: E402
+from harness.controller.measurer import RunResult, latencies_ms, measured_seqs  # noqa: E402
 from harness.model.graph import ModelGraph  # noqa: E402
 from harness.model.models import make_input  # noqa: E402
 
@@ -27,27 +27,30 @@ def latency_metrics(result: RunResult) -> dict[str, float]:
 
 
 def throughput_ips(result: RunResult) -> float:
-    """Measured inferences per emulated second over the measured window (first start to last end)."""
-    seqs = [s for s in result.ends_ns if s >= result.warmup and s in result.starts_ns]
+    """Measured inferences per emulated second over the measured window (first start to last end). A repeat with
+    several in flight starts the measured phase over at one TDF, so the window is one TDF's."""
+    seqs = measured_seqs(result)
     if not seqs:
         return float("nan")
     window_ns = max(result.ends_ns[s] for s in seqs) - min(result.starts_ns[s] for s in seqs)
-    return len(seqs) / (window_ns / 1e9 / result.tdf)
+    return len(seqs) / (window_ns / 1e9 / result.tdf_of(seqs[-1]))
 
 
 def link_metrics(result: RunResult) -> dict[str, float]:
     """Bytes sent per measured inference and the bandwidth achieved by sends (sender start to receiver ACK)."""
-    sends = [s for s in result.spans if s["kind"] == "send" and s["seq"] >= result.warmup]
-    measured = max(1, len({s["seq"] for s in result.spans if s["seq"] >= result.warmup}))
+    seqs = set(measured_seqs(result))
+    sends = [s for s in result.spans if s["kind"] == "send" and s["seq"] in seqs]
+    measured = max(1, len(seqs))
     total = sum(s.get("bytes", 0) for s in sends)
-    busy_ns = sum(s["end_ns"] - s["start_ns"] for s in sends)
+    busy_s = sum(s["end_ns"] - s["start_ns"] for s in sends) / 1e9
     out = {"bytes_transferred": total / measured}
     big = [s for s in sends if s.get("bytes", 0) >= 64 * 1024]  # small frames measure latency, not bandwidth
     if big:
-        seconds = sum(s["end_ns"] - s["start_ns"] for s in big) / 1e9 / result.tdf
+        seconds = sum((s["end_ns"] - s["start_ns"]) / 1e9 / result.tdf_of(s["seq"]) for s in big)
         out["measured_bandwidth_mbps"] = sum(s["bytes"] for s in big) * 8 / seconds / 1e6
-    elif busy_ns:
-        out["measured_bandwidth_mbps"] = total * 8 / (busy_ns / 1e9 / result.tdf) / 1e6
+    elif busy_s:
+        seconds = sum((s["end_ns"] - s["start_ns"]) / 1e9 / result.tdf_of(s["seq"]) for s in sends)
+        out["measured_bandwidth_mbps"] = total * 8 / seconds / 1e6
     if result.probe_mbps:
         out["probe_bandwidth_mbps"] = min(result.probe_mbps.values())
         # A plan that sends nothing still records what its link delivered: the probe before the run.
@@ -61,7 +64,7 @@ _COLORS = {"compute": "#4C72B0", "pad": "#A6BDDB", "send": "#DD8452", "recv": "#
 def timeline_figure(result: RunResult, seq: int | None = None, title: str = "") -> Any:
     """Gantt chart of one inference: a row per endpoint, compute/pad/send/recv spans in emulated ms."""
     if seq is None:
-        measured = sorted(s for s in result.ends_ns if s >= result.warmup)
+        measured = measured_seqs(result)
         seq = measured[len(measured) // 2] if measured else 0
     spans = [s for s in result.spans if s["seq"] == seq]
     start = result.starts_ns.get(seq, min((s["start_ns"] for s in spans), default=0))
@@ -69,8 +72,8 @@ def timeline_figure(result: RunResult, seq: int | None = None, title: str = "") 
     fig, ax = plt.subplots(figsize=(9, 1.4 + 0.7 * len(rows)))
     for i, row in enumerate(rows):
         for s in (s for s in spans if s["endpoint"] == row):
-            left = (s["start_ns"] - start) / 1e6 / result.tdf
-            width = max((s["end_ns"] - s["start_ns"]) / 1e6 / result.tdf, 1e-3)
+            left = (s["start_ns"] - start) / 1e6 / result.tdf_of(seq)
+            width = max((s["end_ns"] - s["start_ns"]) / 1e6 / result.tdf_of(seq), 1e-3)
             lane = {"send": 0.25, "recv": 0.25}.get(s["kind"], 0.0)
             ax.barh(i + lane, width, left=left, height=0.4, color=_COLORS.get(s["kind"], "grey"),
                     edgecolor="black", linewidth=0.3)

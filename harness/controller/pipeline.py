@@ -16,7 +16,7 @@ from hardware.profiles import LocalProfile, write_table
 from harness.controller.cut import CutStrategy
 from harness.controller.experiment import Experiment
 from harness.controller.measure import latency_metrics, link_metrics, max_abs_error, throughput_ips, timeline_figure
-from harness.controller.measurer import RunResult, latencies_ms, overrun_metrics, verdict
+from harness.controller.measurer import AutoTdf, RunResult, latencies_ms, measured_seqs, overrun_metrics, verdict
 from harness.controller.records import RunRecord, environment
 from harness.controller.stale_runs import end_dead_runs
 from harness.controller.runtime import RunFailed, run_workers
@@ -50,9 +50,10 @@ def cores() -> int:
 
 
 def calibrate_tdf(ratios: dict[str, float], margin: float, concurrent: int) -> tuple[float, str | None]:
-    """The smallest TDF at which every endpoint's real compute fits its emulated budget, with headroom, and the
-    endpoint that sets it. ``ratios``: per endpoint, real compute here over emulated compute. ``concurrent``
-    workers computing at once on this machine's cores slow each other down; that is headroom too."""
+    """The TDF the profile alone gives, and the endpoint that sets it: the warm-up runs at it, and a run records it
+    beside the TDF its workers' measured compute set (``tdf_from_profile``). ``ratios``: per endpoint, the local
+    profile's compute over emulated compute. ``concurrent`` workers computing at once on this machine's cores
+    slow each other down; that is headroom too."""
     if not ratios:
         return 1.0, None
     endpoint = max(ratios, key=ratios.__getitem__)
@@ -80,14 +81,17 @@ def run_experiment(exp: Experiment, rec: RunRecord) -> dict[str, float]:
                                  "predicted_latency_ms": plan.predicted_latency_ms,
                                  **strategy.plan_metrics(problem, plan_json)}
     pad = strategy.pads() and not exp.runtime.remote
-    tdf = 1.0
+    tdf, auto_tdf = 1.0, None
     if pad and exp.runtime.tdf is not None:
         tdf = exp.runtime.tdf
     elif pad:
         local_ms = LocalProfile(threads=exp.runtime.threads_per_worker).node_ms(graph)
         tdf, endpoint = calibrate_tdf(strategy.compute_ratios(plan, local_ms), exp.runtime.tdf_margin,
                                       strategy.concurrent(plan))
-        rec.set_tags({"tdf_set_by": endpoint or ""})
+        metrics["tdf_from_profile"] = tdf
+        rec.set_tags({"tdf_set_by": endpoint or "", "tdf_source": "profile"})
+        auto_tdf = AutoTdf(exp.runtime.overrun_tolerance_pct, exp.runtime.max_repeats, plan.predicted_latency_ms,
+                           together=strategy.concurrent(plan) > 1)
     workers = strategy.workers(plan, tdf, pad)
     hook = strategy.make_hook(exp.method, prepared, plan)
     try:
@@ -96,9 +100,7 @@ def run_experiment(exp: Experiment, rec: RunRecord) -> dict[str, float]:
                               "in_flight": strategy.in_flight(plan)},
                              tdf, exp.runtime.timeout_s, exp.runtime.max_payload, backend=exp.runtime.backend,
                              compensate_headers=exp.link.compensate_headers, make_hook=hook,
-                             remote=exp.runtime.remote, token=exp.runtime.token,
-                             retime_tolerance_pct=exp.runtime.overrun_tolerance_pct
-                             if pad and exp.runtime.tdf is None else None,
+                             remote=exp.runtime.remote, token=exp.runtime.token, auto_tdf=auto_tdf,
                              compute_device=exp.runtime.compute_device,
                              link_timeout_s=exp.runtime.link_timeout_s)
     finally:
@@ -142,12 +144,24 @@ def record_clocks_and_devices(rec: RunRecord, result: RunResult, metrics: dict[s
         rec.artifact_json({**environment(), "compute_devices": result.devices}, "environment.json")
 
 
+def record_calibration(rec: RunRecord, result: RunResult, metrics: dict[str, float]) -> None:
+    """What set the TDF: the workers' measured compute (which endpoint, what it needed), and every repeat."""
+    if "tdf" in result.calibration:
+        cal = result.calibration
+        metrics["tdf_measured_need"] = cal["need"]
+        rec.set_tags({"tdf_set_by": cal["set_by"], "tdf_source": "calibrated"})
+    if result.calibration:
+        rec.artifact_json(result.calibration, "calibration.json")
+    if result.repeats:
+        rec.artifact_json(result.repeats, "repeats.json")
+        rec.set_tags({"tdf_source": "raised", "repeats_reason": "; ".join(r["reason"] for r in result.repeats)[:4000]})
+
+
 def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult,
            metrics: dict[str, float]) -> dict[str, float]:
     """Turn the observed run into metrics, artifacts and the verdict."""
     metrics.update({"tdf": result.tdf, "max_abs_error": max_abs_error(graph, result)})
-    if result.tdf_calibrated is not None:
-        metrics["tdf_from_profile"] = result.tdf_calibrated
+    record_calibration(rec, result, metrics)
     metrics.update({f"peak_rss_mb_{e}": v for e, v in result.peak_rss_mb.items()})
     metrics.update({f"model_rss_mb_{e}": v for e, v in result.model_rss_mb.items()})
     record_clocks_and_devices(rec, result, metrics)
@@ -171,6 +185,7 @@ def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult,
         metrics["deadline_hit_rate"] = float((lat <= exp.scenario.deadline_ms).mean())
     rec.metrics(metrics)
     rec.series("inference_latency_ms", list(lat))
+    rec.series("inference_tdf", [result.tdf_of(seq) for seq in measured_seqs(result)])
     rec.set_tags({"valid": "true", "invalid_reason": ""})
     return metrics
 

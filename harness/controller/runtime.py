@@ -25,7 +25,7 @@ import torch
 
 from harness.worker import auth, wire
 from harness.worker.channel import Receiver, Sender
-from harness.controller.measurer import RunResult, absorb, drive, wait_all, warmup_tdf
+from harness.controller.measurer import AutoTdf, Repeats, RunResult, absorb, calibrated_tdf, drive, wait_all
 from harness.network.link import LinkSpec
 from harness.network.base import Network
 from harness.network.remote import RemoteNetwork
@@ -141,6 +141,7 @@ class Controller:
         self.devices: dict[str, str] = {}  # endpoint -> the processor it computed on (from its "built" report)
         self.tmp = Path(tempfile.mkdtemp(prefix="splitbench-"))
         self.endpoints: dict[str, _Endpoint] = {}
+        self.on_retime: list[Callable[[float], None]] = []
         self.selector = selectors.DefaultSelector()
         self.deadline = time.monotonic() + timeout_s
 
@@ -347,20 +348,35 @@ def probe_link(topology: Topology, a: str, b: str, port: int = PROBE_PORT) -> fl
 
 
 def retime(controller: Controller, topology: Topology, links: list[tuple[str, str, LinkSpec]], result: RunResult,
-           tolerance_pct: float) -> None:
-    """Raise the TDF after the warm-up if the workers' real compute needs it: new link rates, budgets, delays."""
-    needed = warmup_tdf(result, tolerance_pct)
-    if needed <= result.tdf:
+           tdf: float) -> None:
+    """Run on at a new TDF, with nothing in flight: links at their current rates re-dilated, new budgets, delays."""
+    if tdf == result.tdf:
         return
-    topology.tdf = needed
-    for a, b, spec in links:
-        topology.set_rate(a, b, spec.bandwidth_mbps)
+    topology.tdf = tdf
+    for a, b, _ in links:
+        topology.set_rate(a, b, topology.bandwidth_mbps(a, b))  # the rate now: a trace may have moved it
     for name in controller.endpoints:
         peers = {p: topology.pacer_config(name, p) for a, b, _ in links for p in (a, b)
                  if name in (a, b) and p != name}
-        controller.send(name, {"cmd": "retime", "tdf": needed, "pacers": peers})
+        controller.send(name, {"cmd": "retime", "tdf": tdf, "pacers": peers})
     wait_all(controller, "retimed", result)
-    result.tdf_calibrated, result.tdf = result.tdf, needed
+    for listener in controller.on_retime:
+        listener(tdf)
+    result.tdf = tdf
+
+
+def calibrate(controller: Controller, topology: Topology, links: list[tuple[str, str, LinkSpec]],
+              result: RunResult, auto: AutoTdf) -> None:
+    """After the warm-up: every worker times its own part on the warm-up's inputs, together when they compute at
+    once in this run, else one after another; the run goes on at the TDF their measurements need."""
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for group in [list(controller.endpoints)] if auto.together else [[e] for e in controller.endpoints]:
+        for name in group:
+            controller.send(name, {"cmd": "calibrate", "repeats": auto.repeats})
+        samples.update({e: r["samples"] for e, r in wait_all(controller, "calibrated", result, group).items()})
+    result.calibration = {"tdf_before": result.tdf, **calibrated_tdf(samples, auto)}
+    if "tdf" in result.calibration:
+        retime(controller, topology, links, result, result.calibration["tdf"])
 
 
 def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], workers: list[WorkerSpec],
@@ -368,13 +384,13 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
                 backend: str = "auto", compensate_headers: bool = True,
                 make_hook: Callable[[Topology, Controller, RunResult], Callable[[int], None]] | None = None,
                 progress: bool = True, remote: Mapping[str, str] | None = None,
-                token: str | None = None, retime_tolerance_pct: float | None = None,
+                token: str | None = None, auto_tdf: AutoTdf | None = None,
                 compute_device: str = "auto", link_timeout_s: float = 0.0) -> RunResult:
     """Build the topology, run the scenario's inferences through the workers, tear everything down.
 
     With ``remote`` (endpoint -> ``tcp:HOST:PORT``), the workers already run on real machines: nothing is spawned,
-    shaped or dilated, and they must have been started with ``token``. With ``retime_tolerance_pct``, the TDF is
-    raised after the warm-up when the workers' measured compute needs more (not with a hook: a trace runs on it).
+    shaped or dilated, and they must have been started with ``token``. With ``auto_tdf``, the workers calibrate the
+    TDF after the warm-up, and a measured inference that overruns is repeated at a higher TDF.
     """
     network = RemoteNetwork(remote) if remote else Topology(
         endpoints, links, tdf=tdf, backend=None if backend == "auto" else backend,
@@ -391,12 +407,13 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
             controller.start()
             result.clocks, result.devices = controller.clocks(), dict(controller.devices)
             hook = make_hook(topology, controller, result) if make_hook else None
-            after_warmup = None
-            if retime_tolerance_pct and hook is None and topology.local:
-                after_warmup = lambda: retime(controller, topology, list(links), result,  # noqa: E731
-                                              retime_tolerance_pct)
+            after_warmup, repeats = None, None
+            if auto_tdf is not None and topology.local:
+                after_warmup = lambda: calibrate(controller, topology, list(links), result, auto_tdf)  # noqa: E731
+                repeats = Repeats(auto_tdf.tolerance_pct, auto_tdf.max_repeats,
+                                  lambda tdf: retime(controller, topology, list(links), result, tdf))
             drive(controller, first, int(scenario["warmup"]) + int(scenario["inferences"]), int(scenario["warmup"]),
-                  int(scenario["in_flight"]), result, hook, progress, after_warmup)
+                  int(scenario["in_flight"]), result, hook, progress, after_warmup, repeats)
             controller.stop(result)
         except RunFailed as exc:
             exc.worker_logs = controller.worker_logs()

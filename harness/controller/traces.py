@@ -96,12 +96,16 @@ def rayleigh_trace(seed: int = 0, mean_snr_db: float = 10.0, bandwidth_mhz: floa
 
 
 class TracePlayer:
-    """Applies a trace to a live link in a background thread: rate at emulated time t is set at real t × TDF."""
+    """Applies a trace to a live link in a background thread: rate at emulated time t is set at real t × TDF.
+
+    A new TDF (:meth:`retime`) keeps the trace's place: emulated time goes on from where it was, at the new pace.
+    """
 
     def __init__(self, trace: Trace, set_rate: Callable[[float], None], tdf: float, horizon_s: float = 3600) -> None:
         self.trace, self.set_rate, self.tdf = trace, set_rate, tdf
         self.steps = trace.changes(horizon_s)
         self.stop_event = threading.Event()
+        self.wake = threading.Event()  # a retime or stop: the next step's wait is recomputed
         self.start_ns = 0
         self.thread = threading.Thread(target=self._play, daemon=True, name="trace-player")
 
@@ -117,10 +121,21 @@ class TracePlayer:
     def rate_now(self, at_ns: int | None = None) -> float:
         return self.trace.rate_at(self.emulated_s(at_ns))
 
+    def retime(self, tdf: float) -> None:
+        """Go on at a new TDF from the emulated time reached now."""
+        now = time.monotonic_ns()
+        emulated = self.emulated_s(now)
+        self.start_ns, self.tdf = now - int(emulated * tdf * 1e9), tdf
+        self.wake.set()
+
     def _play(self) -> None:
         for t_s, mbps in self.steps[1:]:
-            wait = self.start_ns / 1e9 + t_s * self.tdf - time.monotonic_ns() / 1e9
-            if self.stop_event.wait(max(0.0, wait)):
+            while (wait := self.start_ns / 1e9 + t_s * self.tdf - time.monotonic_ns() / 1e9) > 0:
+                self.wake.wait(wait)
+                self.wake.clear()
+                if self.stop_event.is_set():
+                    return
+            if self.stop_event.is_set():
                 return
             try:
                 self.set_rate(mbps)
@@ -129,5 +144,6 @@ class TracePlayer:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.wake.set()
         if self.thread.is_alive():
             self.thread.join(timeout=5)

@@ -17,8 +17,9 @@ from harness.worker.channel import Receiver, Sender
 from harness.model.graph import graph_from_module
 from harness.model.models import ModelSpec, build_model, make_input
 from harness.worker.pacer import Pacer
-from harness.worker.stage import (Budget, Control, Timeline, accept_data, connect_data, guard, now_ns, retime_pacer,
-                                  link_timeouts, serve_commands, to_device, to_host)
+from harness.worker.stage import (Budget, Control, Timeline, accept_data, connect_data, guard, injected_stall,
+                                  link_timeouts, now_ns, quiet_for_measurement, retime_pacer, serve_commands,
+                                  time_repeats, to_device, to_host)
 from harness.model.submodels import Part, split
 
 
@@ -59,6 +60,7 @@ class CutStage:
         pacer = setup.get("pacer")
         self.pacer = Pacer(**pacer) if pacer else None
         self.outbox: queue.Queue = queue.Queue()
+        self.last_inputs: dict[str, torch.Tensor] | None = None  # what calibration replays
 
     def make_plan(self, plan: dict[str, Any]) -> StagePlan:
         assert self.graph is not None, "a new plan needs the whole model: start the worker with keep_model"
@@ -83,11 +85,24 @@ class CutStage:
 
     def compute(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         assert plan.part is not None
+        self.last_inputs = {name: values[name] for name in plan.part.inputs}
         start = now_ns()
         with torch.no_grad():
             out = to_host(plan.part.run(to_device(values, self.device)), self.device)
+        injected_stall(self.setup, seq)
         plan.budget.finish(self.timeline, seq, start)
         return out
+
+    def calibrate(self, command: dict[str, Any]) -> None:
+        """Time this endpoint's part, in this process, on the last inference's inputs: the controller sets the TDF
+        from the distribution (the other workers calibrate at the same time when they will compute at once)."""
+        plan, samples = self.plan, []
+        if plan.part is not None and self.last_inputs is not None and plan.budget.budget_ms > 0:
+            inputs = self.last_inputs
+            samples.append({"budget_ms": plan.budget.budget_ms,
+                            "real_ms": time_repeats(lambda: to_host(plan.part.run(to_device(inputs, self.device)),
+                                                                     self.device), int(command["repeats"]))})
+        self.control.send({"event": "calibrated", "samples": samples})
 
     def finish(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]) -> None:
         end = now_ns()
@@ -131,6 +146,7 @@ class CutStage:
     def switch_plan(self, command: dict[str, Any]) -> None:
         self.plan = self.make_plan(command["plan"])
         self.warm_up(self.plan)
+        gc.collect()  # splitting leaves fx graphs' reference cycles; collected here, between inferences
         self.control.send({"event": "plan_ready", "id": command["id"]})
 
     def warm_up(self, plan: StagePlan) -> None:
@@ -143,20 +159,23 @@ class CutStage:
         values = {name: torch.zeros(metas[name].shape, dtype=metas[name].dtype) for name in plan.part.inputs}
         with torch.no_grad():
             to_host(plan.part.run(to_device(values, self.device)), self.device)
+        self.last_inputs = values  # what calibration replays until an inference brings real ones
 
     def serve(self) -> None:
         """Run until the controller says stop."""
         inputs: queue.Queue = queue.Queue()
-        if self.data is not None:
-            worker = self.send_loop if self.is_first else lambda: self.recv_loop(inputs)
-            threading.Thread(target=guard(worker, self.control), daemon=True).start()
-        if self.is_first:
-            self._serve_first()
-        else:
-            self._serve_later(inputs)
+        with quiet_for_measurement():
+            if self.data is not None:
+                worker = self.send_loop if self.is_first else lambda: self.recv_loop(inputs)
+                threading.Thread(target=guard(worker, self.control), daemon=True).start()
+            if self.is_first:
+                self._serve_first()
+            else:
+                self._serve_later(inputs)
 
     def _serve_first(self) -> None:
-        serve_commands(self.control, {"infer": self.infer, "plan": self.switch_plan, "retime": self.retime})
+        serve_commands(self.control, {"infer": self.infer, "plan": self.switch_plan, "retime": self.retime,
+                                       "calibrate": self.calibrate})
         self.outbox.put(None)
 
     def infer(self, command: dict[str, Any]) -> None:
@@ -169,7 +188,8 @@ class CutStage:
 
     def _serve_later(self, inputs: queue.Queue) -> None:
         def watch_control() -> None:
-            serve_commands(self.control, {"plan": self.switch_plan, "retime": self.retime})
+            serve_commands(self.control, {"plan": self.switch_plan, "retime": self.retime,
+                                          "calibrate": self.calibrate})
             inputs.put(None)
 
         threading.Thread(target=guard(watch_control, self.control), daemon=True).start()

@@ -21,7 +21,7 @@ import socket
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -32,8 +32,9 @@ from harness.model.models import ModelSpec, build_model, make_input
 from harness.worker.pacer import Pacer
 from harness.model.rows import spatial_prefix
 from harness.worker.segments import join_rows, run_segment, suffix_part
-from harness.worker.stage import (HELLO_TIMEOUT_S, Budget, Timeline, connect_data, guard, link_timeouts, now_ns,
-                                  retime_pacer, serve_commands)
+from harness.worker.stage import (HELLO_TIMEOUT_S, Budget, Timeline, connect_data, guard, injected_stall,
+                                  link_timeouts, now_ns, quiet_for_measurement, retime_pacer, serve_commands,
+                                  time_repeats)
 
 DIRECTIONS = ("down", "up")  # down: host -> secondary (bands); up: secondary -> host (rows)
 
@@ -108,6 +109,8 @@ class SpatialStage:
         self.host_ops: queue.Queue = queue.Queue()  # host: (seq, "block" | "suffix") in the order they became ready
         self.parked: deque[int] = deque()  # host: tasks waiting for the one in flight (plans not pipelined)
         self.sendq: queue.Queue = queue.Queue()
+        # Per budgeted operation (a block's segment, the suffix): its budget and a replay of its last run.
+        self.replays: dict[Any, tuple[float, Callable[[], Any]]] = {}
 
     # -- set-up ------------------------------------------------------------------------------------------------------
 
@@ -130,10 +133,21 @@ class SpatialStage:
     # -- compute -----------------------------------------------------------------------------------------------------
 
     def compute(self, seq: int, block: int, band: torch.Tensor, segment: dict[str, Any]) -> torch.Tensor:
+        ops, in_rows, out_rows = self.ops[block], tuple(segment["in_rows"]), tuple(segment["out_rows"])
+        self.replays[(block, out_rows)] = (segment["compute_ms"], lambda: run_segment(ops, band, in_rows, out_rows))
         start = now_ns()
-        rows = run_segment(self.ops[block], band, tuple(segment["in_rows"]), tuple(segment["out_rows"]))
+        rows = run_segment(ops, band, in_rows, out_rows)
+        injected_stall(self.setup, seq)
         self.make_budget(segment["compute_ms"]).finish(self.timeline, seq, start, block=block)
         return rows
+
+    def calibrate(self, command: dict[str, Any]) -> None:
+        """Time every budgeted operation of this endpoint, in this process, on the last inference's inputs, while
+        the other servers do the same (they compute at once in the run too)."""
+        repeats = int(command["repeats"])
+        samples = [{"budget_ms": budget_ms, "real_ms": time_repeats(replay, repeats)}
+                   for budget_ms, replay in list(self.replays.values()) if budget_ms > 0]
+        self.control.send({"event": "calibrated", "samples": samples})
 
     # -- host --------------------------------------------------------------------------------------------------------
 
@@ -200,9 +214,11 @@ class SpatialStage:
         with self.lock:
             value = self.tasks[seq].value
         if self.suffix is not None:
+            suffix, inputs = self.suffix, {self.suffix.inputs[0]: value}
+            self.replays["suffix"] = (self.plan["suffix_ms"], lambda: suffix.run(inputs))
             start = now_ns()
             with torch.no_grad():
-                value = self.suffix.run({self.suffix.inputs[0]: value})[self.result_name]
+                value = self.suffix.run(inputs)[self.result_name]
             self.make_budget(self.plan["suffix_ms"]).finish(self.timeline, seq, start, block="suffix")
         done = now_ns()
         self.control.send_tensor(value.contiguous(), seq)
@@ -232,7 +248,7 @@ class SpatialStage:
                     self.parked.append(seq)  # a plan that is not pipelined runs its tasks one after another
 
         def watch_control() -> None:
-            serve_commands(self.control, {"infer": arrive, "retime": self.retime})
+            serve_commands(self.control, {"infer": arrive, "retime": self.retime, "calibrate": self.calibrate})
             self.host_ops.put(None)
 
         threading.Thread(target=guard(watch_control, self.control), daemon=True).start()
@@ -250,7 +266,7 @@ class SpatialStage:
         returns: queue.Queue = queue.Queue()
 
         def watch_control() -> None:
-            serve_commands(self.control, {"retime": self.retime})
+            serve_commands(self.control, {"retime": self.retime, "calibrate": self.calibrate})
             bands.put(None)
 
         def receive() -> None:
@@ -272,4 +288,5 @@ class SpatialStage:
         returns.put(None)
 
     def serve(self) -> None:
-        self._serve_host() if self.is_host else self._serve_secondary()
+        with quiet_for_measurement():
+            self._serve_host() if self.is_host else self._serve_secondary()

@@ -3,15 +3,18 @@ the dialling of data links."""
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hmac
 import logging
 import os
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -24,6 +27,62 @@ HELLO_TIMEOUT_S = 5.0  # a peer that connects to a data port must say who it is 
 
 def now_ns() -> int:
     return time.monotonic_ns()
+
+
+# glibc's mallopt parameters, and its largest mmap threshold on 64-bit.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX = -1, -3, 32 << 20
+
+
+@contextmanager
+def quiet_for_measurement() -> Iterator[None]:
+    """While a stage serves: keep the activations' memory resident and the garbage collector out of inferences.
+
+    Workers start with a small mmap threshold so that freed weights go back to the OS (an honest peak RSS). Left
+    so, every activation is a fresh mmap whose pages fault in again on each inference: 2-3x slower on MobileNetV2
+    here, and as jittery as the kernel's page allocator. Once the model is built, freed activations stay in the
+    heap for the next inference. Tensors are freed by reference counting; the cycle collector only adds pauses, and
+    runs again when the stage is done (a board's worker serves run after run).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):  # not glibc: its allocator's own policy stands
+        log.info("mallopt unavailable: activations' memory is left to the allocator")
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.enable()
+        gc.collect()
+
+
+def time_repeats(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Real milliseconds of ``repeats`` calls of ``fn`` after an untimed one, in this process (a worker calibrating
+    its own part)."""
+    times = []
+    with torch.no_grad():
+        fn()
+        for _ in range(repeats):
+            start = now_ns()
+            fn()
+            times.append((now_ns() - start) / 1e6)
+    return times
+
+
+def injected_stall(setup: dict[str, Any], seq: int) -> None:
+    """A real stall in this worker's compute of inference ``seq`` when the setup asks for one (``stall``:
+    ``{"from_seq", "count" (None: every one from then), "ms"}``, ``ms`` emulated, so dilated by the TDF as the
+    budget is: a stall overruns by as much at any TDF). How the verdict and the repeats are tested."""
+    stall = setup.get("stall")
+    if not stall:
+        return
+    first, count = int(stall["from_seq"]), stall.get("count")
+    if seq >= first and (count is None or seq < first + int(count)):
+        time.sleep(float(stall["ms"]) * float(setup["tdf"]) / 1e3)
 
 
 def reset_peak_rss() -> None:

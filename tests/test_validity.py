@@ -1,0 +1,118 @@
+"""Valid by default: the workers calibrate the TDF, and a measured inference that overruns is repeated at a higher
+TDF instead of throwing the run away; a worker that always overruns still ends the run INVALID, with the reason.
+
+The overruns are real: a worker told to stall (setup ``stall``) sleeps inside its compute span of the inferences
+named, for an emulated time, so the stall overruns its budget by as much at any TDF. ResNet-18 at 64x64 on
+``xavier_1080ti`` (padded, dilated), cut in its second stage, driven through ``run_workers``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from harness.config import build_hardware, resolve
+from harness.controller.cut import cut_workers
+from harness.controller.measurer import AutoTdf, RunResult, calibrated_tdf, overrun_metrics, overrun_pct, verdict
+from harness.controller.runtime import run_workers
+from harness.controller.traces import Trace, TracePlayer
+from harness.model.graph import ancestors, build_graph
+from harness.model.models import ModelSpec
+from harness.network.link import LinkSpec
+from partitioners.base import LinkState, cut_plan, cut_problem
+from tests.conftest import needs_root
+from tests.test_runtime import MARK, assert_nothing_left, make_cfg
+
+TOLERANCE_PCT = 5.0
+WARMUP, INFERENCES = 1, 3
+STALL_MS = 5.0  # emulated: more than the whole inference's emulated latency
+
+
+def stalled_run(stall: dict, max_repeats: int) -> tuple[RunResult, int]:
+    """One dilated run whose device stalls as ``stall`` says; returns the result and the inferences asked for."""
+    cfg = make_cfg(["model=resnet18", "model.input_shape=[1,3,64,64]", "hardware=xavier_1080ti",
+                    "link.bandwidth_mbps=100", f"scenario.warmup={WARMUP}", f"scenario.inferences={INFERENCES}"])
+    exp = resolve(cfg)
+    graph = build_graph(ModelSpec.from_config(cfg.model))
+    hardware = build_hardware(cfg.hardware)
+    node_ms = hardware.node_ms(graph)
+    device, server = hardware.cut_roles
+    problem = cut_problem(graph, node_ms[device], node_ms[server])
+    plan = cut_plan("test_cut", problem, ancestors(graph, ["layer2_1_bn1"]), LinkState(100.0, 0.0))
+    workers = cut_workers(exp, graph, plan, node_ms, tdf=1.0, pad=True)
+    workers[0].setup["stall"] = stall
+    auto = AutoTdf(TOLERANCE_PCT, max_repeats, plan.predicted_latency_ms, together=False)
+    result = run_workers([device, server], [(device, server, LinkSpec(100.0))], workers, device,
+                         OmegaConf.to_container(cfg.scenario), 1.0, 300, int(cfg.runtime.max_payload_mb) << 20,
+                         progress=False, auto_tdf=auto)
+    return result, WARMUP + INFERENCES
+
+
+@pytest.fixture
+def marker(monkeypatch: pytest.MonkeyPatch) -> str:
+    value = uuid.uuid4().hex
+    monkeypatch.setenv(MARK, value)
+    yield value
+    assert_nothing_left(os.getpid(), value)
+
+
+@needs_root
+def test_one_stalled_inference_is_repeated_at_a_higher_tdf_and_the_run_stays_valid(marker: str) -> None:
+    stalled = WARMUP + 1  # the second measured inference
+    result, expected = stalled_run({"from_seq": stalled, "count": 1, "ms": STALL_MS}, max_repeats=2)
+    assert result.calibration["tdf"] >= 1.0 and result.calibration["set_by"] in ("device", "server")
+    assert len(result.repeats) == 1, result.repeats
+    repeat = result.repeats[0]
+    assert repeat["seq"] == stalled and repeat["overrun_pct"] > TOLERANCE_PCT and repeat["endpoints"] == ["device"]
+    assert repeat["tdf_after"] > repeat["tdf_before"] and result.tdf == repeat["tdf_after"]
+    assert result.discarded == {stalled} and repeat["issued_again"] == [expected]
+    assert result.tdf_of(expected) == repeat["tdf_after"] > result.tdf_of(WARMUP)  # the repeat ran at the raise
+    assert verdict(result, expected, TOLERANCE_PCT) is None
+    assert overrun_pct(result, stalled) > TOLERANCE_PCT  # the stall was real, and it is still in the record
+    metrics = overrun_metrics(result)
+    assert metrics["repeated_inferences"] == 1 and metrics["overrun_cost_pct"] <= TOLERANCE_PCT
+    assert len(result.outputs) == expected + 1
+
+
+@needs_root
+def test_a_worker_that_always_overruns_ends_invalid_with_the_reason(marker: str) -> None:
+    result, expected = stalled_run({"from_seq": WARMUP, "count": None, "ms": STALL_MS}, max_repeats=2)
+    assert len(result.repeats) == 2
+    assert result.repeats[1]["tdf_after"] > result.repeats[0]["tdf_after"] > result.repeats[0]["tdf_before"]
+    reason = verdict(result, expected, TOLERANCE_PCT)
+    assert reason is not None
+    assert "overran" in reason and "after 2 repeated inference(s)" in reason and "'device'" in reason, reason
+
+
+def test_calibration_takes_a_high_quantile_of_each_workers_own_times() -> None:
+    # The device's part (budget 2 ms) took 30 ms once in six: the 90th percentile keeps half of that outlier.
+    samples = {"device": [{"budget_ms": 2.0, "real_ms": [10.0, 10.0, 10.0, 10.0, 10.0, 30.0]}],
+               "server": [{"budget_ms": 1.0, "real_ms": [8.0] * 6}]}
+    cal = calibrated_tdf(samples, AutoTdf(TOLERANCE_PCT, predicted_ms=0.0))
+    need = float(np.quantile(samples["device"][0]["real_ms"], 0.9)) / 2.0
+    assert cal["set_by"] == "device" and cal["needs"]["server"] == pytest.approx(8.0, rel=1e-6)
+    assert cal["need"] == pytest.approx(need, rel=1e-6) and need == pytest.approx(10.0)  # the median would say 5
+    assert cal["tdf"] == pytest.approx(1.1 * need, rel=1e-6)
+    # A slower board than this machine: nothing to dilate.
+    assert calibrated_tdf({"device": [{"budget_ms": 50.0, "real_ms": [10.0] * 6}]}, AutoTdf(5.0))["tdf"] == 1.0
+
+
+def test_a_retimed_trace_player_keeps_its_place() -> None:
+    rates: list[float] = []
+    player = TracePlayer(Trace("t", (0.0, 100.0), (10.0, 1.0), 200.0), rates.append, tdf=1.0).start()
+    try:
+        time.sleep(0.05)
+        before = player.emulated_s()
+        player.retime(4.0)
+        after = player.emulated_s()
+        assert after == pytest.approx(before, abs=0.01)  # emulated time goes on from where it was...
+        time.sleep(0.08)
+        assert player.emulated_s() - after == pytest.approx(0.02, abs=0.01)  # ...at the new pace
+    finally:
+        player.stop()
+    assert rates == [10.0]
