@@ -73,6 +73,7 @@ class RuntimeConfig:
     backend: str = "auto"
     remote: Any = None  # endpoint -> tcp:HOST:PORT of workers already running on real boards
     token: Optional[str] = None  # their shared secret (else $SPLITBENCH_TOKEN)
+    reuse: bool = True  # in a sweep: keep the topology, workers and model across jobs that allow it
 
 
 @dataclass
@@ -204,6 +205,7 @@ def resolve(cfg: DictConfig) -> Experiment:
             overrun_tolerance_pct=float(runtime.overrun_tolerance_pct), timeout_s=float(runtime.timeout_s),
             base_port=int(runtime.base_port), max_payload_mb=int(runtime.max_payload_mb), backend=str(runtime.backend),
             remote={str(e): str(a) for e, a in runtime.remote.items()} if runtime.remote else None,
-            token=(runtime.token or os.environ.get("SPLITBENCH_TOKEN")) if runtime.remote else None),
+            token=(runtime.token or os.environ.get("SPLITBENCH_TOKEN")) if runtime.remote else None,
+            reuse=bool(runtime.reuse)),
         profile_out=cfg.profile_out,
         config=redacted(OmegaConf.to_container(cfg, resolve=True)))

@@ -59,6 +59,7 @@ class Runtime:
     backend: str = "auto"
     remote: dict[str, str] | None = None  # endpoint -> tcp:HOST:PORT of workers running on real boards
     token: str | None = None  # their shared secret
+    reuse: bool = True  # in a sweep: keep topology, workers and model across jobs (harness.controller.session)
 
     @property
     def max_payload(self) -> int:

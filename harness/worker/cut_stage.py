@@ -14,11 +14,10 @@ import torch
 
 from harness.worker import wire
 from harness.worker.channel import Receiver, Sender
-from harness.model.graph import graph_from_module
-from harness.model.models import ModelSpec, build_model, make_input
+from harness.model.models import ModelSpec, make_input
 from harness.worker.pacer import Pacer
-from harness.worker.stage import (Budget, Control, Timeline, accept_data, connect_data, guard, now_ns, retime_pacer,
-                           serve_commands)
+from harness.worker.stage import (Budget, Control, Timeline, accept_data, connect_data, guard, model_graph, now_ns,
+                                  retime_pacer, serve_commands)
 from harness.model.submodels import Part, split
 
 
@@ -49,7 +48,7 @@ class CutStage:
         self.is_first = self.part_index == 0
         self.timeline = Timeline(setup["endpoint"])
         self.max_payload = int(setup["max_payload"])
-        self.graph = graph_from_module(build_model(self.spec), self.spec)
+        self.graph = model_graph(self.spec)
         self.plan = self.make_plan(setup["plan"])
         if not setup.get("keep_model"):
             self.graph = None  # only this endpoint's part stays in memory
@@ -76,6 +75,10 @@ class CutStage:
         if "connect" in self.setup:
             host, port = self.setup["connect"]
             self.data = connect_data((host, int(port)), token)
+
+    def data_sockets(self) -> list[socket.socket]:
+        """The run's data links (released when the run ends, by a worker that serves the next one)."""
+        return [self.data] if self.data is not None else []
 
     def compute(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         assert plan.part is not None

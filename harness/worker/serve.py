@@ -22,9 +22,12 @@ import socket
 import torch
 
 from harness.worker import wire
-from harness.worker.stage import HELLO_TIMEOUT_S, Control, peak_rss_mb, reset_peak_rss, rss_mb
+from harness.worker.stage import (HELLO_TIMEOUT_S, Control, keep_models, peak_rss_mb, reset_peak_rss, rss_mb,
+                                  serving_threads)
 
 log = logging.getLogger("splitbench.worker")
+
+RELEASE_TIMEOUT_S = 10.0  # a kept-alive worker's threads of the last run must end within this after its links shut
 
 
 def _listen_control(address: str) -> socket.socket:
@@ -41,8 +44,10 @@ def _listen_control(address: str) -> socket.socket:
     return server
 
 
-def serve(address: str, token: str, max_payload: int = 1 << 30) -> None:
-    """Accept the controller, authenticate it, set up this endpoint and run until told to stop."""
+def serve(address: str, token: str, max_payload: int = 1 << 30, keep_alive: bool = False) -> None:
+    """Accept the controller, authenticate it, set up this endpoint and run until told to stop. With ``keep_alive``
+    (a sweep's workers) the same connection then sends the next run's setup, and the model built for a spec is
+    kept for the runs that follow (``harness.worker.stage.model_graph``)."""
     server = _listen_control(address)
     while True:
         sock, peer = server.accept()
@@ -62,13 +67,25 @@ def serve(address: str, token: str, max_payload: int = 1 << 30) -> None:
         sock.close()
     server.close()
     setup = hello.obj["setup"]
+    if keep_alive:
+        keep_models()
+    baseline_mb = None
+    while setup is not None:
+        baseline_mb = run_stage(setup, control, baseline_mb)
+        setup = next_setup(control, setup["endpoint"]) if keep_alive else None
+
+
+def run_stage(setup: dict, control: Control, baseline_mb: float | None) -> float:
+    """Set up this endpoint for one run, serve it until told to stop, then let go of its data links. Returns the
+    baseline memory it reported: the interpreter and its libraries before the first model was built."""
     torch.set_num_threads(int(setup.get("threads", 1)))
     if setup.get("kind", "cut") == "spatial":
         from harness.worker.spatial_stage import SpatialStage as Stage
     else:
         from harness.worker.cut_stage import CutStage as Stage
     importlib.import_module(str(setup["model"]["target"]).rsplit(".", 1)[0])  # the factory's package
-    baseline_mb = rss_mb()  # the interpreter and its libraries, before any model is built
+    if baseline_mb is None:
+        baseline_mb = rss_mb()  # the interpreter and its libraries, before any model is built
     stage = Stage(setup, control)
     gc.collect()
     control.send({"event": "built", "endpoint": setup["endpoint"]})
@@ -76,8 +93,40 @@ def serve(address: str, token: str, max_payload: int = 1 << 30) -> None:
     reset_peak_rss()
     control.send({"event": "ready", "endpoint": setup["endpoint"], "pid": os.getpid()})
     stage.serve()
+    release_data_links(stage.data_sockets())
     control.send({"event": "stopped", "endpoint": setup["endpoint"], "peak_rss_mb": peak_rss_mb(),
                   "baseline_rss_mb": baseline_mb})
+    return baseline_mb
+
+
+def next_setup(control: Control, endpoint: str) -> dict | None:
+    """A kept-alive worker waits for the next run's setup: ``{"cmd": "reset", "setup": {...}}`` from the controller
+    it authenticated, for the same endpoint. None when the controller hung up (the sweep is over)."""
+    try:
+        frame = control.recv()
+    except wire.ConnectionClosed:
+        return None
+    command = frame.obj if frame.kind == wire.Kind.JSON and frame.obj else {}
+    setup = command.get("setup")
+    if command.get("cmd") != "reset" or not isinstance(setup, dict) or setup.get("endpoint") != endpoint:
+        raise wire.FrameError(f"expected a reset with a setup for endpoint {endpoint!r}, got {str(command)[:200]}")
+    return setup
+
+
+def release_data_links(socks: list[socket.socket]) -> None:
+    """Shut the run's data links and wait for the threads that served them, so that the next run starts clean
+    (a thread left reading a closed descriptor could read the next run's socket that reuses it)."""
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the peer closed first
+    for thread in serving_threads():
+        thread.join(timeout=RELEASE_TIMEOUT_S)
+        if thread.is_alive():
+            raise RuntimeError(f"thread {thread.name} still serves the last run after {RELEASE_TIMEOUT_S:g} s")
+    for sock in socks:
+        sock.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,12 +137,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-payload-mb", type=int, default=1024)
     parser.add_argument("--once", action="store_true",
                         help="serve one run and exit (the harness's own workers); without it a board serves run after run")
+    parser.add_argument("--keep-alive", action="store_true",
+                        help="after a run, take the next run's setup on the same control connection and keep the "
+                             "model built (the harness's sweeps)")
     args = parser.parse_args(argv)
     if not args.token:
         raise SystemExit("a token is required: --token or $SPLITBENCH_TOKEN")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     while True:
-        serve(args.control, args.token, args.max_payload_mb << 20)
+        serve(args.control, args.token, args.max_payload_mb << 20, args.keep_alive)
         if args.once:
             return
 
