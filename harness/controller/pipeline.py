@@ -190,6 +190,8 @@ def run_job(exp: Experiment, multirun: bool = False) -> dict[str, float]:
     pool = worker_pool() if multirun and exp.runtime.reuse and not exp.runtime.remote else None
     if pool is None:
         release_pool()  # a job that does not reuse does not share the machine with the last job's workers
+    # kept-alive workers hold the whole model, so their peak RSS is the whole model's, not only their part's
+    tags["workers_kept_alive"] = str(pool is not None).lower()
     with phases.job():
         return _record_job(exp, tags, pool, multirun)
 

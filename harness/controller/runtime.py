@@ -74,13 +74,13 @@ class Controller:
     worker_args: tuple[str, ...] = ("--once",)  # a worker serves this one run and exits after ``stop``
 
     def __init__(self, topology: Network, workers: list[WorkerSpec], timeout_s: float,
-                 max_payload: int, token: str | None = None) -> None:
+                 max_payload: int, token: str | None = None, tmp: Path | None = None) -> None:
         self.topology = topology
         self.workers = workers
         self.timeout_s = timeout_s
         self.max_payload = max_payload
         self.token = token or secrets.token_hex(16)
-        self.tmp = Path(tempfile.mkdtemp(prefix="splitbench-"))
+        self.tmp = tmp or Path(tempfile.mkdtemp(prefix="splitbench-"))  # control sockets and worker logs
         self.endpoints: dict[str, _Endpoint] = {}
         self.selector = selectors.DefaultSelector()
         self.deadline = time.monotonic() + timeout_s

@@ -74,10 +74,8 @@ class PooledController(Controller):
 
     def __init__(self, pool: "WorkerPool", topology: Topology, workers: list[WorkerSpec], timeout_s: float,
                  max_payload: int) -> None:
-        super().__init__(topology, workers, timeout_s, max_payload, pool.token)
-        self.tmp.rmdir()
-        assert pool.tmp is not None
-        self.tmp, self.pool = pool.tmp, pool
+        super().__init__(topology, workers, timeout_s, max_payload, pool.token, pool.tmp)
+        self.pool = pool
 
     def start(self) -> None:
         for w in self.workers:
