@@ -18,6 +18,7 @@ import importlib
 import logging
 import os
 import socket
+from typing import Any
 
 import torch
 
@@ -75,7 +76,7 @@ def serve(address: str, token: str, max_payload: int = 1 << 30, keep_alive: bool
         setup = next_setup(control, setup["endpoint"]) if keep_alive else None
 
 
-def run_stage(setup: dict, control: Control, baseline_mb: float | None) -> float:
+def run_stage(setup: dict[str, Any], control: Control, baseline_mb: float | None) -> float:
     """Set up this endpoint for one run, serve it until told to stop, then let go of its data links. Returns the
     baseline memory it reported: the interpreter and its libraries before the first model was built."""
     torch.set_num_threads(int(setup.get("threads", 1)))
@@ -99,7 +100,7 @@ def run_stage(setup: dict, control: Control, baseline_mb: float | None) -> float
     return baseline_mb
 
 
-def next_setup(control: Control, endpoint: str) -> dict | None:
+def next_setup(control: Control, endpoint: str) -> dict[str, Any] | None:
     """A kept-alive worker waits for the next run's setup: ``{"cmd": "reset", "setup": {...}}`` from the controller
     it authenticated, for the same endpoint. None when the controller hung up (the sweep is over)."""
     try:
