@@ -77,6 +77,7 @@ class RuntimeConfig:
     token_file: Optional[str] = None  # a file holding their shared secret (else $SPLITBENCH_TOKEN); never the secret
     compute_device: str = "auto"  # what the workers compute on: auto (cuda when present), cpu, cuda
     link_timeout_s: float = 60.0  # a data link stalled this long mid-transfer fails the run (0: never)
+    reuse: bool = True  # in a sweep: keep the topology, workers and model across jobs that allow it
 
 
 @dataclass
@@ -228,6 +229,7 @@ def resolve(cfg: DictConfig) -> Experiment:
             base_port=int(runtime.base_port), max_payload_mb=int(runtime.max_payload_mb), backend=str(runtime.backend),
             remote={str(e): str(a) for e, a in runtime.remote.items()} if runtime.remote else None,
             token=read_secret(runtime.token_file) if runtime.remote else None,
-            compute_device=str(runtime.compute_device), link_timeout_s=float(runtime.link_timeout_s)),
+            compute_device=str(runtime.compute_device), link_timeout_s=float(runtime.link_timeout_s),
+            reuse=bool(runtime.reuse)),
         profile_out=cfg.profile_out,
         config=redacted(OmegaConf.to_container(cfg, resolve=True)))

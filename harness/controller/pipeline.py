@@ -17,7 +17,9 @@ from harness.controller.cut import CutStrategy
 from harness.controller.experiment import Experiment
 from harness.controller.measure import latency_metrics, link_metrics, max_abs_error, throughput_ips, timeline_figure
 from harness.controller.measurer import AutoTdf, RunResult, latencies_ms, measured_seqs, overrun_metrics, verdict
+from harness.controller import phases
 from harness.controller.records import RunRecord, environment
+from harness.controller.session import ModelCache, WorkerPool, release_pool, worker_pool
 from harness.controller.stale_runs import end_dead_runs
 from harness.controller.runtime import RunFailed, run_workers
 from harness.controller.spatial import SpatialStrategy
@@ -65,9 +67,13 @@ def strategy_for(exp: Experiment, graph: Any, node_ms: dict[str, dict[str, float
     return (SpatialStrategy if exp.method.kind == "spatial" else CutStrategy)(exp, graph, node_ms)
 
 
-def run_experiment(exp: Experiment, rec: RunRecord) -> dict[str, float]:
-    """Decide and run one experiment, logging everything to ``rec``; returns the metrics."""
-    graph = build_graph(exp.model)
+def run_experiment(exp: Experiment, rec: RunRecord, pool: WorkerPool | None = None) -> dict[str, float]:
+    """Decide and run one experiment, logging everything to ``rec``; returns the metrics. With ``pool`` (a sweep),
+    the model's graph, local times and reference outputs, the topology and the workers are reused where they can
+    be (``harness.controller.session``)."""
+    models = pool.models if pool is not None else ModelCache(keep=False)
+    end_setup = phases.begin("setup")
+    graph = models.graph(exp.model)
     node_ms = exp.hardware.node_ms(graph)
     strategy = strategy_for(exp, graph, node_ms)
     rec.set_tags(strategy.tags())
@@ -85,13 +91,14 @@ def run_experiment(exp: Experiment, rec: RunRecord) -> dict[str, float]:
     if pad and exp.runtime.tdf is not None:
         tdf = exp.runtime.tdf
     elif pad:
-        local_ms = LocalProfile(threads=exp.runtime.threads_per_worker).node_ms(graph)
+        local_ms = models.local_ms(graph, exp.runtime.threads_per_worker)
         tdf, endpoint = calibrate_tdf(strategy.compute_ratios(plan, local_ms), exp.runtime.tdf_margin,
                                       strategy.concurrent(plan))
         metrics["tdf_from_profile"] = tdf
         rec.set_tags({"tdf_set_by": endpoint or "", "tdf_source": "profile"})
         auto_tdf = AutoTdf(exp.runtime.overrun_tolerance_pct, exp.runtime.max_repeats, plan.predicted_latency_ms,
                            together=strategy.concurrent(plan) > 1)
+    end_setup()
     workers = strategy.workers(plan, tdf, pad)
     hook = strategy.make_hook(exp.method, prepared, plan)
     try:
@@ -102,12 +109,12 @@ def run_experiment(exp: Experiment, rec: RunRecord) -> dict[str, float]:
                              compensate_headers=exp.link.compensate_headers, make_hook=hook,
                              remote=exp.runtime.remote, token=exp.runtime.token, auto_tdf=auto_tdf,
                              compute_device=exp.runtime.compute_device,
-                             link_timeout_s=exp.runtime.link_timeout_s)
+                             link_timeout_s=exp.runtime.link_timeout_s, pool=pool)
     finally:
         strategy.close()
     if (decisions := strategy.decisions()) is not None:
         record_decisions(rec, decisions, metrics)
-    out = finish(exp, rec, graph, result, metrics)
+    out = finish(exp, rec, graph, result, metrics, models.reference)
     if exp.method.kind == "spatial" and out.get("throughput_ips"):
         out["task_time_ms"] = 1e3 / out["throughput_ips"]
         rec.metrics({"task_time_ms": out["task_time_ms"]})
@@ -157,10 +164,10 @@ def record_calibration(rec: RunRecord, result: RunResult, metrics: dict[str, flo
         rec.set_tags({"tdf_source": "raised", "repeats_reason": "; ".join(r["reason"] for r in result.repeats)[:4000]})
 
 
-def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult,
-           metrics: dict[str, float]) -> dict[str, float]:
+def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult, metrics: dict[str, float],
+           reference: Callable[[Any, int], Any] | None = None) -> dict[str, float]:
     """Turn the observed run into metrics, artifacts and the verdict."""
-    metrics.update({"tdf": result.tdf, "max_abs_error": max_abs_error(graph, result)})
+    metrics.update({"tdf": result.tdf, "max_abs_error": max_abs_error(graph, result, reference)})
     record_calibration(rec, result, metrics)
     metrics.update({f"peak_rss_mb_{e}": v for e, v in result.peak_rss_mb.items()})
     metrics.update({f"model_rss_mb_{e}": v for e, v in result.model_rss_mb.items()})
@@ -212,10 +219,20 @@ def run_job(exp: Experiment, multirun: bool = False) -> dict[str, float]:
         return profile_mode(exp)
     tags = {"method": exp.method.name, "method_kind": exp.method.kind, "model": exp.model.name,
             "hardware": exp.hardware.name, "scenario": exp.scenario.name, "valid": "pending"}
+    pool = worker_pool() if multirun and exp.runtime.reuse and not exp.runtime.remote else None
+    if pool is None:
+        release_pool()  # a job that does not reuse does not share the machine with the last job's workers
+    # kept-alive workers hold the whole model, so their peak RSS is the whole model's, not only their part's
+    tags["workers_kept_alive"] = str(pool is not None).lower()
+    with phases.job():
+        return _record_job(exp, tags, pool, multirun)
+
+
+def _record_job(exp: Experiment, tags: dict[str, str], pool: WorkerPool | None, multirun: bool) -> dict[str, float]:
     end_dead_runs()  # before this job's run opens: no record of a dead controller stays RUNNING
     with RunRecord(exp.name, exp.config, run_name=exp.run_name, tags=tags) as rec:
         try:
-            return run_experiment(exp, rec)
+            return run_experiment(exp, rec, pool)
         except (RunFailed, InvalidRun) as exc:
             rec.fail(str(exc))
             for endpoint, text in getattr(exc, "worker_logs", {}).items():
