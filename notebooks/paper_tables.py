@@ -45,8 +45,8 @@
 #
 # Settings come from the environment: `MLFLOW_TRACKING_URI` (default `sqlite:///mlflow.db` at the repository root),
 # `EXPERIMENTS` (comma-separated MLflow experiment names to read; default: all), `CIC_EXPERIMENT`, `HALP_EXPERIMENT`,
-# `RELIABILITY_EXPERIMENT` (narrow a section to these experiments; default: those of `EXPERIMENTS`, and
-# `halp_reliability` for (c)), `PAPER_FIGURES_DIR` (where to save the figures; default: not saved) and
+# `RELIABILITY_EXPERIMENT` (narrow a section to these experiments; default: those of `EXPERIMENTS`; (c) reads the
+# runs given a deadline), `PAPER_FIGURES_DIR` (where to save the figures; default: not saved) and
 # `PAPER_FIGURES_MLFLOW=1` (also log them as artifacts of a run in the MLflow experiment `paper_figures`).
 #
 # Headless: `python notebooks/paper_tables.py`. This notebook and `paper_tables.py` are a jupytext pair: edit either,
@@ -91,7 +91,7 @@ STORED = [e.name for e in mlflow.MlflowClient().search_experiments()
 SELECTED = experiments("EXPERIMENTS", ",".join(STORED))
 CIC_EXPERIMENTS = experiments("CIC_EXPERIMENT", ",".join(SELECTED))
 HALP_EXPERIMENTS = experiments("HALP_EXPERIMENT", ",".join(SELECTED))
-RELIABILITY_EXPERIMENTS = experiments("RELIABILITY_EXPERIMENT", "halp_reliability")
+RELIABILITY_EXPERIMENTS = experiments("RELIABILITY_EXPERIMENT", ",".join(SELECTED))
 FIGURES_DIR = os.environ.get("PAPER_FIGURES_DIR")
 FADING = {"seed": 0, "bandwidth_mhz": 33.0}  # the channel halp_reliability measured the quantiles of [ours]
 BASELINES = ("device_only", "server_only", "dads")
@@ -138,6 +138,8 @@ def preset_label(name: str) -> str:
 
 
 LEFT_OUT: dict[str, int] = {}  # per kind of run: how many invalid or failed runs the tables left out
+print("quick presets (minutes each, on 2 cores): " + ", ".join(
+    f"`python run.py -m experiment={p}`" for p in sorted(p for p in PRESETS if p.endswith("_quick"))))
 
 
 def how_to_run(name: str) -> str:
@@ -288,7 +290,7 @@ if not cut.empty:
                      decision_ms=metric(cut, "decision_time_ms"), offline_ms=metric(cut, "offline_time_ms"),
                      nodes=metric(cut, "nodes_before"), nodes_after=metric(cut, "nodes_after"))
     # The decision hardly depends on the bandwidth: the median over the uplinks of each (model, method).
-    decision = cut.groupby(["hardware", "model", "scenario", "method"]).agg(
+    decision = cut.groupby(["hardware", "model", "scenario", "method"], dropna=False).agg(
         nodes=("nodes", "max"), nodes_after=("nodes_after", "max"), decision_ms=("decision_ms", "median"),
         offline_ms=("offline_ms", "median"), uplinks=("bandwidth_mbps", "count"))
     if "dads" in decision.index.unique("method"):
@@ -386,7 +388,7 @@ show("(a3) the papers' headline claims beside the measured ratios: the range at 
 
 # %%
 if not cut.empty:
-    groups = list(cut.groupby(["hardware", "model", "scenario"]))
+    groups = list(cut.groupby(["hardware", "model", "scenario"], dropna=False))
     ncols = min(4, len(groups))
     nrows = -(-len(groups) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.6 * nrows), squeeze=False)
@@ -491,6 +493,8 @@ if not speedup.empty:
 
 # %%
 rel_runs = load_runs(RELIABILITY_EXPERIMENTS)
+if not rel_runs.empty:  # the runs that were given a deadline
+    rel_runs = rel_runs[pd.to_numeric(column_of(rel_runs, "params.scenario.deadline_ms"), errors="coerce").notna()]
 rel = valid_cells(rel_runs, ["hardware", "num_servers", "tasks", "scenario", "method", "bandwidth_mbps"],
                   "reliability run", within=4) if not rel_runs.empty else rel_runs
 client = mlflow.MlflowClient()
