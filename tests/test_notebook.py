@@ -194,8 +194,9 @@ def test_only_finished_valid_runs_count(tmp_path: Path) -> None:
 
 def make_run(client, experiment: str, status: str, valid: str, params: dict[str, str],
              metrics: dict[str, float]) -> None:
+    tags = {"valid": valid, **({"measured": "false"} if valid == "predicted" else {})}
     run_id = client.create_run(experiment, run_name=f"{params['method.name']}-{params['link.bandwidth_mbps']}",
-                               tags={"valid": valid}).info.run_id
+                               tags=tags).info.run_id
     for key, value in params.items():
         client.log_param(run_id, key, value)
     for key, value in metrics.items():
@@ -228,6 +229,19 @@ def test_notebook_reads_the_users_own_runs(tmp_path: Path) -> None:
         make_run(client, dads, "FINISHED", "true", {**setting, "method.name": method},
                  {"latency_ms": ms, "throughput_ips": 1000 / ms})
 
+    claims = client.create_experiment("claims_predicted")  # the cost model's curves for (f)
+    for bw, gain in ((1.0, 1.2), (10.0, 2.5), (100.0, 5.0)):
+        for method, ms in (("dads", 215.0 / gain), ("device_only", 215.0)):
+            make_run(client, claims, "FINISHED", "predicted", {**setting, "method.name": method,
+                                                               "link.bandwidth_mbps": str(bw)},
+                     {"predicted_latency_ms": ms, "predicted_throughput_ips": 1000 / ms})
+    star = {"model.name": "vgg16", "model._target_": "torchvision.models.vgg16", "model.input_shape": "[1, 3, 224, 224]",
+            "hardware.name": "3x_rpi4", "hardware.topology": "star", "hardware.num_servers": "3",
+            "scenario.name": "single_stream", "method.name": "halp", "method.tasks_per_batch": "1"}
+    for bw, speedup in ((10.0, 1.1), (100.0, 1.75), (1000.0, 2.2)):
+        make_run(client, claims, "FINISHED", "predicted", {**star, "link.bandwidth_mbps": str(bw)},
+                 {"predicted_latency_ms": 930 / speedup, "predicted_speedup": speedup})
+
     def notebook(**env: str) -> str:
         proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=SCRIPT.parent, capture_output=True, text=True,
                               timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PAPER_FIGURES_DIR": "",
@@ -244,6 +258,12 @@ def test_notebook_reads_the_users_own_runs(tmp_path: Path) -> None:
     ours = [line for line in out.splitlines() if "mypkg.models.build" in line]
     assert ours and not any("8.32" in line or "DADS ResNet-18" in line for line in ours)  # not beside a user's model
     assert "cic_paper_quick" in out and "dads_paper_quick" in out  # the quick presets are named
+    assert "DADS latency 1.91-6.45x vs edge-only" in out
+    region = next(line for line in out.splitlines() if "rpi3b_cpu_server · resnet18 224x224" in line)
+    assert "yes: 18.88 Mbit/s: 4.30x" in region
+    assert "10-100 Mbit/s (2 of 3 rates)" in region  # predicted gains 2.5 and 5.0 inside 1.91-6.45
+    prototype = next(line for line in out.splitlines() if "HALP prototype >= 1.7x" in line)
+    assert "3x_rpi4 · N=3" in prototype and "100-1000 Mbit/s (2 of 3 rates)" in prototype
 
     only_mine = notebook(EXPERIMENTS="my_sweep")
     assert "12.34" in only_mine and "4.30" not in only_mine and "resnet18" not in only_mine
