@@ -216,7 +216,8 @@ def valid_cells(df: pd.DataFrame, keys: list[str], what: str, within: int = 1) -
     if df.empty:
         return df
     for _, run in df[~df["valid"]].iterrows():
-        reason = run.get("tags.invalid_reason") or run["status"]
+        reason = run.get("tags.invalid_reason")
+        reason = reason if isinstance(reason, str) and reason else run["status"]  # NaN when the tag is absent
         print(f"INVALID {what}: {run.get('tags.mlflow.runName', run['run_id'])}: {str(reason)[:160]}")
     good = df[df["valid"]].drop_duplicates(keys, keep="last")
     have = set(map(tuple, good[keys].itertuples(index=False)))
