@@ -26,9 +26,11 @@
 # - **(b) HALP** (`halp_paper`, `modnn_paper`, `halp_host_alone`): speed-up over the host edge server alone, per
 #   board, link rate, tasks per batch and number of servers.
 # - **(c) Reliability** (`halp_reliability`): deadline hit rate against the deadline under a fading link.
-# - **(d) DADS** (`dads_paper`): DADS's ranges and ResNet-18's per-rate row on its Raspberry Pi 3B + CPU server.
-# - **(e) HALP's prototype** (`halp_prototype`): VGG-16 on three Raspberry Pi 4, beside its 1.7x.
-# - **(f) Where each claim holds** (`cut_claims_predicted`, `halp_claims_predicted`, in the MLflow experiment
+# - **(d) Dynamic links** (`dynamic_payoff`): CIC re-deciding on a measured estimate, against the oracle and a fixed
+#   plan, and latency over time with the decisions marked.
+# - **(e) DADS** (`dads_paper`): DADS's ranges and ResNet-18's per-rate row on its Raspberry Pi 3B + CPU server.
+# - **(f) HALP's prototype** (`halp_prototype`): VGG-16 on three Raspberry Pi 4, beside its 1.7x.
+# - **(g) Where each claim holds** (`cut_claims_predicted`, `halp_claims_predicted`, in the MLflow experiment
 #   `claims_predicted`): the cost model's gain against the link rate with each paper's claimed range as a band, the
 #   measured runs marked on it, and a table of where each headline claim is reproduced or would hold.
 #
@@ -45,9 +47,9 @@
 #
 # Settings come from the environment: `MLFLOW_TRACKING_URI` (default `sqlite:///mlflow.db` at the repository root),
 # `EXPERIMENTS` (comma-separated MLflow experiment names to read; default: all), `CIC_EXPERIMENT`, `HALP_EXPERIMENT`,
-# `RELIABILITY_EXPERIMENT` (narrow a section to these experiments; default: those of `EXPERIMENTS`; (c) reads the
-# runs given a deadline), `PAPER_FIGURES_DIR` (where to save the figures; default: not saved) and
-# `PAPER_FIGURES_MLFLOW=1` (also log them as artifacts of a run in the MLflow experiment `paper_figures`).
+# `RELIABILITY_EXPERIMENT`, `DYNAMIC_EXPERIMENT` (narrow a section to these experiments; default: those of
+# `EXPERIMENTS`; (c) reads the runs given a deadline), `PAPER_FIGURES_DIR` (where to save the figures; default: not
+# saved) and `PAPER_FIGURES_MLFLOW=1` (also log them as artifacts of a run in the MLflow experiment `paper_figures`).
 #
 # Headless: `python notebooks/paper_tables.py`. This notebook and `paper_tables.py` are a jupytext pair: edit either,
 # then `jupytext --sync notebooks/paper_tables.py` (or `.ipynb`) brings the other up to date.
@@ -196,22 +198,22 @@ def column_of(df: pd.DataFrame, column: str) -> pd.Series:
     return df[column] if column in df else pd.Series(np.nan, index=df.index, dtype=object)
 
 
-def measured(df: pd.DataFrame) -> pd.DataFrame:
+def measured_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["measured"]] if not df.empty else df
 
 
-def predicted(df: pd.DataFrame) -> pd.DataFrame:
+def predicted_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df[~df["measured"] & df["status"].eq("FINISHED")] if not df.empty else df
 
 
 def valid_cells(df: pd.DataFrame, keys: list[str], what: str, within: int = 1) -> pd.DataFrame:
     """The latest valid measured run of each cell; lists (and counts in ``LEFT_OUT[what]``) the invalid runs, and
-    prints the cells of the swept grid with no valid run. Predicted runs are not measurements: left to (f).
+    prints the cells of the swept grid with no valid run. Predicted runs are not measurements: left to (g).
 
     The grid is the product of the values seen on each key, within each experiment and each value of the first
     ``within`` keys (a pair and a star were swept over different things).
     """
-    df = measured(df)
+    df = measured_runs(df)
     LEFT_OUT[what] = LEFT_OUT.get(what, 0) + int((~df["valid"]).sum()) if not df.empty else LEFT_OUT.get(what, 0)
     if df.empty:
         return df
@@ -554,7 +556,90 @@ if not reliability.empty:
     save(fig, "deadline_hit_rate.png")
 
 # %% [markdown]
-# ## (d) DADS in its own setting: a Raspberry Pi 3B device and an 8-core CPU server
+# ## (d) Dynamic links: re-deciding on a measured estimate, against the oracle and a fixed plan
+#
+# `python run.py -m experiment=dynamic_payoff`: CIC under `scenario=dynamic` on each trace, once per estimator:
+# `probe` (the plan's own transfers when they say enough, else a packet train between inferences), `oracle` (the
+# trace's true rate: the bound), `fixed` (one plan for the trace's mean rate, never re-decided) and `last` (passive
+# only). Mean latency of the measured inferences, and its ratio to the oracle's and to the fixed plan's on the same
+# trace; the figure draws each inference's latency at its emulated arrival time, the decisions that switched the plan
+# marked, over the true rate.
+
+# %%
+DYNAMIC_EXPERIMENTS = experiments("DYNAMIC_EXPERIMENT", ",".join(SELECTED))
+dyn_runs = load_runs(DYNAMIC_EXPERIMENTS)
+if not dyn_runs.empty:
+    dyn_runs = dyn_runs[column_of(dyn_runs, "params.scenario.name") == "dynamic"].copy()
+    dyn_runs["trace"] = column_of(dyn_runs, "params.link.trace")
+    dyn_runs["estimator"] = column_of(dyn_runs, "params.scenario.estimator")
+dyn = valid_cells(dyn_runs, ["hardware", "model", "method", "trace", "estimator"], "dynamic run",
+                  within=4) if not dyn_runs.empty else dyn_runs
+
+
+def dynamic_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run: mean latency, estimate error, switches, probing cost; ratios to the oracle and the fixed plan."""
+    keys = ["hardware", "model", "method", "trace", "estimator"]
+    table = runs.set_index(keys)[[]].copy()
+    for column, name in (("latency_ms", "latency_ms"), ("estimate_rel_error", "estimate_rel_error"),
+                         ("plan_switches", "plan_switches"), ("probes", "probes"), ("probe_bytes", "probe_bytes")):
+        table[column] = metric(runs, name).to_numpy()
+    for column in ("plan_switches", "probes", "probe_bytes"):  # counts: no decimals
+        table[column] = table[column].round().astype("Int64")
+    for baseline in ("oracle", "fixed"):
+        base = table.xs(baseline, level="estimator")["latency_ms"] if baseline in runs["estimator"].values else None
+        table[f"vs_{baseline}"] = [row / base.get(index[:-1], np.nan) if base is not None else np.nan
+                                   for index, row in table["latency_ms"].items()]
+    return table.sort_index()
+
+
+dynamic = dynamic_table(dyn) if not dyn.empty else pd.DataFrame()
+show("(d) CIC under a changing link: mean latency (ms) per estimator, and its ratio to the oracle and the fixed plan",
+     dynamic, "goal: probe within 1.10x of the oracle and below 1.00x of the fixed plan [ours: no paper figure]",
+     left_out="dynamic run")
+
+
+# %%
+def decisions_of(run_id: str) -> list[dict]:
+    """The run's decisions.json (one per inference, warm-up included)."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(mlflow.MlflowClient().download_artifacts(run_id, "decisions.json", tmp)).read_text())
+
+
+def latencies_of(run_id: str) -> np.ndarray:
+    history = mlflow.MlflowClient().get_metric_history(run_id, "inference_latency_ms")
+    return np.array([m.value for m in sorted(history, key=lambda m: m.step)])
+
+
+if not dyn.empty:
+    traces = sorted(dyn["trace"].dropna().unique())
+    fig, axes = plt.subplots(len(traces), 1, figsize=(8, 3.2 * len(traces)), squeeze=False)
+    for ax, trace_name in zip(axes[:, 0], traces):
+        rate_ax = ax.twinx()
+        for i, (_, run) in enumerate(dyn[dyn["trace"] == trace_name].sort_values("estimator").iterrows()):
+            decisions = sorted(decisions_of(run["run_id"]), key=lambda d: d["seq"])
+            warmup = int(float(run.get("params.scenario.warmup", 1)))
+            measured = [d for d in decisions if d["seq"] >= warmup]
+            lat = latencies_of(run["run_id"])[: len(measured)]
+            t = [d["emulated_s"] for d in measured][: len(lat)]
+            ax.plot(t, lat, marker=".", color=f"C{i}", label=f"{run['estimator']} ({np.mean(lat):.0f} ms)")
+            switched = [(d["emulated_s"], y) for d, y in zip(measured, lat) if d["switched"]]
+            if switched:
+                ax.scatter(*zip(*switched), marker="v", s=60, color=f"C{i}", edgecolor="black", zorder=3)
+            if i == 0:
+                rate_ax.step([d["emulated_s"] for d in decisions], [d["true_mbps"] for d in decisions],
+                             where="post", color="grey", alpha=0.4)
+        rate_ax.set_ylabel("true rate (Mbit/s)", color="grey")
+        ax.set(xlabel="emulated time (s)", ylabel="latency (ms)",
+               title=f"{trace_name}: latency over time, plan switches marked (v)")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    save(fig, "dynamic_latency_over_time.png")
+
+# %% [markdown]
+# ## (e) DADS in its own setting: a Raspberry Pi 3B device and an 8-core CPU server
 #
 # `dads_paper`: light load = `single_stream` (DADS's DSL), heavy load = `stream` (DSH, several inferences in flight).
 # Gains of DADS over edge-only (`device_only`) and cloud-only (`server_only`) at the same model, uplink and load:
@@ -577,7 +662,7 @@ def gains(runs: pd.DataFrame, method: str, base: str, latency: str, throughput: 
     return pd.DataFrame({"lat_x": ref["lat"] / ours["lat"], "tput_x": ours["tput"] / ref["tput"]}).dropna(how="all")
 
 
-cut_predicted = predicted(cic_runs) if not cic_runs.empty else cic_runs
+cut_predicted = predicted_runs(cic_runs) if not cic_runs.empty else cic_runs
 MEASURED, PREDICTED = ("latency_ms", "throughput_ips"), ("predicted_latency_ms", "predicted_throughput_ips")
 dads_measured = {base: gains(cut, "dads", base, *MEASURED) for base in ("device_only", "server_only")}
 dads_predicted = {base: gains(cut_predicted, "dads", base, *PREDICTED) for base in ("device_only", "server_only")}
@@ -613,7 +698,7 @@ for bw, (paper_lat, paper_tput) in papers.DADS_RESNET18_VS_EDGE.items():
 dads_resnet18 = pd.DataFrame(row18).set_index("uplink")
 if dads_resnet18.drop(columns=["paper lat_x", "paper tput_x"]).isna().all().all():
     dads_resnet18 = pd.DataFrame()
-show(f"(d1) DADS vs edge-only, ResNet-18 224x224 on {papers.DADS_HARDWARE}, light load, per uplink [{papers.DADS}]",
+show(f"(e1) DADS vs edge-only, ResNet-18 224x224 on {papers.DADS_HARDWARE}, light load, per uplink [{papers.DADS}]",
      dads_resnet18, "lat_x, tput_x: gain over edge-only; light-load throughput is one inference at a time, so the "
      "stream columns (heavy load, DSH) are given beside it. Predicted: the cost model (measured=false runs)",
      left_out="cut run")
@@ -626,17 +711,18 @@ for (load, base, kind), (low, high) in papers.DADS_RANGES.items():
     here_m = at_dads_setting(dads_measured[base], scenario)[column].dropna() if base in dads_measured else pd.Series()
     here_p = at_dads_setting(dads_predicted[base], scenario)[column].dropna() if base in dads_predicted else pd.Series()
     range_rows.append({"claim": f"{kind} vs {base}, {load} load", "paper": f"{low}-{high}x",
-                       "measured": span(here_m), "measured cells in range": f"{((here_m >= low) & (here_m <= high)).sum()}"
-                       f" of {len(here_m)}", "predicted": span(here_p),
+                       "measured": span(here_m),
+                       "measured cells in range": f"{((here_m >= low) & (here_m <= high)).sum()} of {len(here_m)}",
+                       "predicted": span(here_p),
                        "predicted cells in range": f"{((here_p >= low) & (here_p <= high)).sum()} of {len(here_p)}"})
 dads_ranges = pd.DataFrame(range_rows).set_index("claim")
 if (dads_ranges["measured"] == "-").all() and (dads_ranges["predicted"] == "-").all():
     dads_ranges = pd.DataFrame()
-show(f"(d2) DADS's ranges over its five models and four uplinks on {papers.DADS_HARDWARE} [{papers.DADS}]",
+show(f"(e2) DADS's ranges over its five models and four uplinks on {papers.DADS_HARDWARE} [{papers.DADS}]",
      dads_ranges, "cells: (model, uplink) pairs of dads_paper with both DADS and the baseline", left_out="cut run")
 
 # %% [markdown]
-# ## (e) HALP's prototype: VGG-16 on three Raspberry Pi 4
+# ## (f) HALP's prototype: VGG-16 on three Raspberry Pi 4
 #
 # `halp_prototype`: HALP and the host alone on `3x_rpi4` at the rates a Pi 4's Wi-Fi and Ethernet reach (sources in
 # `conf/experiment/halp_prototype.yaml`), beside the prototype's 1.7x. Measured speed-up = host-alone latency /
@@ -644,7 +730,7 @@ show(f"(d2) DADS's ranges over its five models and four uplinks on {papers.DADS_
 
 # %%
 prototype = pd.DataFrame()
-halp_predicted = predicted(halp_runs) if not halp_runs.empty else halp_runs
+halp_predicted = predicted_runs(halp_runs) if not halp_runs.empty else halp_runs
 if not halp_predicted.empty:
     halp_predicted = halp_predicted[halp_predicted["method"] == "halp"].assign(
         predicted_speedup=lambda d: metric(d, "predicted_speedup"))
@@ -663,12 +749,12 @@ if proto_rows:
     prototype.index.names = ["N", "tasks", "bandwidth_mbps"]
     prototype["paper"] = [f"prototype {papers.HALP_PROTOTYPE_SPEEDUP}x" if (n, t) == (3, 1) else ""
                           for n, t, _ in prototype.index]
-show(f"(e) HALP on {papers.HALP_PROTOTYPE_HARDWARE}: speed-up over the host alone [{papers.HALP_PROTOTYPE}]",
+show(f"(f) HALP on {papers.HALP_PROTOTYPE_HARDWARE}: speed-up over the host alone [{papers.HALP_PROTOTYPE}]",
      prototype, "the prototype's link rate is not in the stored sources: 64 Mbit/s stands for a Pi 4's Wi-Fi, "
      "941 for its Ethernet", left_out="spatial run")
 
 # %% [markdown]
-# ## (f) Where each claim holds
+# ## (g) Where each claim holds
 #
 # None of the papers shows this. From `mode=predict` sweeps (`python run.py -m experiment=cut_claims_predicted` and
 # `experiment=halp_claims_predicted`, seconds to minutes): HALP's speed-up over the host alone against the link rate
@@ -800,7 +886,7 @@ if not halp_curve.empty:
 regions = pd.DataFrame(region_rows)
 if not regions.empty:
     regions = regions.set_index(["claim", "setting"])
-show("(f) where each headline claim holds: reproduced by a measured run, or the swept rates where the cost model "
+show("(g) where each headline claim holds: reproduced by a measured run, or the swept rates where the cost model "
      "says it would hold", regions, "predicted regions from measured=false runs; the emulation-fidelity benchmark "
      "(benchmarks/emulation_fidelity.py) is what licenses reading them", left_out="cut run")
 

@@ -160,7 +160,7 @@ def test_notebook_names_what_is_missing_instead_of_failing(tmp_path: Path) -> No
                             "PAPER_FIGURES_DIR": ""})
     for name in ("cic_paper", "halp_paper", "halp_reliability", "dynamic_payoff"):
         assert f"MISSING experiment '{name}'" in out and f"experiment={name}" in out
-    assert out.count("(no valid runs for this table)") == 9  # (a1-3), (b), (c), (d1-2), (e), (f)
+    assert out.count("(no valid runs for this table)") == 10  # (a1-3), (b), (c), (d), (e1-2), (f), (g)
 
 
 def test_only_finished_valid_runs_count(tmp_path: Path) -> None:
