@@ -62,6 +62,7 @@ class Runtime:
     token: str | None = None  # their shared secret (read from the environment or a file; never recorded)
     compute_device: str = "auto"  # auto | cpu | cuda: what the workers compute on
     link_timeout_s: float = 60.0  # a data link that makes no progress this long fails the run (0: never)
+    max_real_minutes: float | None = None  # skip (record predicted only) a job predicted to take longer here
 
     @property
     def max_payload(self) -> int:
