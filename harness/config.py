@@ -20,7 +20,7 @@ from harness.controller.experiment import ESTIMATORS, Experiment, Link, Runtime,
 from harness.model.models import ModelSpec
 from harness.network.link import LinkSpec
 
-MODES = ("run", "profile")
+MODES = ("run", "profile", "predict")
 SCENARIOS = ("single_stream", "stream", "dynamic")
 BACKENDS = ("auto", "netem", "tbf", "htb", "userspace")
 COMPUTE_DEVICES = ("auto", "cpu", "cuda")
@@ -78,6 +78,7 @@ class RuntimeConfig:
     compute_device: str = "auto"  # what the workers compute on: auto (cuda when present), cpu, cuda
     link_timeout_s: float = 60.0  # a data link stalled this long mid-transfer fails the run (0: never)
     reuse: bool = True  # in a sweep: keep the topology, workers and model across jobs that allow it
+    max_real_minutes: Optional[float] = 10.0  # a job predicted to take longer here is recorded skipped, not run
 
 
 @dataclass
@@ -141,6 +142,8 @@ def validate(cfg: DictConfig) -> None:
     _require(runtime.tdf == "auto" or (isinstance(runtime.tdf, (int, float)) and runtime.tdf >= 1),
              f"runtime.tdf must be 'auto' or a number >= 1, got {runtime.tdf!r}")
     _require(runtime.max_repeats >= 0, f"runtime.max_repeats must be >= 0, got {runtime.max_repeats}")
+    _require(runtime.max_real_minutes is None or runtime.max_real_minutes > 0,
+             f"runtime.max_real_minutes must be > 0 or null (no budget), got {runtime.max_real_minutes}")
     _require(runtime.threads_per_worker >= 1, f"runtime.threads_per_worker must be >= 1, got {runtime.threads_per_worker}")
     if runtime.remote:
         _require(scenario.name != "dynamic", "scenario=dynamic shapes the link to a trace; runtime.remote runs over a "
@@ -230,6 +233,7 @@ def resolve(cfg: DictConfig) -> Experiment:
             remote={str(e): str(a) for e, a in runtime.remote.items()} if runtime.remote else None,
             token=read_secret(runtime.token_file) if runtime.remote else None,
             compute_device=str(runtime.compute_device), link_timeout_s=float(runtime.link_timeout_s),
-            reuse=bool(runtime.reuse)),
+            reuse=bool(runtime.reuse),
+            max_real_minutes=None if runtime.max_real_minutes is None else float(runtime.max_real_minutes)),
         profile_out=cfg.profile_out,
         config=redacted(OmegaConf.to_container(cfg, resolve=True)))

@@ -14,6 +14,14 @@ QDMP = "QDMP (Zhang et al., IMWUT 2020)"
 HALP = "HALP (Li, Iosifidis, Zhang, ICC 2022)"
 MODNN = "MoDNN (Mao et al., DATE 2017)"
 
+# The settings each claim was made for, as this repository's hardware and model names (conf/hardware, conf/model).
+DADS_HARDWARE = "rpi3b_cpu_server"  # Raspberry Pi 3B device, 8-core cloud server
+DADS_MODELS = ("nin", "tiny_yolov2", "vgg16", "alexnet", "resnet18")
+CIC_HARDWARE = "xavier_1080ti"  # the setting of conf/experiment/cic_paper.yaml
+HALP_HARDWARE = ("4x_1080ti", "4x_xavier")
+HALP_PROTOTYPE_HARDWARE = "3x_rpi4"
+HALP_PROTOTYPE_SPEEDUP = 1.7  # VGG-16 on three Raspberry Pi 4 (Dong, Li, Iosifidis, Zhang, European Wireless 2022)
+
 # DADS's uplink rates (Mbit/s) and their names; the same rates are conf/link/{cat1,3g,lte,wifi}.yaml.
 DADS_UPLINKS = {0.13: "CAT1", 1.1: "3G", 5.85: "4G", 18.88: "Wi-Fi"}
 

@@ -63,6 +63,7 @@ class Runtime:
     compute_device: str = "auto"  # auto | cpu | cuda: what the workers compute on
     link_timeout_s: float = 60.0  # a data link that makes no progress this long fails the run (0: never)
     reuse: bool = True  # in a sweep: keep topology, workers and model across jobs (harness.controller.session)
+    max_real_minutes: float | None = None  # skip (record predicted only) a job predicted to take longer here
 
     @property
     def max_payload(self) -> int:

@@ -5,66 +5,31 @@ workers -> run -> verdict -> record once. Where cut and spatial methods differ, 
 from __future__ import annotations
 
 import logging
-import os
 import statistics
-import time
 from typing import Any, Callable
 
 import torch
 
 from hardware.profiles import LocalProfile, write_table
-from harness.controller.cut import CutStrategy
 from harness.controller.experiment import Experiment
 from harness.controller.measure import latency_metrics, link_metrics, max_abs_error, throughput_ips, timeline_figure
 from harness.controller.measurer import AutoTdf, RunResult, latencies_ms, measured_seqs, overrun_metrics, verdict
 from harness.controller import phases
+from harness.controller.predict import (DECISION_REPEATS, Prediction, calibrate_tdf, cores, predict,  # noqa: F401
+                                        strategy_for, timed)
 from harness.controller.records import RunRecord, environment
 from harness.controller.session import ModelCache, WorkerPool, release_pool, worker_pool
 from harness.controller.stale_runs import end_dead_runs
 from harness.controller.runtime import RunFailed, run_workers
-from harness.controller.spatial import SpatialStrategy
 from harness.worker.serve import compute_device, device_name
 from harness.model.graph import build_graph
 from partitioners.base import LinkState
 
 log = logging.getLogger("splitbench")
 
-DECISION_REPEATS = 5
-
 
 class InvalidRun(RuntimeError):
     """The emulation was not faithful (e.g. real compute overran the emulated budget)."""
-
-
-def timed(fn: Callable[..., Any], *args: Any, repeats: int = 1) -> tuple[Any, float]:
-    """Call ``fn`` ``repeats`` times; the last result and the median time in ms."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter_ns()
-        result = fn(*args)
-        times.append((time.perf_counter_ns() - start) / 1e6)
-    return result, statistics.median(times)
-
-
-def cores() -> int:
-    """The cores this process may run on: what concurrent workers share."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def calibrate_tdf(ratios: dict[str, float], margin: float, concurrent: int) -> tuple[float, str | None]:
-    """The TDF the profile alone gives, and the endpoint that sets it: the warm-up runs at it, and a run records it
-    beside the TDF its workers' measured compute set (``tdf_from_profile``). ``ratios``: per endpoint, the local
-    profile's compute over emulated compute. ``concurrent`` workers computing at once on this machine's cores
-    slow each other down; that is headroom too."""
-    if not ratios:
-        return 1.0, None
-    endpoint = max(ratios, key=ratios.__getitem__)
-    contention = max(1.0, concurrent / cores())
-    return max(1.0, margin * contention * ratios[endpoint]), endpoint
-
-
-def strategy_for(exp: Experiment, graph: Any, node_ms: dict[str, dict[str, float]]) -> CutStrategy | SpatialStrategy:
-    return (SpatialStrategy if exp.method.kind == "spatial" else CutStrategy)(exp, graph, node_ms)
 
 
 def run_experiment(exp: Experiment, rec: RunRecord, pool: WorkerPool | None = None) -> dict[str, float]:
@@ -219,17 +184,26 @@ def run_job(exp: Experiment, multirun: bool = False) -> dict[str, float]:
         return profile_mode(exp)
     tags = {"method": exp.method.name, "method_kind": exp.method.kind, "model": exp.model.name,
             "hardware": exp.hardware.name, "scenario": exp.scenario.name, "valid": "pending"}
-    pool = worker_pool() if multirun and exp.runtime.reuse and not exp.runtime.remote else None
-    if pool is None:
+    reuse = multirun and exp.mode == "run" and exp.runtime.reuse and not exp.runtime.remote
+    pool = worker_pool() if reuse else None
+    if pool is None and exp.mode != "predict":
         release_pool()  # a job that does not reuse does not share the machine with the last job's workers
-    # kept-alive workers hold the whole model, so their peak RSS is the whole model's, not only their part's
-    tags["workers_kept_alive"] = str(pool is not None).lower()
     with phases.job():
         return _record_job(exp, tags, pool, multirun)
 
 
 def _record_job(exp: Experiment, tags: dict[str, str], pool: WorkerPool | None, multirun: bool) -> dict[str, float]:
     end_dead_runs()  # before this job's run opens: no record of a dead controller stays RUNNING
+    budget = exp.runtime.max_real_minutes
+    if exp.mode == "predict" or budget is not None:
+        with phases.phase("setup"):
+            prediction = predict(exp)
+        if exp.mode == "predict":
+            return record_prediction(exp, prediction, tags, None)
+        if prediction.real_minutes > budget:
+            return record_prediction(exp, prediction, tags, budget)
+    # kept-alive workers hold the whole model, so their peak RSS is the whole model's, not only their part's
+    tags = {**tags, "measured": "true", "workers_kept_alive": str(pool is not None).lower()}
     with RunRecord(exp.name, exp.config, run_name=exp.run_name, tags=tags) as rec:
         try:
             return run_experiment(exp, rec, pool)
@@ -241,3 +215,20 @@ def _record_job(exp: Experiment, tags: dict[str, str], pool: WorkerPool | None, 
             if not multirun:
                 raise
             return {}
+
+
+def record_prediction(exp: Experiment, prediction: Prediction, tags: dict[str, str],
+                      budget_minutes: float | None) -> dict[str, float]:
+    """A run tagged ``measured=false``: the decision and the cost model's figures, no worker started. With a budget,
+    the job was skipped because its predicted real time exceeds it (``skipped=over_budget``)."""
+    tags = {**tags, "measured": "false", "valid": "predicted", "tdf_set_by": prediction.tdf_set_by or ""}
+    if budget_minutes is not None:
+        reason = (f"skipped: predicted real time {prediction.real_minutes:.1f} min > runtime.max_real_minutes="
+                  f"{budget_minutes:g} (TDF {prediction.metrics['predicted_tdf']:.1f} x "
+                  f"{prediction.metrics['predicted_emulated_s']:.1f} s emulated + set-up)")
+        tags.update({"skipped": "over_budget", "invalid_reason": reason})
+        log.warning("run %s %s", exp.run_name, reason)
+    with RunRecord(exp.name, exp.config, run_name=exp.run_name, tags=tags) as rec:
+        rec.artifact_json(prediction.plan.to_json(), "plan.json")
+        rec.metrics(prediction.metrics)
+    return prediction.metrics

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import torch
 
 from hardware.profiles import LocalProfile
+from harness.controller.predict import graph_of
 from harness.controller.runtime import Controller, WorkerSpec, _Endpoint
 from harness.model.graph import ModelGraph, build_graph
 from harness.model.models import ModelSpec, make_input
@@ -49,7 +50,8 @@ class ModelCache:
         key = spec_key(spec)
         if self.key != key or self._graph is None or not self.keep:
             self.key, self._graph, self._local_ms, self._references = None, None, {}, {}
-            self._graph, self.key = build_graph(spec), key
+            # a sweep shares the graph its jobs' predictions traced (runtime.max_real_minutes): one copy per spec
+            self._graph, self.key = graph_of(spec) if self.keep else build_graph(spec), key
         return self._graph
 
     def local_ms(self, graph: ModelGraph, threads: int) -> dict[str, float]:
