@@ -7,12 +7,14 @@ import json
 import os
 import signal
 import socket
+import string
 import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
@@ -143,3 +145,24 @@ def test_a_kept_alive_worker_takes_only_a_reset_for_its_own_endpoint() -> None:
     with controller, worker:
         controller.shutdown(socket.SHUT_WR)
         assert next_setup(Control(worker, 1 << 20), "server") is None  # the sweep is over: the worker exits
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(string.printable, max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["cmd", "setup", "endpoint", "id"]) | st.text(string.ascii_letters, max_size=4), inner,
+        max_size=3), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values, st.builds(lambda setup: {"cmd": "reset", "setup": setup}, json_values)))
+def test_a_kept_alive_worker_parses_any_json_into_a_setup_or_a_frame_error(obj: object) -> None:
+    controller, worker = socket.socketpair()
+    with controller, worker:
+        wire.send_json(controller, obj if isinstance(obj, dict) else {"value": obj})
+        controller.shutdown(socket.SHUT_WR)
+        try:
+            setup = next_setup(Control(worker, 1 << 20), "server")
+        except wire.FrameError:
+            return
+        assert setup is None or (isinstance(setup, dict) and setup.get("endpoint") == "server")
