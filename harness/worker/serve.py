@@ -9,7 +9,9 @@ its own part, and then runs inferences when told to. Only JSON and raw tensors c
 
 A board's worker (without ``--once``) serves run after run: each authenticated run is served by a forked child
 that gets the connection, so a run that ends in any way (the controller killed, an error, a crash) leaves the
-listener serving and the next run starts from a clean process.
+listener serving and the next run starts from a clean process. The harness's workers in a sweep (``--once
+--keep-alive``) serve its runs one after another on the one authenticated connection: after ``stopped`` they take
+only clock pings or a ``reset`` carrying the next setup for their own endpoint, and keep the model they built.
 
 Timestamps are this machine's ``time.monotonic_ns()``; the controller estimates each worker's clock offset from the
 pings and converts the stamps into its own clock. Workers report what happened; the controller decides what it means.
