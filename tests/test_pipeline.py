@@ -16,7 +16,7 @@ CORE_METRICS = ["decision_time_ms", "offline_time_ms", "predicted_latency_ms", "
                 "measured_bandwidth_mbps", "tdf"]
 
 
-def runs(uri: str, experiment: str = "default"):
+def runs(uri: str, experiment: str = "own_runs"):
     mlflow.set_tracking_uri(uri)
     return mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
 
