@@ -137,12 +137,16 @@ def _require(ok: bool, message: str) -> None:
 
 def chosen_file(group: str) -> str:
     """The YAML a config group was composed from (``conf/hardware/xavier_1080ti.yaml``), from Hydra's choices."""
-    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    choice = choices.get(group)
-    if choice is None:
+    if not HydraConfig.initialized():
         return f"the {group.split('@')[-1]} config"
-    path = PROJECT_ROOT / "conf" / group.split("@")[0] / f"{choice}.yaml"
-    return str(path.relative_to(PROJECT_ROOT)) if path.exists() else f"{group}={choice}"
+    runtime = HydraConfig.get().runtime
+    choice = runtime.choices.get(group)
+    for source in runtime.config_sources if choice is not None else []:
+        root = Path(str(source.path))
+        path = root / group.split("@")[0] / f"{choice}.yaml"
+        if source.schema == "file" and path.exists():
+            return str(path.relative_to(root.parent))
+    return f"{group.split('@')[0]}={choice}"
 
 
 def load_target(target: Any, what: str, where: str) -> Any:

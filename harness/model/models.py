@@ -157,5 +157,12 @@ def build_model(spec: ModelSpec) -> nn.Module:
         raise ModelBuildError(
             f"model {spec.name!r}: factory {spec.target} returned {type(model).__name__}, expected torch.nn.Module")
     model.train(False)  # eval mode: dropout off, batch norms use their running statistics
-    _calibrate_batch_norms(model, spec)
+    try:
+        _calibrate_batch_norms(model, spec)
+    except Exception as exc:  # the first run of the model on an input of spec.input_shape
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelBuildError(
+            f"model.input_shape={list(spec.input_shape)} does not fit model {spec.name!r}: a trial run on that input "
+            f"failed ({type(exc).__name__}: {first}); set model.input_shape to the shape the model takes, batch "
+            "first (e.g. [1, 3, 224, 224] for an ImageNet classifier)") from exc
     return model
