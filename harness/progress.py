@@ -39,6 +39,10 @@ class SweepProgress(Callback):
     def __init__(self) -> None:
         self.bar: tqdm | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # launchers that run jobs elsewhere (Ray) pickle the callbacks with the job; the bar stays with the driver
+        return {**self.__dict__, "bar": None}
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[LAUNCH_ENV] = uuid.uuid4().hex
         self.bar = tqdm(total=sweep_size(config), desc="sweep", unit="job", position=1, leave=True)
