@@ -177,4 +177,4 @@ def test_an_overrun_emulation_is_retried_at_a_higher_tdf_and_linked(tracking_uri
     assert "MLflow experiment 'own_runs'" in lines[header + 3]
     assert lines[header + 4] == f"UI:       mlflow ui --backend-store-uri {tracking_uri}   # then " \
                                 "http://127.0.0.1:5000, experiment own_runs"
-    assert lines[header + 5].startswith(f"notebook: MLFLOW_TRACKING_URI={tracking_uri} CIC_EXPERIMENT=own_runs")
+    assert lines[header + 5].startswith(f"notebook: MLFLOW_TRACKING_URI={tracking_uri} EXPERIMENTS=own_runs")

@@ -67,8 +67,7 @@ def open_commands(experiments: list[str], uri: str) -> list[str]:
     store = shlex.quote(uri)
     ui = (f"open {uri} (experiments {names})" if uri.startswith(("http://", "https://"))
           else f"mlflow ui --backend-store-uri {store}   # then http://127.0.0.1:5000, experiment {names}")
-    notebook = (f"MLFLOW_TRACKING_URI={store} CIC_EXPERIMENT={shlex.quote(names)} HALP_EXPERIMENT={shlex.quote(names)} "
-                "python notebooks/paper_tables.py")
+    notebook = f"MLFLOW_TRACKING_URI={store} EXPERIMENTS={shlex.quote(names)} python notebooks/paper_tables.py"
     return [f"UI:       {ui}", f"notebook: {notebook}"]
 
 
