@@ -2,13 +2,14 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
+EXTRAS ?= test            # CI adds the scale-out launchers: make test EXTRAS=test,ray,slurm
 
 .PHONY: setup run test ui clean-net
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[$(strip $(EXTRAS))]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -1,19 +1,23 @@
 """splitbench entry point: `python run.py [group=option ...]`, or `python run.py -m ...` to sweep.
 
 Composes the Hydra config under conf/, runs one experiment (decide a plan, run it as real split inference over
-shaped links) and records it in MLflow. See README.md.
+shaped links), records it in MLflow and prints what it found. A configuration error prints one line
+(HYDRA_FULL_ERROR=1 keeps the traceback). See README.md.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import uuid
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from harness.config import register
+from harness.config import main_with_one_line_errors, one_line_errors, register
+from harness.progress import LAUNCH_ENV
 
 register()
 
@@ -30,13 +34,24 @@ def refuse_secret_overrides(argv: list[str]) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from harness.config import resolve  # after Hydra parsed the command line: fast --help and errors
-    from harness.controller.pipeline import run_job
+    from harness.controller.pipeline import InvalidRun, run_job
+    from harness.controller.runtime import RunFailed
+    from harness.controller.summary import summary
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    metrics = run_job(resolve(cfg), multirun=multirun)
+    launch = os.environ.get(LAUNCH_ENV) or uuid.uuid4().hex  # a sweep's callback sets one for all its jobs
+    with one_line_errors():  # a bad value, or a model.input_shape the trial run refuses: one line, no record
+        exp = resolve(cfg)
+        try:
+            metrics = run_job(exp, multirun=multirun, launch=launch)
+        except (RunFailed, InvalidRun) as exc:
+            print(summary(launch))
+            raise SystemExit(f"run FAILED: {exc}") from None
+    if not multirun and exp.mode == "run":
+        print(summary(launch))
     return metrics.get("latency_ms")
 
 
 if __name__ == "__main__":
     refuse_secret_overrides(sys.argv[1:])
-    main()
+    main_with_one_line_errors(main)

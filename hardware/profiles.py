@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch import fx
 
-from harness.model.graph import ModelGraph
+from harness.model.graph import COSTED_KINDS, ModelGraph
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
 
@@ -69,6 +69,10 @@ class RooflineProfile(Profile):
         for key in ("peak_gflops", "memory_gbps"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"hardware profile {self.name!r}: {key} must be > 0, got {getattr(self, key)}")
+        unknown = sorted(set(self.efficiency) - COSTED_KINDS)
+        if unknown:
+            raise ValueError(f"hardware profile {self.name!r}: efficiency key {unknown[0]!r} is not an op kind the "
+                             f"graph costs; accepted (lower case): {', '.join(sorted(COSTED_KINDS))}")
         bad = {k: v for k, v in self.efficiency.items() if not 0 < v <= 1}
         if bad:
             raise ValueError(f"hardware profile {self.name!r}: efficiencies must lie in (0, 1], got {bad}")

@@ -1,24 +1,39 @@
 """The one place that reads the raw Hydra config: its structured schema, the checks that stop a bad experiment
 before any work is done, and :func:`resolve`, which turns it into a typed :class:`Experiment`.
 
-OmegaConf enforces the types of the schema below (``link.bandwidth_mbps=abc`` fails at composition); :func:`validate`
-checks the values and the combinations, naming the bad value and the accepted ones.
+OmegaConf enforces the keys and types of the schema below (``link.bandwidth_mbps=abc`` and a misspelled key in any YAML
+or override fail at composition); the polymorphic nodes (profiles, methods) are checked against the class their
+``_target_`` names. :func:`validate` checks the values and the combinations, naming the bad value and the accepted
+ones; :func:`explain` turns any configuration error into one line, and :func:`main_with_one_line_errors` prints it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
 import os
+import re
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
 
 from hydra.core.config_store import ConfigStore
-from hydra.utils import get_class, instantiate
-from omegaconf import MISSING, DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
+from hardware.profiles import Profile
 from hardware.topology import MAX_SERVERS, Hardware
+from harness import PROJECT_ROOT
 from harness.controller.experiment import ESTIMATORS, Experiment, Link, Runtime, Scenario
-from harness.model.models import ModelSpec
+from harness.model.graph import TraceFailure
+from harness.model.models import ModelBuildError, ModelSpec, import_hint, import_target
 from harness.network.link import LinkSpec
+from partitioners.base import Partitioner
 
 MODES = ("run", "profile", "predict")
 SCENARIOS = ("single_stream", "stream", "dynamic")
@@ -58,8 +73,20 @@ class ScenarioConfig:
 
 
 @dataclass
+class HardwareConfig:
+    name: str = MISSING
+    topology: str = MISSING  # pair: device + server; star: num_servers copies of server
+    num_servers: int = 2
+    device: Any = None  # a profile (conf/profile/), pair only; checked against its _target_ class
+    server: Any = MISSING
+
+
+DEFAULT_EXPERIMENT = "own_runs"  # the user's own runs; presets name theirs (cic_paper, ...)
+
+
+@dataclass
 class ExperimentConfig:
-    name: str = "default"
+    name: str = DEFAULT_EXPERIMENT
 
 
 @dataclass
@@ -79,13 +106,15 @@ class RuntimeConfig:
     link_timeout_s: float = 60.0  # a data link stalled this long mid-transfer fails the run (0: never)
     reuse: bool = True  # in a sweep: keep the topology, workers and model across jobs that allow it
     max_real_minutes: Optional[float] = 10.0  # a job predicted to take longer here is recorded skipped, not run
+    retries: int = 2  # an INVALID emulation is run again at a higher TDF up to this many times
+    retry_tdf_factor: float = 1.5  # each retry multiplies the TDF margin (or a fixed TDF) by this
 
 
 @dataclass
 class SplitbenchConfig:
     mode: str = "run"
     model: ModelConfig = MISSING
-    hardware: Any = MISSING
+    hardware: HardwareConfig = MISSING
     link: LinkConfig = MISSING
     method: Any = MISSING
     scenario: ScenarioConfig = MISSING
@@ -107,13 +136,99 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def chosen_file(group: str) -> str:
+    """The YAML a config group was composed from (``conf/hardware/xavier_1080ti.yaml``), from Hydra's choices."""
+    if not HydraConfig.initialized():
+        return f"the {group.split('@')[-1]} config"
+    runtime = HydraConfig.get().runtime
+    choice = runtime.choices.get(group)
+    for source in runtime.config_sources if choice is not None else []:
+        root = Path(str(source.path))
+        path = root / group.split("@")[0] / f"{choice}.yaml"
+        if source.schema == "file" and path.exists():
+            return str(path.relative_to(root.parent))
+    return f"{group.split('@')[0]}={choice}"
+
+
+def load_target(target: Any, what: str, where: str) -> Any:
+    """The class or function a ``_target_`` names; an import failure says which folder must be importable."""
+    if not target or target == "???":
+        raise ConfigError(f"{what}: _target_ is not set in {where}; name an importable class, e.g. "
+                          "_target_: mypackage.module.MyClass")
+    try:
+        return import_target(str(target))
+    except ImportError as exc:
+        raise ConfigError(f"{what}: cannot import _target_ {target} ({where}): {exc}; {import_hint(str(target), exc)}"
+                          ) from exc
+
+
+def accepted_options(cls: Any) -> tuple[list[str], bool]:
+    """The keyword options a constructor takes, and whether it takes any (``**kwargs``)."""
+    if dataclasses.is_dataclass(cls):
+        return [f.name for f in dataclasses.fields(cls) if f.init], False
+    params = inspect.signature(cls).parameters.values()
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return names, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def check_keys(node: DictConfig, accepted: list[str], where: str, what: str) -> None:
+    """Refuse the first key of ``node`` that is not ``accepted``, naming the file and the accepted keys."""
+    for key in node.keys():
+        _require(key in accepted, f"unknown key {key!r} in {where} ({what}); accepted keys: {', '.join(accepted)}")
+
+
+def method_class(cfg: DictConfig) -> type[Partitioner]:
+    """The method class ``method._target_`` names, checked against the :class:`Partitioner` contract."""
+    where = chosen_file("method")
+    cls = load_target(cfg.method.get("_target_"), "method", where)
+    _require(isinstance(cls, type) and issubclass(cls, Partitioner),
+             f"method _target_ {cfg.method._target_} ({where}) is not a partitioners.base.Partitioner subclass")
+    return cls
+
+
 def method_kind(cfg: DictConfig) -> str:
     """``cut`` or ``spatial``, read from the method class named by ``method._target_``."""
+    return method_class(cfg).kind
+
+
+def name_method(cfg: DictConfig) -> None:
+    """A method YAML may leave ``name`` out: the method is then named by its file (``method=half`` -> half)."""
+    if not cfg.method.get("name"):
+        choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+        with open_dict(cfg.method):
+            cfg.method.name = choices.get("method") or getattr(method_class(cfg), "name", None) or "method"
+
+
+def build_method(cfg: DictConfig) -> Partitioner:
+    """``cls(**options)``: every key of the method's YAML but ``_target_`` and ``name`` (see Partitioner)."""
+    cls, where = method_class(cfg), chosen_file("method")
+    accepted, any_key = accepted_options(cls)
+    options = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items()
+               if k not in ("_target_", "name")}
+    if not any_key:
+        check_keys(OmegaConf.create(options), ["_target_", "name", *accepted], where, f"method {cfg.method.name!r}")
     try:
-        cls = get_class(cfg.method._target_)
-    except Exception as exc:
-        raise ConfigError(f"method {cfg.method.get('name')!r}: cannot import {cfg.method._target_}: {exc}") from exc
-    return getattr(cls, "kind", "cut")
+        method = cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"method {cfg.method.name!r} ({where}): {exc}") from exc
+    method.name = str(cfg.method.name)
+    return method
+
+
+def build_profile(node: DictConfig, slot: str) -> Profile:
+    """A profile (``hardware.device``/``hardware.server``) after its keys are checked against its class."""
+    where = chosen_file(f"profile@hardware.{slot}")
+    cls = load_target(node.get("_target_"), f"hardware.{slot}", where)
+    _require(isinstance(cls, type) and issubclass(cls, Profile),
+             f"hardware.{slot}: _target_ {node._target_} ({where}) is not a hardware.profiles.Profile subclass")
+    accepted, any_key = accepted_options(cls)
+    if not any_key:
+        check_keys(node, ["_target_", *accepted], where, f"a {cls.__name__}")
+    try:
+        return instantiate(node)
+    except Exception as exc:  # the profile's own checks (e.g. an efficiency outside (0, 1])
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"hardware.{slot} ({where}): {cause}") from exc
 
 
 def validate(cfg: DictConfig) -> None:
@@ -145,6 +260,8 @@ def validate(cfg: DictConfig) -> None:
     _require(runtime.max_real_minutes is None or runtime.max_real_minutes > 0,
              f"runtime.max_real_minutes must be > 0 or null (no budget), got {runtime.max_real_minutes}")
     _require(runtime.threads_per_worker >= 1, f"runtime.threads_per_worker must be >= 1, got {runtime.threads_per_worker}")
+    _require(runtime.retries >= 0, f"runtime.retries must be >= 0, got {runtime.retries}")
+    _require(runtime.retry_tdf_factor > 1, f"runtime.retry_tdf_factor must be > 1, got {runtime.retry_tdf_factor}")
     if runtime.remote:
         _require(scenario.name != "dynamic", "scenario=dynamic shapes the link to a trace; runtime.remote runs over a "
                                              "real network that the harness cannot shape")
@@ -205,14 +322,18 @@ def redacted(tree: Any) -> Any:
 
 def build_hardware(cfg: DictConfig) -> Hardware:
     if cfg.topology == "pair":
-        return Hardware.pair(cfg.name, instantiate(cfg.device), instantiate(cfg.server))
-    return Hardware.star(cfg.name, instantiate(cfg.server), int(cfg.num_servers))
+        _require(cfg.get("device") is not None,
+                 f"hardware {cfg.name!r} ({chosen_file('hardware')}) is a pair and needs a device profile: "
+                 "defaults: [/profile@device: <a conf/profile/ name>]")
+        return Hardware.pair(cfg.name, build_profile(cfg.device, "device"), build_profile(cfg.server, "server"))
+    return Hardware.star(cfg.name, build_profile(cfg.server, "server"), int(cfg.num_servers))
 
 
 def resolve(cfg: DictConfig) -> Experiment:
     """Validate ``cfg`` and build the typed experiment everything below the entry point receives."""
     cfg = cfg.copy()
     resolve_objective(cfg)
+    name_method(cfg)
     validate(cfg)
     runtime = cfg.runtime
     return Experiment(
@@ -222,7 +343,7 @@ def resolve(cfg: DictConfig) -> Experiment:
         hardware=build_hardware(cfg.hardware),
         link=Link(name=str(cfg.link.name), spec=LinkSpec.from_config(cfg.link), trace=cfg.link.trace,
                   compensate_headers=bool(cfg.link.compensate_headers)),
-        method=instantiate(cfg.method),
+        method=build_method(cfg),
         scenario=Scenario(**OmegaConf.to_container(cfg.scenario)),
         runtime=Runtime(
             threads_per_worker=int(runtime.threads_per_worker),
@@ -234,6 +355,78 @@ def resolve(cfg: DictConfig) -> Experiment:
             token=read_secret(runtime.token_file) if runtime.remote else None,
             compute_device=str(runtime.compute_device), link_timeout_s=float(runtime.link_timeout_s),
             reuse=bool(runtime.reuse),
-            max_real_minutes=None if runtime.max_real_minutes is None else float(runtime.max_real_minutes)),
+            max_real_minutes=None if runtime.max_real_minutes is None else float(runtime.max_real_minutes),
+            retries=int(runtime.retries), retry_tdf_factor=float(runtime.retry_tdf_factor)),
         profile_out=cfg.profile_out,
         config=redacted(OmegaConf.to_container(cfg, resolve=True)))
+
+
+# One-line configuration errors -----------------------------------------------------------------------------------
+
+CONFIG_ERRORS = (ConfigError, ModelBuildError, TraceFailure, HydraException, OmegaConfBaseException)
+
+
+def _schema_keys(object_type: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(object_type)] if dataclasses.is_dataclass(object_type) else []
+
+
+def explain(exc: BaseException) -> str | None:
+    """One line for a configuration error (what, the bad value, the accepted values or the fix); None for anything
+    else, which is a harness bug and keeps its traceback."""
+    if not isinstance(exc, CONFIG_ERRORS):
+        return None
+    message = str(exc)
+    key_error = next((e for e in _chain(exc) if getattr(e, "key", None) and "not in" in str(e)), None)
+    if key_error is not None:  # a misspelled or unknown key: name it, the file or override, and the schema's keys
+        origin = re.match(r"In '([^']+)'", message)
+        where = (f"conf/{origin.group(1)}.yaml" if origin else
+                 "the command line" if "override" in message.lower() else "the config")
+        accepted = _schema_keys(getattr(key_error, "object_type", None))
+        full_key = getattr(key_error, "full_key", None) or key_error.key
+        return (f"unknown key {full_key!r} in {where}" +
+                (f"; accepted keys: {', '.join(accepted)}" if accepted else
+                 f"; a key the method or profile class takes but its YAML leaves out is added with +{full_key}=..."))
+    lines = [line.strip() for line in message.splitlines() if line.strip()
+             and not line.strip().startswith(("reference_type", "object_type", "Set the environment variable"))]
+    return " ".join(lines)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    while exc is not None and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+_USER_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # read before main_with_one_line_errors sets it
+
+
+def one_line(exc: Exception) -> None:
+    """Exit with ``exc``'s one line if it is a configuration error (and HYDRA_FULL_ERROR=1 was not asked for)."""
+    line = explain(exc)
+    if line is not None and not _USER_FULL_ERROR:
+        print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Inside a Hydra job: a configuration error ends the process with one line (SystemExit passes through
+    Hydra, which would otherwise print its own line about the job before re-raising)."""
+    try:
+        yield
+    except Exception as exc:
+        one_line(exc)
+        raise
+
+
+def main_with_one_line_errors(main: Callable[[], Any]) -> None:
+    """Run a Hydra main; a configuration error (composition included) prints one line and exits 2.
+    ``HYDRA_FULL_ERROR=1`` keeps the traceback."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own trimmed traceback
+    try:
+        main()
+    except Exception as exc:
+        one_line(exc)
+        raise

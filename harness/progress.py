@@ -1,14 +1,19 @@
-"""A progress bar over the jobs of a sweep (``python run.py -m ...``), as a Hydra callback."""
+"""A progress bar over the jobs of a sweep (``python run.py -m ...``) and its summary at the end, as a Hydra
+callback."""
 
 from __future__ import annotations
 
 import math
+import os
+import uuid
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from tqdm import tqdm
+
+LAUNCH_ENV = "SPLITBENCH_LAUNCH"  # the id every run of one sweep is tagged with (tag ``launch``)
 
 
 def sweep_size(config: DictConfig) -> int | None:
@@ -27,12 +32,19 @@ def sweep_size(config: DictConfig) -> int | None:
 
 
 class SweepProgress(Callback):
-    """One tick per finished job; the per-inference bar of each run is drawn below it."""
+    """One tick per finished job (the per-inference bar of each run is drawn below it); at the end, the table of
+    what the sweep's jobs found, read back from MLflow by the sweep's launch id (launchers that run jobs elsewhere
+    pass it on: see conf/hydra/launcher/ray_cluster.yaml)."""
 
     def __init__(self) -> None:
         self.bar: tqdm | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # launchers that run jobs elsewhere (Ray) pickle the callbacks with the job; the bar stays with the driver
+        return {**self.__dict__, "bar": None}
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[LAUNCH_ENV] = uuid.uuid4().hex
         self.bar = tqdm(total=sweep_size(config), desc="sweep", unit="job", position=1, leave=True)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -42,3 +54,7 @@ class SweepProgress(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.bar is not None:
             self.bar.close()
+        if config.get("mode") == "run" and LAUNCH_ENV in os.environ:
+            from harness.controller.summary import summary  # MLflow only when a sweep ends, not for --help
+
+            print(summary(os.environ.pop(LAUNCH_ENV)), flush=True)

@@ -109,10 +109,27 @@ def device_side_of(plan: Plan | Mapping[str, Any]) -> set[str]:
 
 
 class Partitioner(ABC):
-    """A collaborative-inference method: offline ``prepare``, online ``decide``."""
+    """A collaborative-inference method: offline ``prepare``, online ``decide``.
 
-    name: ClassVar[str]
+    The contract with its YAML (``conf/method/<name>.yaml``), which the harness enforces before any work:
+
+    - ``_target_`` names the class; every other key but ``name`` is passed to the constructor as a keyword
+      argument, so the constructor's keyword parameters *are* the method's options (a class without options needs
+      no ``__init__``). A key the constructor does not take is refused, naming the file and the accepted keys.
+    - ``name`` is optional: the method is named by it, else by its YAML file's name; the harness sets ``name`` on
+      the instance after construction (records, plans and tables use it).
+    - ``kind`` (class attribute): ``"cut"`` (one device, one server: ``prepare`` receives a :class:`CutProblem`)
+      or ``"spatial"`` (a star of edge servers: ``prepare`` receives a ``partitioners.spatial`` problem).
+    - ``decide`` returns a :class:`Plan` (for cuts, :func:`cut_plan` builds it) and does no I/O and no timing.
+    """
+
+    name: str = ""  # set by the harness from the YAML's name or file name
     kind: ClassVar[str] = "cut"  # "cut": one device + one server; "spatial": N edge servers
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind not in ("cut", "spatial"):
+            raise TypeError(f"{cls.__qualname__}.kind = {cls.kind!r}; a method's kind is 'cut' or 'spatial'")
 
     @abstractmethod
     def prepare(self, problem: Any) -> Any:

@@ -26,7 +26,7 @@ TIME_NAMESPACE = ["unshare", "--time", f"--monotonic={AHEAD_S}", f"--boottime={A
 
 def runs(tracking_uri: str):
     mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.search_runs(experiment_names=["default"], order_by=["attributes.start_time ASC"])
+    return mlflow.search_runs(experiment_names=["own_runs"], order_by=["attributes.start_time ASC"])
 
 
 def texts_under(folder: Path) -> dict[str, str]:

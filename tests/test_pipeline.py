@@ -16,7 +16,7 @@ CORE_METRICS = ["decision_time_ms", "offline_time_ms", "predicted_latency_ms", "
                 "measured_bandwidth_mbps", "tdf"]
 
 
-def runs(uri: str, experiment: str = "default"):
+def runs(uri: str, experiment: str = "own_runs"):
     mlflow.set_tracking_uri(uri)
     return mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
 
@@ -65,6 +65,10 @@ def test_sweep_records_one_run_per_job(tracking_uri: str, tmp_path: Path) -> Non
     assert (device["metrics.bytes_transferred"] == 0).all()
     # a 10x slower link makes server-only slower: the link is really shaped
     assert server.loc["20.0", "metrics.latency_ms"] > server.loc["200.0", "metrics.latency_ms"]
+    # the sweep ends with one row per job, read back from MLflow, and where to look
+    rows = [line for line in proc.stdout.splitlines() if line.split()[:1] in (["device_only"], ["server_only"])]
+    assert sorted(line.split()[-1] for line in rows) == sorted(df["run_id"]) and all(" valid " in r for r in rows)
+    assert "4 job(s), 4 valid; MLflow experiment 'own_runs'" in proc.stdout
 
 
 @needs_root

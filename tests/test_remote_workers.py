@@ -68,7 +68,7 @@ def test_run_over_real_network_with_remote_workers(board_workers: dict[str, int]
                        tracking_uri, tmp_path, env={"SPLITBENCH_TOKEN": TOKEN})
         assert proc.returncode == 0, proc.stderr[-3000:]
     mlflow.set_tracking_uri(tracking_uri)
-    df = mlflow.search_runs(experiment_names=["default"])
+    df = mlflow.search_runs(experiment_names=["own_runs"])
     assert len(df) == 2 and (df["tags.valid"] == "true").all()
     assert (df["tags.link_backend"] == "real").all()
     assert (df["metrics.max_abs_error"] <= 1e-5).all()

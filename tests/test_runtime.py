@@ -248,7 +248,7 @@ def test_sigint_to_run_py_mid_run_ends_the_mlflow_run_and_leaves_nothing(trackin
     assert proc.returncode != 0, text[-3000:]
     assert_nothing_left(proc.pid, marker)
     mlflow.set_tracking_uri(tracking_uri)
-    runs = mlflow.search_runs(experiment_names=["default"])
+    runs = mlflow.search_runs(experiment_names=["own_runs"])
     assert len(runs) == 1
     assert runs.iloc[0]["status"] in ("KILLED", "FAILED"), runs.iloc[0]["status"]  # KILLED here: never RUNNING
     assert runs.iloc[0]["tags.valid"] == "false"

@@ -27,7 +27,7 @@ MIDDLE_CUT = ["model=mobilenet_v2", "model.input_shape=[1,3,64,64]", "hardware=x
 
 def finished_runs(uri: str) -> pd.DataFrame:
     mlflow.set_tracking_uri(uri)
-    df = mlflow.search_runs(experiment_names=["default"], output_format="pandas")
+    df = mlflow.search_runs(experiment_names=["own_runs"], output_format="pandas")
     assert (df["status"] == "FINISHED").all(), df.get("tags.invalid_reason")
     assert (df["tags.valid"] == "true").all(), df.get("tags.invalid_reason")
     return df

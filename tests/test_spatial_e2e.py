@@ -21,7 +21,7 @@ VGG_64 = ["model=vgg16", "model.input_shape=[1,3,64,64]"]
 
 def recorded(uri: str) -> pd.DataFrame:
     mlflow.set_tracking_uri(uri)
-    return mlflow.search_runs(experiment_names=["default"], output_format="pandas")
+    return mlflow.search_runs(experiment_names=["own_runs"], output_format="pandas")
 
 
 def plan_of(uri: str, run_id: str, tmp_path: Path) -> dict:

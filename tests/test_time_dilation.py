@@ -41,7 +41,7 @@ def test_a_pi3b_run_is_padded_not_dilated(tracking_uri: str, tmp_path: Path) -> 
     proc = run_cli(["-m", *SMALL, "method=device_only,server_only"], tracking_uri, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     mlflow.set_tracking_uri(tracking_uri)
-    df = mlflow.search_runs(experiment_names=["default"], output_format="pandas").set_index("params.method.name")
+    df = mlflow.search_runs(experiment_names=["own_runs"], output_format="pandas").set_index("params.method.name")
     assert (df["tags.valid"] == "true").all(), df.get("tags.invalid_reason")
     device = df.loc["device_only"]
     assert device["metrics.tdf"] == 1.0

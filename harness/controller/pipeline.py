@@ -4,6 +4,8 @@ workers -> run -> verdict -> record once. Where cut and spatial methods differ, 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import statistics
 from typing import Any, Callable
@@ -22,23 +24,29 @@ from harness.controller.session import ModelCache, WorkerPool, release_pool, wor
 from harness.controller.stale_runs import end_dead_runs
 from harness.controller.runtime import RunFailed, run_workers
 from harness.worker.serve import compute_device, device_name
-from harness.model.graph import build_graph
+from harness.model.graph import ModelGraph, build_graph
 from partitioners.base import LinkState
 
 log = logging.getLogger("splitbench")
 
 
 class InvalidRun(RuntimeError):
-    """The emulation was not faithful (e.g. real compute overran the emulated budget)."""
+    """The emulation was not faithful (e.g. real compute overran the emulated budget). ``overran_tdf``: the TDF
+    whose budgets real compute overran (a higher one may hold), else None."""
+
+    def __init__(self, reason: str, overran_tdf: float | None = None) -> None:
+        super().__init__(reason)
+        self.overran_tdf = overran_tdf
 
 
-def run_experiment(exp: Experiment, rec: RunRecord, pool: WorkerPool | None = None) -> dict[str, float]:
+def run_experiment(exp: Experiment, rec: RunRecord, graph: ModelGraph | None = None,
+                   pool: WorkerPool | None = None) -> dict[str, float]:
     """Decide and run one experiment, logging everything to ``rec``; returns the metrics. With ``pool`` (a sweep),
     the model's graph, local times and reference outputs, the topology and the workers are reused where they can
     be (``harness.controller.session``)."""
     models = pool.models if pool is not None else ModelCache(keep=False)
     end_setup = phases.begin("setup")
-    graph = models.graph(exp.model)
+    graph = graph if graph is not None else models.graph(exp.model)
     node_ms = exp.hardware.node_ms(graph)
     strategy = strategy_for(exp, graph, node_ms)
     rec.set_tags(strategy.tags())
@@ -148,7 +156,8 @@ def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult, metri
     rec.figure(fig, "timeline.png")
     if reason is not None:
         rec.metrics(metrics)
-        raise InvalidRun(reason)
+        overran = metrics["overrun_cost_pct"] > exp.runtime.overrun_tolerance_pct
+        raise InvalidRun(reason, overran_tdf=result.tdf if overran else None)
     metrics.update(latency_metrics(result))
     metrics["throughput_ips"] = throughput_ips(result)
     metrics.update(link_metrics(result))
@@ -177,22 +186,28 @@ def profile_mode(exp: Experiment) -> dict[str, float]:
     return {"profiled_total_ms": total}
 
 
-def run_job(exp: Experiment, multirun: bool = False) -> dict[str, float]:
+def run_job(exp: Experiment, multirun: bool = False, launch: str | None = None) -> dict[str, float]:
     """Run and record one job. In a sweep a failed run (a worker crash, a timeout, an invalid emulation) is
-    recorded FAILED and the sweep goes on; anything else is a harness bug and stops the sweep."""
+    recorded FAILED and the sweep goes on; anything else is a harness bug and stops the sweep. An emulation that
+    real compute overran is run again at a higher TDF, up to ``runtime.retries`` times: every attempt is a run of
+    its own, linked to the next (``retried_as``) and the previous (``retry_of``); only the last can count.
+    ``launch`` tags the runs of one ``run.py`` invocation, so that its summary can find them."""
     if exp.mode == "profile":
         return profile_mode(exp)
-    tags = {"method": exp.method.name, "method_kind": exp.method.kind, "model": exp.model.name,
-            "hardware": exp.hardware.name, "scenario": exp.scenario.name, "valid": "pending"}
     reuse = multirun and exp.mode == "run" and exp.runtime.reuse and not exp.runtime.remote
     pool = worker_pool() if reuse else None
     if pool is None and exp.mode != "predict":
         release_pool()  # a job that does not reuse does not share the machine with the last job's workers
     with phases.job():
-        return _record_job(exp, tags, pool, multirun)
+        return _record_job(exp, pool, multirun, launch)
 
 
-def _record_job(exp: Experiment, tags: dict[str, str], pool: WorkerPool | None, multirun: bool) -> dict[str, float]:
+def _record_job(exp: Experiment, pool: WorkerPool | None, multirun: bool, launch: str | None) -> dict[str, float]:
+    with phases.phase("setup"):  # a trial run: a model.input_shape that does not fit stops here, before any record
+        graph = pool.models.graph(exp.model) if pool is not None else build_graph(exp.model)
+    tags = {"method": exp.method.name, "method_kind": exp.method.kind, "model": exp.model.name,
+            "hardware": exp.hardware.name, "scenario": exp.scenario.name, "valid": "pending",
+            **({"launch": launch} if launch else {})}
     end_dead_runs()  # before this job's run opens: no record of a dead controller stays RUNNING
     budget = exp.runtime.max_real_minutes
     if exp.mode == "predict" or budget is not None:
@@ -203,18 +218,41 @@ def _record_job(exp: Experiment, tags: dict[str, str], pool: WorkerPool | None, 
         if prediction.real_minutes > budget:
             return record_prediction(exp, prediction, tags, budget)
     # kept-alive workers hold the whole model, so their peak RSS is the whole model's, not only their part's
-    tags = {**tags, "measured": "true", "workers_kept_alive": str(pool is not None).lower()}
-    with RunRecord(exp.name, exp.config, run_name=exp.run_name, tags=tags) as rec:
-        try:
-            return run_experiment(exp, rec, pool)
-        except (RunFailed, InvalidRun) as exc:
-            rec.fail(str(exc))
-            for endpoint, text in getattr(exc, "worker_logs", {}).items():
-                rec.text(text, f"logs/{endpoint}.log")
-            log.error("run %s FAILED: %s", exp.run_name, exc)
-            if not multirun:
-                raise
-            return {}
+    tags = {**tags, "workers_kept_alive": str(pool is not None).lower()}
+    retry_of: str | None = None
+    for attempt in range(1, exp.runtime.retries + 2):
+        attempt_tags = {"measured": "true", "attempt": str(attempt), **({"retry_of": retry_of} if retry_of else {})}
+        with RunRecord(exp.name, exp.config, run_name=exp.run_name, tags={**tags, **attempt_tags}) as rec:
+            if retry_of:
+                rec.tag_run(retry_of, {"retried_as": rec.run_id})
+            try:
+                return run_experiment(exp, rec, graph, pool)
+            except (RunFailed, InvalidRun) as exc:
+                retry = isinstance(exc, InvalidRun) and exc.overran_tdf is not None and attempt <= exp.runtime.retries
+                failed(exp, rec, exc, retried=retry)
+                if retry:
+                    exp, retry_of = at_higher_tdf(exp, exc.overran_tdf), rec.run_id
+                    continue
+                if not multirun:
+                    raise
+                return {}
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def failed(exp: Experiment, rec: RunRecord, exc: Exception, retried: bool) -> None:
+    """Record a failed attempt: FAILED with its reason and the workers' logs."""
+    rec.fail(f"{exc}{' (retried at a higher TDF)' if retried else ''}")
+    for endpoint, text in getattr(exc, "worker_logs", {}).items():
+        rec.text(text, f"logs/{endpoint}.log")
+    log.error("run %s FAILED%s: %s", exp.run_name, ", retrying at a higher TDF" if retried else "", exc)
+
+
+def at_higher_tdf(exp: Experiment, overran_tdf: float) -> Experiment:
+    """The same experiment at a fixed TDF ``retry_tdf_factor`` times the one real compute overran."""
+    tdf = overran_tdf * exp.runtime.retry_tdf_factor
+    config = copy.deepcopy(exp.config)
+    config.setdefault("runtime", {})["tdf"] = tdf  # the record says the TDF the attempt ran at
+    return dataclasses.replace(exp, runtime=dataclasses.replace(exp.runtime, tdf=tdf), config=config)
 
 
 def record_prediction(exp: Experiment, prediction: Prediction, tags: dict[str, str],

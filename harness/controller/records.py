@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -32,15 +34,60 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+SOURCE_SUFFIXES = (".py", ".yaml", ".yml", ".csv", ".toml", ".json")  # code, configs, traces, profile tables
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5,
+                          check=True).stdout
+
+
 def git_commit() -> str:
+    """HEAD, with ``-dirty`` when a tracked file changed or an untracked (not ignored) source or config file
+    exists: a run that used a new method file must not look like the commit."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                                timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = _git("rev-parse", "HEAD").strip()
+        status = _git("status", "--porcelain", "--untracked-files=all").splitlines()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    dirty = any(not line.startswith("??") or line.rstrip().endswith(SOURCE_SUFFIXES) for line in status)
     return f"{commit}{'-dirty' if dirty else ''}" if commit else "unknown"
+
+
+def source_files() -> list[Path]:
+    """The project's code and configs as they are on disk: tracked and untracked files git does not ignore (every
+    such file under the project when it is not a git checkout)."""
+    try:
+        names = _git("ls-files", "--cached", "--others", "--exclude-standard", "-z").split("\0")
+        files = [PROJECT_ROOT / n for n in names if n]
+    except (OSError, subprocess.SubprocessError):
+        files = [p for p in PROJECT_ROOT.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts]
+    return sorted(p for p in files if p.suffix in SOURCE_SUFFIXES and p.is_file())
+
+
+def code_hash(extra: list[Path] | None = None) -> str:
+    """sha256 over the path and content of every source and config file (and ``extra``: code outside the
+    project that the run imported): two runs with the same hash ran the same code and configs."""
+    digest = hashlib.sha256()
+    for path in [*source_files(), *sorted(extra or [])]:
+        digest.update(str(path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path).encode())
+        digest.update(b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def outside_code(config: Mapping[str, Any]) -> list[Path]:
+    """The files of the ``_target_`` modules a run imported from outside the project (a user's model or method)."""
+    targets = [str(v) for k, v in flatten(config).items() if k.endswith("_target_") and v]
+    files = set()
+    for target in targets:
+        for cut in range(len(target.split(".")), 0, -1):
+            module = sys.modules.get(".".join(target.split(".")[:cut]))
+            if module is not None:
+                file = getattr(module, "__file__", None)
+                if file and not Path(file).resolve().is_relative_to(PROJECT_ROOT) and "site-packages" not in file:
+                    files.add(Path(file).resolve())
+                break
+    return sorted(files)
 
 
 def environment() -> dict[str, Any]:
@@ -83,7 +130,8 @@ class RunRecord:
         mlflow.log_text(yaml.safe_dump(dict(self.config), sort_keys=False), "config.yaml")
         env = environment()
         mlflow.log_dict(env, "environment.json")
-        mlflow.set_tags({"git_commit": env["git_commit"], **self.tags})
+        mlflow.set_tags({"git_commit": env["git_commit"], "code_hash": code_hash(outside_code(self.config)),
+                         **self.tags})
         return self
 
     def metrics(self, values: Mapping[str, float | None]) -> None:
@@ -99,6 +147,12 @@ class RunRecord:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def tag_run(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Tag another run of this store (an earlier attempt, linked to this one)."""
+        client = mlflow.tracking.MlflowClient(tracking_uri())
+        for key, value in tags.items():
+            client.set_tag(run_id, key, str(value))
 
     def artifact_json(self, data: Any, name: str) -> None:
         mlflow.log_dict(json.loads(json.dumps(data, default=str)), name)

@@ -6,6 +6,8 @@ graph. Nodes are kept in the fx graph's topological order.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import operator
 import traceback
@@ -27,6 +29,13 @@ _ELEMENTWISE_KINDS = {
     "relu", "relu6", "relu_", "silu", "sigmoid", "hardswish", "hardsigmoid", "gelu", "tanh", "add", "iadd", "mul",
     "imul", "sub", "truediv", "div", "softmax", "logsoftmax",
 }
+
+# Every kind that :func:`_flops` gives arithmetic to: the kinds a profile's efficiency per op kind can apply to.
+COSTED_KINDS = frozenset({
+    "conv1d", "conv2d", "conv3d", "linear", "maxpool2d", "avgpool2d", "adaptiveavgpool2d", "adaptivemaxpool2d",
+    "batchnorm1d", "batchnorm2d", "batchnorm3d", "layernorm", "groupnorm", "matmul", "mm", "bmm",
+    "adaptive_avg_pool2d", "mean", *_ELEMENTWISE_KINDS,
+})
 
 
 class TraceFailure(ValueError):
@@ -191,13 +200,16 @@ def graph_from_module(model: nn.Module, spec: ModelSpec, example_input: torch.Te
     """Trace ``model``, propagate shapes on a real input and describe every node."""
     gm = trace(model, spec.name)
     x = make_input(spec) if example_input is None else example_input
-    with torch.no_grad():
+    with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback it raises
         try:
             ShapeProp(gm).propagate(x)
         except Exception as exc:
+            cause = exc.__cause__ or exc
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
             raise TraceFailure(
-                f"model {spec.name!r} traced but failed to run on an input of shape {list(x.shape)} "
-                f"at {_user_frame(exc)}: {type(exc).__name__}: {exc}") from exc
+                f"model.input_shape={list(x.shape)} does not fit model {spec.name!r}: a trial run on that input failed "
+                f"({type(cause).__name__}: {first}); set model.input_shape to the shape the model takes, batch "
+                "first (e.g. [1, 3, 224, 224] for an ImageNet classifier)") from exc
     nodes: dict[str, Node] = {}
     for node in gm.graph.nodes:
         meta = node.meta.get("tensor_meta")

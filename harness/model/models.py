@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -106,22 +108,61 @@ def import_target(target: str) -> Any:
             for attr in parts[cut:]:
                 obj = getattr(obj, attr)
         except AttributeError as exc:
-            raise ImportError(f"{target}: {exc}") from exc
+            raise ImportError(f"{target}: {exc}", name=".".join(parts[:cut + 1])) from exc
         return obj
-    raise ImportError(f"no importable module in {target!r}")
+    raise ImportError(f"no importable module in {target!r}", name=parts[0])
+
+
+def import_hint(target: str, exc: BaseException) -> str:
+    """Which folder must be importable for ``target``: the one holding its top-level package (found near the working
+    directory where it can be), or, when that package imports, the file it lacks."""
+    missing = getattr(exc, "name", None) or target.split(".")[0]
+    top = missing.split(".")[0]
+    if "." in missing:
+        try:
+            package = importlib.import_module(top)
+        except ImportError:
+            package = None
+        if package is not None:
+            where = Path(next(iter(getattr(package, "__path__", [])), "") or getattr(package, "__file__", "") or top)
+            rest = missing.split(".", 1)[1].replace(".", "/")
+            return f"{top} is imported from {where}, which has no {rest}.py: is {missing} spelled right and saved there?"
+    here = Path.cwd()
+    found = sorted({p.parent for pattern in (f"{top}/__init__.py", f"*/{top}/__init__.py", f"*/*/{top}/__init__.py",
+                                              f"{top}.py", f"*/{top}.py", f"*/*/{top}.py")
+                    for p in here.glob(pattern)})
+    found = [p.parent if p.name == top else p for p in found]
+    now = os.environ.get("PYTHONPATH", "")
+    if found:
+        return (f"the folder {found[0]} (which holds {top}) must be importable: "
+                f"export PYTHONPATH={found[0]}{':' + now if now else ''}")
+    return (f"the folder that holds the package or module {top!r} must be importable: add it to PYTHONPATH "
+            f"(now {now!r}) on this machine and on every worker")
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """Call ``spec.target(**spec.args)`` with seeded random weights, in eval mode, calibrated."""
     torch.manual_seed(spec.seed)
     try:
-        model = import_target(spec.target)(**spec.args)
-    except Exception as exc:  # an import or a call that fails: name the model, keep the cause
+        factory = import_target(spec.target)
+    except ImportError as exc:
+        raise ModelBuildError(f"model {spec.name!r}: cannot import model._target_={spec.target}: {exc}; "
+                              f"{import_hint(spec.target, exc)}") from exc
+    try:
+        model = factory(**spec.args)
+    except Exception as exc:  # a call that fails: name the model, keep the cause
         raise ModelBuildError(
             f"model {spec.name!r}: cannot build {spec.target}({spec.args}): {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ModelBuildError(
             f"model {spec.name!r}: factory {spec.target} returned {type(model).__name__}, expected torch.nn.Module")
     model.train(False)  # eval mode: dropout off, batch norms use their running statistics
-    _calibrate_batch_norms(model, spec)
+    try:
+        _calibrate_batch_norms(model, spec)
+    except Exception as exc:  # the first run of the model on an input of spec.input_shape
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelBuildError(
+            f"model.input_shape={list(spec.input_shape)} does not fit model {spec.name!r}: a trial run on that input "
+            f"failed ({type(exc).__name__}: {first}); set model.input_shape to the shape the model takes, batch "
+            "first (e.g. [1, 3, 224, 224] for an ImageNet classifier)") from exc
     return model

@@ -1,0 +1,89 @@
+"""What a run or a sweep found, printed at its end: one row per job read back from MLflow (method, model, hardware,
+link, decision time, median latency, throughput, valid or why not, run id), the experiments they are in and the
+commands that open them in the UI and in the notebook."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from harness.controller.tracking import tracking_uri
+
+COLUMNS = {"method": "params.method.name", "model": "params.model.name", "hardware": "params.hardware.name",
+           "link": "params.link.name", "Mbit/s": "params.link.bandwidth_mbps", "decision ms": "metrics.decision_time_ms",
+           "p50 ms": "metrics.latency_p50_ms", "inf/s": "metrics.throughput_ips", "valid": "tags.valid",
+           "run id": "run_id"}
+WHY_WIDTH = 70  # an invalid run's reason is cut here; the full reason is in its tags
+
+
+def launch_runs(launch: str, uri: str | None = None) -> pd.DataFrame:
+    """Every run of one ``run.py`` invocation (tag ``launch``), oldest first, in every experiment."""
+    mlflow.set_tracking_uri(uri or tracking_uri())
+    df = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.launch = '{launch}'",
+                            output_format="pandas")
+    return df.sort_values("start_time") if not df.empty else df
+
+
+def _cell(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def verdict_cell(run: pd.Series) -> str:
+    if run.get("tags.valid") == "true" and run.get("status") == "FINISHED":
+        return "valid"
+    why = str(run.get("tags.invalid_reason") or run.get("status"))
+    return "INVALID: " + (why if len(why) <= WHY_WIDTH else why[:WHY_WIDTH - 3] + "...")
+
+
+def table(df: pd.DataFrame) -> str:
+    """The runs as an aligned text table; superseded attempts (retried at a higher TDF) left out."""
+    rows = []
+    for _, run in df.iterrows():
+        if isinstance(run.get("tags.retried_as"), str) and run.get("tags.retried_as"):
+            continue
+        row = {name: _cell(run.get(column)) for name, column in COLUMNS.items()}
+        row["decision ms"] = _cell(run.get(COLUMNS["decision ms"]), 3)
+        row["valid"] = verdict_cell(run)
+        if run.get("tags.attempt") not in (None, "1") and isinstance(run.get("tags.attempt"), str):
+            row["valid"] += f" (attempt {run['tags.attempt']})"
+        rows.append(row)
+    if not rows:
+        return "(no runs recorded)"
+    widths = {name: max(len(name), *(len(r[name]) for r in rows)) for name in COLUMNS}
+    line = lambda r: "  ".join(r[n].ljust(widths[n]) for n in COLUMNS).rstrip()  # noqa: E731
+    return "\n".join([line({n: n for n in COLUMNS}), line({n: "-" * widths[n] for n in COLUMNS}), *map(line, rows)])
+
+
+def open_commands(experiments: list[str], uri: str) -> list[str]:
+    """How to look at these experiments: the MLflow UI and the notebook, with this store."""
+    names = ",".join(experiments)
+    store = shlex.quote(uri)
+    ui = (f"open {uri} (experiments {names})" if uri.startswith(("http://", "https://"))
+          else f"mlflow ui --backend-store-uri {store}   # then http://127.0.0.1:5000, experiment {names}")
+    notebook = f"MLFLOW_TRACKING_URI={store} EXPERIMENTS={shlex.quote(names)} python notebooks/paper_tables.py"
+    return [f"UI:       {ui}", f"notebook: {notebook}"]
+
+
+def summary(launch: str, uri: str | None = None) -> str:
+    """The end-of-run report of one invocation, read back from the store it recorded to."""
+    uri = uri or tracking_uri()
+    df = launch_runs(launch, uri)
+    if df.empty:
+        return f"no runs of this invocation were recorded in {uri}"
+    client = mlflow.MlflowClient(uri)
+    experiments = sorted({client.get_experiment(i).name for i in df["experiment_id"].unique()})
+    retried = int(df["tags.retried_as"].fillna("").astype(bool).sum()) if "tags.retried_as" in df else 0
+    valid = int(((df["tags.valid"] == "true") & (df["status"] == "FINISHED")).sum())
+    counted = len(df) - retried
+    head = (f"{counted} job(s), {valid} valid"
+            + (f"; {retried} INVALID attempt(s) retried at a higher TDF (linked by tags retry_of/retried_as)"
+               if retried else "")
+            + f"; MLflow experiment {', '.join(repr(e) for e in experiments)} in {uri}")
+    return "\n".join([table(df), head, *open_commands(experiments, uri)])
