@@ -180,8 +180,9 @@ class LocalProfile(Profile):
             times = measure_node_ms(graph, self.warmup, self.repeats, self.device)
         finally:
             torch.set_num_threads(previous)
-        if self.cache:
+        if self.cache:  # decide on the times as cached, so the first run decides as every later run will
             write_table(path, graph, times, {"threads": self.threads})
+            return TableProfile(name=self.name, path=str(path)).node_ms(graph)
         return times
 
 

@@ -104,6 +104,7 @@ class RuntimeConfig:
     token_file: Optional[str] = None  # a file holding their shared secret (else $SPLITBENCH_TOKEN); never the secret
     compute_device: str = "auto"  # what the workers compute on: auto (cuda when present), cpu, cuda
     link_timeout_s: float = 60.0  # a data link stalled this long mid-transfer fails the run (0: never)
+    reuse: bool = True  # in a sweep: keep the topology, workers and model across jobs that allow it
     max_real_minutes: Optional[float] = 10.0  # a job predicted to take longer here is recorded skipped, not run
     retries: int = 2  # an INVALID emulation is run again at a higher TDF up to this many times
     retry_tdf_factor: float = 1.5  # each retry multiplies the TDF margin (or a fixed TDF) by this
@@ -353,6 +354,7 @@ def resolve(cfg: DictConfig) -> Experiment:
             remote={str(e): str(a) for e, a in runtime.remote.items()} if runtime.remote else None,
             token=read_secret(runtime.token_file) if runtime.remote else None,
             compute_device=str(runtime.compute_device), link_timeout_s=float(runtime.link_timeout_s),
+            reuse=bool(runtime.reuse),
             max_real_minutes=None if runtime.max_real_minutes is None else float(runtime.max_real_minutes),
             retries=int(runtime.retries), retry_tdf_factor=float(runtime.retry_tdf_factor)),
         profile_out=cfg.profile_out,

@@ -19,6 +19,7 @@ from tests.boards import TOKEN, boards, free_port, remote_override, start_board,
 from tests.conftest import IS_ROOT, ROOT, run_cli
 
 SMALL = ["model=resnet18", "model.input_shape=[1,3,64,64]", "hardware=local_pair", "method=server_only"]
+NO_BUDGET = "runtime.max_real_minutes=null"  # a run killed mid-way is predicted to last ~30 min: not to be skipped
 AHEAD_S = 100000
 TIME_NAMESPACE = ["unshare", "--time", f"--monotonic={AHEAD_S}", f"--boottime={AHEAD_S}", "--fork"]
 
@@ -117,7 +118,7 @@ def wait_for_inferences(proc: subprocess.Popen, err: Path, timeout_s: float = 18
 def test_a_controller_killed_mid_run_leaves_the_boards_serving(tracking_uri: str, tmp_path: Path) -> None:
     with boards(tmp_path) as ports:
         base = free_port()
-        proc, err = start_run([*SMALL, "scenario.inferences=100000", remote_override(ports),
+        proc, err = start_run([*SMALL, "scenario.inferences=100000", NO_BUDGET, remote_override(ports),
                                f"runtime.base_port={base}"], tracking_uri, tmp_path, "killed")
         wait_for_inferences(proc, err)
         proc.kill()  # SIGKILL: no cleanup of any kind on the controller's side
@@ -139,7 +140,7 @@ def test_a_board_worker_killed_mid_run_fails_the_run_naming_it(tracking_uri: str
     device = start_board(ports["device"], tmp_path / "device.log")
     server = start_board(ports["server"], tmp_path / "server.log")
     try:
-        proc, err = start_run([*SMALL, "scenario.inferences=100000", remote_override(ports),
+        proc, err = start_run([*SMALL, "scenario.inferences=100000", NO_BUDGET, remote_override(ports),
                                f"runtime.base_port={free_port()}"], tracking_uri, tmp_path, "board_killed")
         wait_for_inferences(proc, err)
         os.killpg(server.pid, signal.SIGKILL)  # the board's worker and its run

@@ -62,6 +62,7 @@ class Runtime:
     token: str | None = None  # their shared secret (read from the environment or a file; never recorded)
     compute_device: str = "auto"  # auto | cpu | cuda: what the workers compute on
     link_timeout_s: float = 60.0  # a data link that makes no progress this long fails the run (0: never)
+    reuse: bool = True  # in a sweep: keep topology, workers and model across jobs (harness.controller.session)
     max_real_minutes: float | None = None  # skip (record predicted only) a job predicted to take longer here
     retries: int = 2  # an INVALID emulation is run again, at a higher TDF, up to this many times
     retry_tdf_factor: float = 1.5  # each retry multiplies the TDF margin (or the fixed TDF) by this

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -87,11 +87,13 @@ def timeline_figure(result: RunResult, seq: int | None = None, title: str = "") 
     return fig
 
 
-def max_abs_error(graph: ModelGraph, result: RunResult) -> float:
-    """The split outputs against the whole model run here on the same inputs."""
+def max_abs_error(graph: ModelGraph, result: RunResult,
+                  reference: Callable[[ModelGraph, int], torch.Tensor] | None = None) -> float:
+    """The split outputs against the whole model run here on the same inputs (``reference(graph, seq)``: that
+    output, e.g. kept from an earlier job of a sweep on the same model)."""
     worst = 0.0
     with torch.no_grad():
         for seq, out in sorted(result.outputs.items()):
-            ref = graph.module(make_input(graph.spec, seq))
+            ref = reference(graph, seq) if reference is not None else graph.module(make_input(graph.spec, seq))
             worst = max(worst, float((out - ref).abs().max()))
     return worst

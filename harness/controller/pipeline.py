@@ -8,7 +8,7 @@ import copy
 import dataclasses
 import logging
 import statistics
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -16,9 +16,11 @@ from hardware.profiles import LocalProfile, write_table
 from harness.controller.experiment import Experiment
 from harness.controller.measure import latency_metrics, link_metrics, max_abs_error, throughput_ips, timeline_figure
 from harness.controller.measurer import AutoTdf, RunResult, latencies_ms, measured_seqs, overrun_metrics, verdict
+from harness.controller import phases
 from harness.controller.predict import (DECISION_REPEATS, Prediction, calibrate_tdf, cores, predict,  # noqa: F401
                                         strategy_for, timed)
 from harness.controller.records import RunRecord, environment
+from harness.controller.session import ModelCache, WorkerPool, release_pool, worker_pool
 from harness.controller.stale_runs import end_dead_runs
 from harness.controller.runtime import RunFailed, run_workers
 from harness.worker.serve import compute_device, device_name
@@ -37,9 +39,14 @@ class InvalidRun(RuntimeError):
         self.overran_tdf = overran_tdf
 
 
-def run_experiment(exp: Experiment, rec: RunRecord, graph: ModelGraph | None = None) -> dict[str, float]:
-    """Decide and run one experiment, logging everything to ``rec``; returns the metrics."""
-    graph = graph if graph is not None else build_graph(exp.model)
+def run_experiment(exp: Experiment, rec: RunRecord, graph: ModelGraph | None = None,
+                   pool: WorkerPool | None = None) -> dict[str, float]:
+    """Decide and run one experiment, logging everything to ``rec``; returns the metrics. With ``pool`` (a sweep),
+    the model's graph, local times and reference outputs, the topology and the workers are reused where they can
+    be (``harness.controller.session``)."""
+    models = pool.models if pool is not None else ModelCache(keep=False)
+    end_setup = phases.begin("setup")
+    graph = graph if graph is not None else models.graph(exp.model)
     node_ms = exp.hardware.node_ms(graph)
     strategy = strategy_for(exp, graph, node_ms)
     rec.set_tags(strategy.tags())
@@ -57,13 +64,14 @@ def run_experiment(exp: Experiment, rec: RunRecord, graph: ModelGraph | None = N
     if pad and exp.runtime.tdf is not None:
         tdf = exp.runtime.tdf
     elif pad:
-        local_ms = LocalProfile(threads=exp.runtime.threads_per_worker).node_ms(graph)
+        local_ms = models.local_ms(graph, exp.runtime.threads_per_worker)
         tdf, endpoint = calibrate_tdf(strategy.compute_ratios(plan, local_ms), exp.runtime.tdf_margin,
                                       strategy.concurrent(plan))
         metrics["tdf_from_profile"] = tdf
         rec.set_tags({"tdf_set_by": endpoint or "", "tdf_source": "profile"})
         auto_tdf = AutoTdf(exp.runtime.overrun_tolerance_pct, exp.runtime.max_repeats, plan.predicted_latency_ms,
                            together=strategy.concurrent(plan) > 1)
+    end_setup()
     workers = strategy.workers(plan, tdf, pad)
     hook = strategy.make_hook(exp.method, prepared, plan)
     try:
@@ -74,12 +82,12 @@ def run_experiment(exp: Experiment, rec: RunRecord, graph: ModelGraph | None = N
                              compensate_headers=exp.link.compensate_headers, make_hook=hook,
                              remote=exp.runtime.remote, token=exp.runtime.token, auto_tdf=auto_tdf,
                              compute_device=exp.runtime.compute_device,
-                             link_timeout_s=exp.runtime.link_timeout_s)
+                             link_timeout_s=exp.runtime.link_timeout_s, pool=pool)
     finally:
         strategy.close()
     if (decisions := strategy.decisions()) is not None:
         record_decisions(rec, decisions, metrics)
-    out = finish(exp, rec, graph, result, metrics)
+    out = finish(exp, rec, graph, result, metrics, models.reference)
     if exp.method.kind == "spatial" and out.get("throughput_ips"):
         out["task_time_ms"] = 1e3 / out["throughput_ips"]
         rec.metrics({"task_time_ms": out["task_time_ms"]})
@@ -129,10 +137,10 @@ def record_calibration(rec: RunRecord, result: RunResult, metrics: dict[str, flo
         rec.set_tags({"tdf_source": "raised", "repeats_reason": "; ".join(r["reason"] for r in result.repeats)[:4000]})
 
 
-def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult,
-           metrics: dict[str, float]) -> dict[str, float]:
+def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult, metrics: dict[str, float],
+           reference: Callable[[Any, int], Any] | None = None) -> dict[str, float]:
     """Turn the observed run into metrics, artifacts and the verdict."""
-    metrics.update({"tdf": result.tdf, "max_abs_error": max_abs_error(graph, result)})
+    metrics.update({"tdf": result.tdf, "max_abs_error": max_abs_error(graph, result, reference)})
     record_calibration(rec, result, metrics)
     metrics.update({f"peak_rss_mb_{e}": v for e, v in result.peak_rss_mb.items()})
     metrics.update({f"model_rss_mb_{e}": v for e, v in result.model_rss_mb.items()})
@@ -186,18 +194,31 @@ def run_job(exp: Experiment, multirun: bool = False, launch: str | None = None) 
     ``launch`` tags the runs of one ``run.py`` invocation, so that its summary can find them."""
     if exp.mode == "profile":
         return profile_mode(exp)
-    graph = build_graph(exp.model)  # a trial run: a model.input_shape that does not fit stops here, before any record
+    reuse = multirun and exp.mode == "run" and exp.runtime.reuse and not exp.runtime.remote
+    pool = worker_pool() if reuse else None
+    if pool is None and exp.mode != "predict":
+        release_pool()  # a job that does not reuse does not share the machine with the last job's workers
+    with phases.job():
+        return _record_job(exp, pool, multirun, launch)
+
+
+def _record_job(exp: Experiment, pool: WorkerPool | None, multirun: bool, launch: str | None) -> dict[str, float]:
+    with phases.phase("setup"):  # a trial run: a model.input_shape that does not fit stops here, before any record
+        graph = pool.models.graph(exp.model) if pool is not None else build_graph(exp.model)
     tags = {"method": exp.method.name, "method_kind": exp.method.kind, "model": exp.model.name,
             "hardware": exp.hardware.name, "scenario": exp.scenario.name, "valid": "pending",
             **({"launch": launch} if launch else {})}
     end_dead_runs()  # before this job's run opens: no record of a dead controller stays RUNNING
     budget = exp.runtime.max_real_minutes
     if exp.mode == "predict" or budget is not None:
-        prediction = predict(exp)
+        with phases.phase("setup"):
+            prediction = predict(exp)
         if exp.mode == "predict":
             return record_prediction(exp, prediction, tags, None)
         if prediction.real_minutes > budget:
             return record_prediction(exp, prediction, tags, budget)
+    # kept-alive workers hold the whole model, so their peak RSS is the whole model's, not only their part's
+    tags = {**tags, "workers_kept_alive": str(pool is not None).lower()}
     retry_of: str | None = None
     for attempt in range(1, exp.runtime.retries + 2):
         attempt_tags = {"measured": "true", "attempt": str(attempt), **({"retry_of": retry_of} if retry_of else {})}
@@ -205,7 +226,7 @@ def run_job(exp: Experiment, multirun: bool = False, launch: str | None = None) 
             if retry_of:
                 rec.tag_run(retry_of, {"retried_as": rec.run_id})
             try:
-                return run_experiment(exp, rec, graph)
+                return run_experiment(exp, rec, graph, pool)
             except (RunFailed, InvalidRun) as exc:
                 retry = isinstance(exc, InvalidRun) and exc.overran_tdf is not None and attempt <= exp.runtime.retries
                 failed(exp, rec, exc, retried=retry)

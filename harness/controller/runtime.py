@@ -17,15 +17,17 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ContextManager, Mapping, Protocol
 
 import torch
 
 from harness.worker import auth, wire
 from harness.worker.channel import Receiver, Sender
 from harness.controller.measurer import AutoTdf, Repeats, RunResult, absorb, calibrated_tdf, drive, wait_all
+from harness.controller.phases import note, phase
 from harness.network.link import LinkSpec
 from harness.network.base import Network
 from harness.network.remote import RemoteNetwork
@@ -127,9 +129,11 @@ class _Endpoint:
 class Controller:
     """Starts one worker per endpoint inside ``topology`` and talks to them over Unix control sockets."""
 
+    worker_args: tuple[str, ...] = ("--once",)  # a worker serves this one run and exits after ``stop``
+
     def __init__(self, topology: Network, workers: list[WorkerSpec], timeout_s: float,
                  max_payload: int, token: str | None = None, compute_device: str = "auto",
-                 link_timeout_s: float = 0.0) -> None:
+                 link_timeout_s: float = 0.0, tmp: Path | None = None) -> None:
         self.topology = topology
         self.workers = workers
         self.timeout_s = timeout_s
@@ -139,7 +143,7 @@ class Controller:
         self.compute_device = compute_device
         self.link_timeout_s = link_timeout_s
         self.devices: dict[str, str] = {}  # endpoint -> the processor it computed on (from its "built" report)
-        self.tmp = Path(tempfile.mkdtemp(prefix="splitbench-"))
+        self.tmp = tmp or Path(tempfile.mkdtemp(prefix="splitbench-"))  # control sockets and worker logs
         self.endpoints: dict[str, _Endpoint] = {}
         self.on_retime: list[Callable[[float], None]] = []
         self.selector = selectors.DefaultSelector()
@@ -149,24 +153,28 @@ class Controller:
         if not self.topology.local:
             self._start_remote()
             return
-        env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SPLITBENCH_WORKER": "1",
-               "SPLITBENCH_TOKEN": self.token,  # in the environment, not on a command line that ps shows
-               "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed weights go back to the OS, so peak RSS is honest
         for w in self.workers:
-            path = self.tmp / f"{w.endpoint}.sock"
-            log_path = self.tmp / f"{w.endpoint}.log"
-            with log_path.open("w") as log:
-                # The harness's own workers build whatever model this run names: the user chose it here.
-                proc = self.topology.spawn(w.endpoint, [sys.executable, "-m", "harness.worker", "--once",
-                                                        "--control", f"unix:{path}", "--allow-models", "*"], env=env,
-                                           stdout=log, stderr=log, cwd=PROJECT_ROOT)
-            self.endpoints[w.endpoint] = _Endpoint(w.endpoint, proc, None, log_path)  # type: ignore[arg-type]
+            self.endpoints[w.endpoint] = self._spawn(w.endpoint)
         for w in self.workers:
             ep = self.endpoints[w.endpoint]
             ep.sock = self._connect(self.tmp / f"{w.endpoint}.sock", ep)
             self._login(ep)
         self._set_up()
+
+    def _spawn(self, endpoint: str) -> _Endpoint:
+        """Start ``endpoint``'s worker in its namespace; it listens on a Unix control socket in ``self.tmp``."""
+        env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SPLITBENCH_WORKER": "1",
+               "SPLITBENCH_TOKEN": self.token,  # in the environment, not on a command line that ps shows
+               "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed weights go back to the OS, so peak RSS is honest
+        path = self.tmp / f"{endpoint}.sock"
+        log_path = self.tmp / f"{endpoint}.log"
+        with log_path.open("w") as log:
+            # The harness's own workers build whatever model this run names: the user chose it here.
+            proc = self.topology.spawn(endpoint, [sys.executable, "-m", "harness.worker", *self.worker_args,
+                                                  "--control", f"unix:{path}", "--allow-models", "*"], env=env,
+                                       stdout=log, stderr=log, cwd=PROJECT_ROOT)
+        return _Endpoint(endpoint, proc, None, log_path)  # type: ignore[arg-type]
 
     def _start_remote(self) -> None:
         for w in self.workers:
@@ -205,9 +213,9 @@ class Controller:
         """Send every worker its setup (with this run's data-link token) and wait until all are ready."""
         for w in self.workers:
             ep = self.endpoints[w.endpoint]
-            wire.send_json(ep.sock, {"setup": {**w.setup, "token": self.link_token,
-                                               "compute_device": self.compute_device,
-                                               "link_timeout_s": self.link_timeout_s}})
+            wire.send_json(ep.sock, self.setup_message(ep, {**w.setup, "token": self.link_token,
+                                                            "compute_device": self.compute_device,
+                                                            "link_timeout_s": self.link_timeout_s}))
             self.selector.register(ep.sock, selectors.EVENT_READ, ep)
         pending = set(self.endpoints)
         while pending:
@@ -216,6 +224,10 @@ class Controller:
                 self.devices[ep.name] = str(frame.obj.get("device", ""))
             if frame.kind == wire.Kind.JSON and frame.obj.get("event") == "ready":
                 pending.discard(ep.name)
+
+    def setup_message(self, ep: _Endpoint, setup: dict[str, Any]) -> dict[str, Any]:
+        """The message that gives an authenticated worker its setup."""
+        return {"setup": setup}
 
     def _connect(self, path: Path, ep: _Endpoint) -> socket.socket:
         while True:
@@ -287,6 +299,10 @@ class Controller:
                 self.selector.unregister(ep.sock)  # it exits now: its end-of-stream is not a failure
             else:
                 absorb(frame, result)
+        self.after_stop()
+
+    def after_stop(self) -> None:
+        """Workers that served their one run exit now."""
         for ep in self.endpoints.values():
             if ep.process is not None:
                 ep.process.wait(timeout=30)
@@ -379,49 +395,81 @@ def calibrate(controller: Controller, topology: Topology, links: list[tuple[str,
         retime(controller, topology, links, result, result.calibration["tdf"])
 
 
+class Pool(Protocol):
+    """Live workers and topology kept across a sweep's jobs (``harness.controller.session.WorkerPool``)."""
+
+    def job(self, endpoints: list[str], links: list[tuple[str, str, LinkSpec]], workers: list[WorkerSpec],
+            tdf: float, backend: str | None, compensate_headers: bool) -> ContextManager[Topology]: ...
+
+    def controller(self, topology: Topology, workers: list[WorkerSpec], timeout_s: float, max_payload: int,
+                   compute_device: str, link_timeout_s: float) -> Controller: ...
+
+
 def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], workers: list[WorkerSpec],
                 first: str, scenario: Mapping[str, Any], tdf: float, timeout_s: float, max_payload: int,
                 backend: str = "auto", compensate_headers: bool = True,
                 make_hook: Callable[[Topology, Controller, RunResult], Callable[[int], None]] | None = None,
                 progress: bool = True, remote: Mapping[str, str] | None = None,
                 token: str | None = None, auto_tdf: AutoTdf | None = None,
-                compute_device: str = "auto", link_timeout_s: float = 0.0) -> RunResult:
+                compute_device: str = "auto", link_timeout_s: float = 0.0, pool: Pool | None = None) -> RunResult:
     """Build the topology, run the scenario's inferences through the workers, tear everything down.
 
     With ``remote`` (endpoint -> ``tcp:HOST:PORT``), the workers already run on real machines: nothing is spawned,
     shaped or dilated, and they must have been started with ``token``. With ``auto_tdf``, the workers calibrate the
-    TDF after the warm-up, and a measured inference that overruns is repeated at a higher TDF.
+    TDF after the warm-up, and a measured inference that overruns is repeated at a higher TDF. With ``pool`` (a
+    sweep), the topology and the workers are the pool's: kept for the next job, reset for this one.
     """
-    network = RemoteNetwork(remote) if remote else Topology(
-        endpoints, links, tdf=tdf, backend=None if backend == "auto" else backend,
-        compensate_headers=compensate_headers)
-    with network as topology:
-        for w in workers:  # transport details depend on the topology: fill them in now
-            w.setup = _resolve_addresses(w.setup, topology)
-        result = RunResult(tdf=tdf, backend=topology.backend, warmup=int(scenario["warmup"]),
-                           link_record=topology.record())
-        if topology.local:
+    requested = None if backend == "auto" else backend
+    pooled = pool is not None and not remote
+    with ExitStack() as stack:
+        with phase("network"):
+            if pooled:
+                network: Any = pool.job(endpoints, links, workers, tdf, requested, compensate_headers)
+            else:
+                network = RemoteNetwork(remote) if remote else Topology(
+                    endpoints, links, tdf=tdf, backend=requested, compensate_headers=compensate_headers)
+            topology = stack.enter_context(network)
+        controller = (pool.controller(topology, workers, timeout_s, max_payload, compute_device, link_timeout_s)
+                      if pooled else
+                      Controller(topology, workers, timeout_s, max_payload, token, compute_device, link_timeout_s))
+        return _run_on(topology, controller, links, tdf, first, scenario, make_hook, progress, auto_tdf)
+
+
+def _run_on(topology: Network, controller: Controller, links: list[tuple[str, str, LinkSpec]], tdf: float,
+            first: str, scenario: Mapping[str, Any],
+            make_hook: Callable[[Topology, Controller, RunResult], Callable[[int], None]] | None,
+            progress: bool, auto_tdf: AutoTdf | None) -> RunResult:
+    """Probe the links, start (or reset) the workers, drive the scenario, stop the workers."""
+    for w in controller.workers:  # transport details depend on the topology: fill them in now
+        w.setup = _resolve_addresses(w.setup, topology)
+    result = RunResult(tdf=tdf, backend=topology.backend, warmup=int(scenario["warmup"]),
+                       link_record=topology.record())
+    if topology.local:
+        with phase("network"):
             result.probe_mbps = {f"{a}-{b}": probe_link(topology, a, b) for a, b, _ in links}
-        controller = Controller(topology, workers, timeout_s, max_payload, token, compute_device, link_timeout_s)
-        try:
+    try:
+        with phase("workers"):
             controller.start()
-            result.clocks, result.devices = controller.clocks(), dict(controller.devices)
-            hook = make_hook(topology, controller, result) if make_hook else None
-            after_warmup, repeats = None, None
-            if auto_tdf is not None and topology.local:
-                after_warmup = lambda: calibrate(controller, topology, list(links), result, auto_tdf)  # noqa: E731
-                repeats = Repeats(auto_tdf.tolerance_pct, auto_tdf.max_repeats,
-                                  lambda tdf: retime(controller, topology, list(links), result, tdf))
+        result.clocks, result.devices = controller.clocks(), dict(controller.devices)
+        hook = make_hook(topology, controller, result) if make_hook else None
+        after_warmup, repeats = None, None
+        if auto_tdf is not None and topology.local:
+            after_warmup = lambda: calibrate(controller, topology, list(links), result, auto_tdf)  # noqa: E731
+            repeats = Repeats(auto_tdf.tolerance_pct, auto_tdf.max_repeats,
+                              lambda tdf: retime(controller, topology, list(links), result, tdf))
+        with phase("inference"):
             drive(controller, first, int(scenario["warmup"]) + int(scenario["inferences"]), int(scenario["warmup"]),
                   int(scenario["in_flight"]), result, hook, progress, after_warmup, repeats)
             controller.stop(result)
-        except RunFailed as exc:
-            exc.worker_logs = controller.worker_logs()
-            if getattr(topology, "failure", None):
-                exc.args = (f"{exc.args[0]} ({topology.failure})",)
-            raise
-        finally:
-            controller.close()
+        note("dilated_s", sum(end - result.starts_ns[s] for s, end in result.ends_ns.items()
+                              if s in result.starts_ns) / 1e9)
+    except RunFailed as exc:
+        exc.worker_logs = controller.worker_logs()
+        if getattr(topology, "failure", None):
+            exc.args = (f"{exc.args[0]} ({topology.failure})",)
+        raise
+    finally:
+        controller.close()
     return result
 
 

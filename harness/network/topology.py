@@ -213,18 +213,30 @@ class Topology:
 
     def set_rate(self, a: str, b: str, mbps: float) -> None:
         """Change a live link's bandwidth (undilated Mbit/s) in both directions, e.g. to follow a trace."""
+        self.set_link(a, b, replace(self._link(a, b).spec, bandwidth_mbps=mbps))  # replace validates
+
+    def set_link(self, a: str, b: str, spec: LinkSpec) -> None:
+        """Give a live link new facts (rate, delay, jitter, loss) in both directions, shaped at the current TDF:
+        the next job of a sweep on the same topology."""
         link = self._link(a, b)
-        spec = replace(link.spec, bandwidth_mbps=mbps)  # validates
+        if spec.loss_pct > 0 and self.backend != "netem":
+            raise BackendError(f"link {a}-{b} asks for loss, which needs the netem backend; the topology uses "
+                               f"{self.backend!r}")
         with self._lock:
             self._require_up()
             link.spec = spec
             if self.backend == "userspace":
                 for direction in ((a, b), (b, a)):
                     for pacer in self._pacers.get(direction, []):
-                        pacer.set_rate(mbps / self.tdf)
+                        pacer.set_rate(spec.bandwidth_mbps / self.tdf)
                 return
             for end in (link.a, link.b):
                 self._shape(end, link, "replace" if self.backend != "htb" else "change")
+
+    @property
+    def up(self) -> bool:
+        """Started and not torn down (a crashed process takes it down)."""
+        return self._up and not self._down
 
     def _require_up(self) -> None:
         if not self._up:

@@ -14,12 +14,11 @@ import torch
 
 from harness.worker import wire
 from harness.worker.channel import Receiver, Sender
-from harness.model.graph import graph_from_module
-from harness.model.models import ModelSpec, build_model, make_input
+from harness.model.models import ModelSpec, make_input
 from harness.worker.pacer import Pacer
 from harness.worker.stage import (Budget, Control, Timeline, accept_data, connect_data, guard, injected_stall,
-                                  link_timeouts, now_ns, quiet_for_measurement, retime_pacer, serve_commands,
-                                  time_repeats, to_device, to_host)
+                                  link_timeouts, model_graph, now_ns, quiet_for_measurement, retime_pacer,
+                                  serve_commands, time_repeats, to_device, to_host)
 from harness.model.submodels import Part, split
 
 
@@ -51,7 +50,7 @@ class CutStage:
         self.timeline = Timeline(setup["endpoint"])
         self.max_payload = int(setup["max_payload"])
         self.device = torch.device(setup.get("device", "cpu"))  # resolved by the worker from runtime.compute_device
-        self.graph = graph_from_module(build_model(self.spec), self.spec)
+        self.graph = model_graph(self.spec)
         self.plan = self.make_plan(setup["plan"])
         if not setup.get("keep_model"):
             self.graph = None  # only this endpoint's part stays in memory
@@ -82,6 +81,10 @@ class CutStage:
             host, port = self.setup["connect"]
             self.data = connect_data((host, int(port)), token)
         link_timeouts(self.setup, [self.data] if self.data is not None else [])
+
+    def data_sockets(self) -> list[socket.socket]:
+        """The run's data links (released when the run ends, by a worker that serves the next one)."""
+        return [self.data] if self.data is not None else []
 
     def compute(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         assert plan.part is not None

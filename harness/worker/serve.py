@@ -9,7 +9,9 @@ its own part, and then runs inferences when told to. Only JSON and raw tensors c
 
 A board's worker (without ``--once``) serves run after run: each authenticated run is served by a forked child
 that gets the connection, so a run that ends in any way (the controller killed, an error, a crash) leaves the
-listener serving and the next run starts from a clean process.
+listener serving and the next run starts from a clean process. The harness's workers in a sweep (``--once
+--keep-alive``) serve its runs one after another on the one authenticated connection: after ``stopped`` they take
+only clock pings or a ``reset`` carrying the next setup for their own endpoint, and keep the model they built.
 
 Timestamps are this machine's ``time.monotonic_ns()``; the controller estimates each worker's clock offset from the
 pings and converts the stamps into its own clock. Workers report what happened; the controller decides what it means.
@@ -32,13 +34,15 @@ from typing import Any, Sequence
 import torch
 
 from harness.worker import auth, wire
-from harness.worker.stage import HELLO_TIMEOUT_S, Control, peak_rss_mb, reset_peak_rss, rss_mb
+from harness.worker.stage import (HELLO_TIMEOUT_S, Control, keep_models, peak_rss_mb, reset_peak_rss, rss_mb,
+                                  serving_threads)
 
 log = logging.getLogger("splitbench.worker")
 
 # torchvision's model builders and the project's own factories; anything else must be allowed by the board's owner.
 DEFAULT_ALLOWED_MODELS = ("torchvision.models.*", "harness.model.zoo.*")
 KEEPALIVE_S = (10, 5, 3)  # idle, interval, probes: a controller that vanished without a FIN is noticed in ~25 s
+RELEASE_TIMEOUT_S = 10.0  # a kept-alive worker's threads of the last run must end within this after its links shut
 
 
 def model_allowed(target: str, patterns: Sequence[str]) -> bool:
@@ -107,36 +111,74 @@ def authenticate(sock: socket.socket, peer: Any, token: str) -> bool:
     return True
 
 
-def _await_setup(control: Control) -> dict[str, Any]:
-    """Answer clock pings until the setup arrives (the controller estimates this worker's clock offset)."""
+def _await_setup(control: Control, endpoint: str | None = None) -> dict[str, Any] | None:
+    """Answer clock pings until the setup arrives (the controller estimates this worker's clock offset).
+
+    A kept-alive worker (``endpoint`` given) waits for the next run's ``{"cmd": "reset", "setup": {...}}`` for that
+    same endpoint on the connection it already authenticated; None when the controller hung up between frames (the
+    sweep is over). Frames carry JSON only (no payload), bounded as every frame is; nothing is unpickled.
+    """
     while True:
-        frame = wire.recv_frame(control.sock, max_payload=0)
+        try:
+            frame = wire.recv_frame(control.sock, max_payload=0)
+        except wire.ConnectionClosed as exc:
+            if endpoint is not None and not exc.mid_frame:
+                return None
+            raise
         command = frame.obj if frame.kind == wire.Kind.JSON and frame.obj is not None else {}
+        setup = command.get("setup")
         if command.get("cmd") == "clock":
             control.send({"event": "clock", "id": command.get("id"), "now_ns": time.monotonic_ns()})
-        elif isinstance(command.get("setup"), dict):
-            return command["setup"]
-        else:
+        elif endpoint is None and isinstance(setup, dict):
+            return setup
+        elif (endpoint is not None and command.get("cmd") == "reset" and isinstance(setup, dict)
+              and setup.get("endpoint") == endpoint):
+            return setup
+        elif endpoint is None:
             raise wire.FrameError(f"expected a clock ping or the setup, got {frame.kind.name} {sorted(command)}")
+        else:
+            raise wire.FrameError(f"expected a clock ping or a reset with a setup for endpoint {endpoint!r}, got "
+                                  f"{frame.kind.name} {str(command)[:200]}")
 
 
-def session(control: Control, allowed_models: Sequence[str]) -> None:
-    """One authenticated run: clock pings, setup, build, serve until the controller says stop."""
+def next_setup(control: Control, endpoint: str) -> dict[str, Any] | None:
+    """A kept-alive worker, after ``stopped``: the next run's setup, from a ``reset`` for its own endpoint on the
+    connection it authenticated (clock pings answered meanwhile); None when the controller hung up."""
+    return _await_setup(control, endpoint)
+
+
+def session(control: Control, allowed_models: Sequence[str], keep_alive: bool = False) -> None:
+    """One authenticated run: clock pings, setup, build, serve until the controller says stop. With ``keep_alive``
+    (a sweep's workers) the same connection then sends the next run's setup (a ``reset``), and the model built for a
+    spec is kept for the runs that follow (``harness.worker.stage.model_graph``)."""
+    if keep_alive:
+        keep_models()
     setup = _await_setup(control)
+    baseline_mb: float | None = None
+    while setup is not None:
+        baseline_mb = _run(setup, control, allowed_models, baseline_mb)
+        if baseline_mb is None or not keep_alive:
+            return
+        setup = next_setup(control, str(setup["endpoint"]))
+
+
+def _run(setup: dict[str, Any], control: Control, allowed_models: Sequence[str],
+         baseline_mb: float | None) -> float | None:
+    """Check one run's setup, build and serve it; the baseline memory it reported, or None when it was refused."""
     model = setup.get("model")
     target = str(model.get("target", "")) if isinstance(model, dict) else ""
     if not model_allowed(target, allowed_models):
         control.send({"event": "error", "reason": f"model target {target!r} is not allowed on this worker; allowed: "
                                                   f"{list(allowed_models)} (the worker's --allow-models)"})
-        return
+        return None
     try:
         device = compute_device(str(setup.get("compute_device", "auto")), cuda_ok=setup.get("kind", "cut") == "cut")
     except ValueError as exc:
         control.send({"event": "error", "reason": str(exc)})
-        return
+        return None
     setup["device"] = str(device)
     try:
-        _build_and_serve(setup, control, device, target)
+        return _build_and_serve(setup, control, device, target, baseline_mb)
     except (wire.ConnectionClosed, OSError):
         raise
     except Exception as exc:  # a setup this worker cannot run: the controller records why, then this run ends
@@ -147,14 +189,18 @@ def session(control: Control, allowed_models: Sequence[str]) -> None:
         raise
 
 
-def _build_and_serve(setup: dict[str, Any], control: Control, device: torch.device, target: str) -> None:
+def _build_and_serve(setup: dict[str, Any], control: Control, device: torch.device, target: str,
+                     baseline_mb: float | None = None) -> float:
+    """Set up this endpoint for one run, serve it until told to stop, then let go of its data links. Returns the
+    baseline memory it reported: the interpreter and its libraries before the first model was built."""
     torch.set_num_threads(int(setup.get("threads", 1)))
     if setup.get("kind", "cut") == "spatial":
         from harness.worker.spatial_stage import SpatialStage as Stage
     else:
         from harness.worker.cut_stage import CutStage as Stage
     importlib.import_module(target.rsplit(".", 1)[0])  # the factory's package
-    baseline_mb = rss_mb()  # the interpreter and its libraries, before any model is built
+    if baseline_mb is None:
+        baseline_mb = rss_mb()  # the interpreter and its libraries, before any model is built
     stage = Stage(setup, control)
     gc.collect()
     control.send({"event": "built", "endpoint": setup["endpoint"], "device": device_name(device)})
@@ -162,12 +208,32 @@ def _build_and_serve(setup: dict[str, Any], control: Control, device: torch.devi
     reset_peak_rss()
     control.send({"event": "ready", "endpoint": setup["endpoint"], "pid": os.getpid()})
     stage.serve()
+    release_data_links(stage.data_sockets())
     control.send({"event": "stopped", "endpoint": setup["endpoint"], "peak_rss_mb": peak_rss_mb(),
                   "baseline_rss_mb": baseline_mb})
+    return baseline_mb
 
 
-def serve_once(address: str, token: str, max_payload: int, allowed_models: Sequence[str]) -> None:
-    """The harness's own workers: accept one authenticated controller, serve its run in this process, return."""
+def release_data_links(socks: list[socket.socket]) -> None:
+    """Shut the run's data links and wait for the threads that served them, so that the next run starts clean
+    (a thread left reading a closed descriptor could read the next run's socket that reuses it)."""
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the peer closed first
+    for thread in serving_threads():
+        thread.join(timeout=RELEASE_TIMEOUT_S)
+        if thread.is_alive():
+            raise RuntimeError(f"thread {thread.name} still serves the last run after {RELEASE_TIMEOUT_S:g} s")
+    for sock in socks:
+        sock.close()
+
+
+def serve_once(address: str, token: str, max_payload: int, allowed_models: Sequence[str],
+               keep_alive: bool = False) -> None:
+    """The harness's own workers: accept one authenticated controller, serve its run (with ``keep_alive``: its
+    runs, one after another) in this process, return."""
     server = _listen_control(address)
     with server:
         while True:
@@ -175,7 +241,7 @@ def serve_once(address: str, token: str, max_payload: int, allowed_models: Seque
             if authenticate(sock, peer, token):
                 break
             sock.close()
-    session(Control(sock, max_payload), allowed_models)
+    session(Control(sock, max_payload), allowed_models, keep_alive)
 
 
 def serve_boards(address: str, token: str, max_payload: int, allowed_models: Sequence[str]) -> None:
@@ -263,13 +329,19 @@ def main(argv: list[str] | None = None) -> None:
                              f"(default: {' '.join(DEFAULT_ALLOWED_MODELS)})")
     parser.add_argument("--once", action="store_true",
                         help="serve one run and exit (the harness's own workers); without it a board serves run after run")
+    parser.add_argument("--keep-alive", action="store_true",
+                        help="after a run, take the next run's setup on the same control connection and keep the "
+                             "model built (the harness's sweeps)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     max_payload = args.max_payload_mb << 20
     token = read_token(args.token_file)
     if not token:
         raise SystemExit("a shared secret is required: $SPLITBENCH_TOKEN or --token-file PATH")
+    if args.keep_alive and not args.once:
+        raise SystemExit("--keep-alive is for the harness's own workers: use it with --once (a board serves run "
+                         "after run in a fresh child each)")
     if args.once:
-        serve_once(args.control, token, max_payload, args.allow_models)
+        serve_once(args.control, token, max_payload, args.allow_models, args.keep_alive)
     else:
         serve_boards(args.control, token, max_payload, args.allow_models)

@@ -27,14 +27,13 @@ import torch
 
 from harness.worker import wire
 from harness.worker.channel import Receiver, Sender
-from harness.model.graph import graph_from_module
-from harness.model.models import ModelSpec, build_model, make_input
+from harness.model.models import ModelSpec, make_input
 from harness.worker.pacer import Pacer
 from harness.model.rows import spatial_prefix
 from harness.worker.segments import join_rows, run_segment, suffix_part
 from harness.worker.stage import (HELLO_TIMEOUT_S, Budget, Timeline, connect_data, guard, injected_stall,
-                                  link_timeouts, now_ns, quiet_for_measurement, retime_pacer, serve_commands,
-                                  time_repeats)
+                                  link_timeouts, model_graph, now_ns, quiet_for_measurement, retime_pacer,
+                                  serve_commands, time_repeats)
 
 DIRECTIONS = ("down", "up")  # down: host -> secondary (bands); up: secondary -> host (rows)
 
@@ -92,7 +91,7 @@ class SpatialStage:
         self.timeline = Timeline(self.endpoint)
         self.max_payload = int(setup["max_payload"])
         self.make_budget = lambda ms: Budget(ms, setup["tdf"], setup["pad"])
-        graph = graph_from_module(build_model(self.spec), self.spec)
+        graph = model_graph(self.spec)
         prefix = spatial_prefix(graph)
         # Keep only the layers of the blocks this endpoint computes in (and the FC suffix on the host).
         self.ops = [prefix.block(b["layers"]) if self.is_host or any(s["endpoint"] == self.endpoint
@@ -129,6 +128,10 @@ class SpatialStage:
             self.receivers["host"] = Receiver(socks["down"], self.timeline.add, self.max_payload, "host")
             self.senders["host"] = Sender(socks["up"], self.timeline.add, pacer, "host")
         link_timeouts(self.setup, [c.sock for c in [*self.senders.values(), *self.receivers.values()]])
+
+    def data_sockets(self) -> list[socket.socket]:
+        """The run's data links (released when the run ends, by a worker that serves the next one)."""
+        return [s.sock for s in self.senders.values()] + [r.sock for r in self.receivers.values()]
 
     # -- compute -----------------------------------------------------------------------------------------------------
 

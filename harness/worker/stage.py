@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import hmac
+import json
 import logging
 import os
 import socket
@@ -18,11 +19,36 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from harness.model.graph import ModelGraph, graph_from_module
+from harness.model.models import ModelSpec, build_model
 from harness.worker import wire
 
 log = logging.getLogger("splitbench.worker")
 
 HELLO_TIMEOUT_S = 5.0  # a peer that connects to a data port must say who it is within this (wall-clock) time
+
+
+_kept: dict[str, ModelGraph] = {}  # a kept-alive worker's model, built once per spec (one spec at a time)
+_keeping = False
+
+
+def keep_models() -> None:
+    """From now on this worker keeps the last model it built for the runs that follow (a sweep's workers)."""
+    global _keeping
+    _keeping = True
+
+
+def model_graph(spec: ModelSpec) -> ModelGraph:
+    """The model's fx graph with its random weights, built from the spec (and its seed) -- or, in a kept-alive
+    worker, the one already built for the same spec: same spec, same weights."""
+    key = json.dumps(spec.to_dict(), sort_keys=True)
+    if key in _kept:
+        return _kept[key]
+    _kept.clear()  # another model: let the last one go before building this one
+    graph = graph_from_module(build_model(spec), spec)
+    if _keeping:
+        _kept[key] = graph
+    return graph
 
 
 def now_ns() -> int:
@@ -260,10 +286,19 @@ def serve_commands(control: Control, handlers: dict[str, Callable[[dict[str, Any
         handlers[name](command)
 
 
+_serving: set[threading.Thread] = set()  # the guarded threads of the run being served
+
+
+def serving_threads() -> list[threading.Thread]:
+    """The worker threads of the current run that are still alive (``guard`` registers them)."""
+    return [t for t in list(_serving) if t.is_alive()]
+
+
 def guard(fn: Callable[[], None], control: Control) -> Callable[[], None]:
     """Run a worker thread; any error is reported to the controller and ends the worker."""
 
     def run() -> None:
+        _serving.add(threading.current_thread())
         try:
             fn()
         except Exception as exc:  # report, then die: the controller marks the run FAILED with this reason
@@ -272,5 +307,7 @@ def guard(fn: Callable[[], None], control: Control) -> Callable[[], None]:
                 control.send({"event": "error", "reason": f"{type(exc).__name__}: {exc}"})
             finally:
                 os._exit(3)
+        finally:
+            _serving.discard(threading.current_thread())
 
     return run
