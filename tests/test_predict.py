@@ -77,4 +77,4 @@ def test_predicted_real_time_grows_with_inferences_and_dilation(scenario: str) -
     if scenario == "single_stream":
         assert per_inference_s == pytest.approx(long.metrics["predicted_latency_ms"] / 1e3)
     else:
-        assert per_inference_s <= long.metrics["predicted_latency_ms"] / 1e3
+        assert per_inference_s <= long.metrics["predicted_latency_ms"] / 1e3 * (1 + 1e-9)  # equal when one stage paces it
