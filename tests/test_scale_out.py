@@ -17,6 +17,7 @@ from typing import Iterator
 import psutil
 import pytest
 
+from harness.network.namespaces import cleanup_stale
 from tests.conftest import ROOT, run_cli
 
 BIN = Path(sys.executable).parent
@@ -91,15 +92,23 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, str]]:
                           str(tmp_path / "mlartifacts"), "--host", "127.0.0.1", "--port", str(mlflow_port),
                           "--workers", "1"], tmp_path / "mlflow_server.log")
         uri = f"http://127.0.0.1:{mlflow_port}"
-        # `ray start` says so once its raylet has registered with the head (sooner than polling `ray status`)
-        wait_for(lambda: "Ray runtime started" in ray_log.read_text(), "ray head", timeout=120)
+
+        def ray_up() -> bool:
+            if ray.poll() is not None:
+                raise RuntimeError(f"ray start exited {ray.returncode}: {ray_log.read_text()[-2000:]}")
+            # said once its raylet has registered with the head: sooner than polling `ray status`
+            return "Ray runtime started" in ray_log.read_text()
+        wait_for(ray_up, "ray head", timeout=120)
         wait_for(lambda: healthy(uri), "mlflow server")
         yield f"127.0.0.1:{ray_port}", uri
     finally:
-        end(ray)
-        if tracking is not None:
-            end(tracking)
-        shutil.rmtree(temp, ignore_errors=True)
+        try:
+            end(ray)
+        finally:
+            if tracking is not None:
+                end(tracking)
+            shutil.rmtree(temp, ignore_errors=True)
+            cleanup_stale()  # namespaces of a job whose Ray worker had to be killed (a failed run)
 
 
 def test_a_sweep_through_the_ray_launcher_records_each_job_once_one_at_a_time(
