@@ -36,13 +36,13 @@ def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subp
                             env={**os.environ, **(env or {})})
 
 
-def end(proc: subprocess.Popen, grace: float = 3) -> None:
-    """End ``proc`` and every process it started, by pid (Ray's workers start sessions of their own): a short
-    grace after SIGTERM, then SIGKILL (Ray's daemons take tens of seconds over a graceful stop)."""
-    try:
-        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
+def end(*procs: subprocess.Popen, grace: float = 3) -> None:
+    """End ``procs`` and every process they started, by pid (Ray's workers start sessions of their own): one short
+    grace after SIGTERM for all, then SIGKILL (Ray's daemons take tens of seconds over a graceful stop)."""
+    family = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     for member in family:
         with contextlib.suppress(psutil.NoSuchProcess):
             member.terminate()
@@ -51,7 +51,8 @@ def end(proc: subprocess.Popen, grace: float = 3) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             member.kill()
     _, alive = psutil.wait_procs(alive, timeout=10)
-    proc.wait(10)
+    for proc in procs:
+        proc.wait(10)
     assert not alive, f"still running: {alive}"
 
 
@@ -103,10 +104,8 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, str]]:
         yield f"127.0.0.1:{ray_port}", uri
     finally:
         try:
-            end(ray)
+            end(ray, *([tracking] if tracking is not None else []))
         finally:
-            if tracking is not None:
-                end(tracking)
             shutil.rmtree(temp, ignore_errors=True)
             cleanup_stale()  # namespaces of a job whose Ray worker had to be killed (a failed run)
 
