@@ -484,3 +484,50 @@ def test_cleanup_command_removes_everything_with_its_prefix(tmp_path):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+# -- sockets in a namespace, without a fork ------------------------------------------------------------------------
+
+FORKS: list[int] = []
+os.register_at_fork(before=lambda: FORKS.append(threading.get_ident()))
+
+
+def own_namespace() -> str:
+    return os.readlink("/proc/thread-self/ns/net")
+
+
+@needs_root
+def test_namespace_sockets_open_by_setns_of_this_thread_without_a_fork_from_any_thread():
+    """A forked helper inside a host that turns SIGTERM into SystemExit (a Ray worker) unwinds through the host's
+    stack: netlink and TCP sockets in a namespace are opened by this thread's setns, and it comes back."""
+    name = f"{PREFIX}{os.getpid()}-setns"
+    netns.create(name)
+    try:
+        before, FORKS[:] = own_namespace(), []
+        with namespaces.ipr_in(name) as ip:
+            ip.link("add", ifname="sx0", kind="veth", peer={"ifname": "sx1"})
+            seen: list[set[str]] = []
+            # pyroute2 opens one socket per thread: a watcher thread's teardown must reach the namespace too
+            other = threading.Thread(target=lambda: seen.append({ln.get_attr("IFLA_IFNAME") for ln in ip.get_links()}))
+            other.start()
+            other.join()
+            assert seen == [{"lo", "sx0", "sx1"}]
+        with namespaces.socket_in(name) as sock:
+            sock.bind(("127.0.0.1", 0))
+        assert FORKS == [] and own_namespace() == before
+        with pytest.raises(RuntimeError, match="inside"), namespaces.in_namespace(name):
+            raise RuntimeError("inside")
+        assert own_namespace() == before  # restored on error too
+        with IPRoute() as root:
+            assert not root.link_lookup(ifname="sx0")  # created in the namespace, not here
+    finally:
+        namespaces.remove_namespace(name, PREFIX)
+
+
+@needs_root
+def test_a_missing_namespace_is_refused_not_created():
+    name = f"{PREFIX}{os.getpid()}-missing"
+    before = own_namespace()
+    with pytest.raises(OSError, match=name):
+        namespaces.ipr_in(name)
+    assert name not in netns.listnetns() and own_namespace() == before

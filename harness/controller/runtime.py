@@ -147,6 +147,7 @@ class Controller:
         self.endpoints: dict[str, _Endpoint] = {}
         self.on_retime: list[Callable[[float], None]] = []
         self.selector = selectors.DefaultSelector()
+        self.stopped: set[str] = set()  # endpoints that said 'stopped': their exit is no crash
         self.deadline = time.monotonic() + timeout_s
 
     def start(self) -> None:
@@ -251,7 +252,7 @@ class Controller:
         """The next frame from any worker; raises :class:`RunFailed` on a crash, an error report or the timeout."""
         while True:
             crashed = [(ep.process.returncode == -signal.SIGTERM, reason) for ep in self.endpoints.values()
-                       if (reason := ep.crash_reason()) is not None]
+                       if ep.name not in self.stopped and (reason := ep.crash_reason()) is not None]
             if crashed:
                 # The teardown that follows a crash SIGTERMs the others: the first cause is the one not so ended.
                 raise RunFailed("; then ".join(reason for _, reason in sorted(crashed, key=lambda c: c[0])))
@@ -278,7 +279,8 @@ class Controller:
         A killed peer's sockets close before its exit is reaped, so the echo can arrive first: peers get a
         short grace to be seen dead before the report is taken as the cause.
         """
-        peers = [ep for ep in self.endpoints.values() if ep is not reporter and ep.process is not None]
+        peers = [ep for ep in self.endpoints.values()
+                 if ep is not reporter and ep.process is not None and ep.name not in self.stopped]
         grace_end = time.monotonic() + PEER_DEATH_GRACE_S
         while True:
             dead = [reason for ep in peers if (reason := ep.crash_reason())]
@@ -296,6 +298,7 @@ class Controller:
                 result.peak_rss_mb[ep.name] = float(frame.obj["peak_rss_mb"])
                 result.model_rss_mb[ep.name] = float(frame.obj["peak_rss_mb"]) - float(frame.obj["baseline_rss_mb"])
                 pending.discard(ep.name)
+                self.stopped.add(ep.name)
                 self.selector.unregister(ep.sock)  # it exits now: its end-of-stream is not a failure
             else:
                 absorb(frame, result)

@@ -6,11 +6,14 @@ leftovers from a live run's.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import re
 import signal
+import socket
+from typing import Callable, Iterator, TypeVar
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
@@ -28,6 +31,52 @@ def is_root() -> bool:
 def enter_namespace(name: str) -> None:
     """Join namespace ``name``; runs in a child between fork and exec: only a setns(2), never a creation."""
     netns.setns(name, flags=0)
+
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def in_namespace(name: str) -> Iterator[None]:
+    """Run the calling thread, and only it, inside existing namespace ``name`` (setns(2) is per thread), and bring
+    it back to its own namespace afterwards, even on error.
+
+    Sockets opened meanwhile stay in ``name`` for good: this is how the harness opens netlink and TCP sockets in a
+    namespace without pyroute2's forked helper, whose child inside a host process that turns SIGTERM into
+    SystemExit (a Ray worker) unwinds through the host's stack instead of exiting.
+    """
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)  # /proc/self would be the main thread's
+    try:
+        netns.setns(name, flags=0)  # flags=0: never create it
+        try:
+            yield
+        finally:
+            netns.setns(own, flags=0)
+    finally:
+        os.close(own)
+
+
+def call_in(name: str, make: Callable[[], T]) -> T:
+    """``make()`` run by the calling thread inside namespace ``name``."""
+    with in_namespace(name):
+        return make()
+
+
+def socket_in(name: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket living in namespace ``name``, opened without a fork."""
+    return call_in(name, lambda: socket.socket(family, kind))
+
+
+def ipr_in(name: str) -> IPRoute:
+    """An ``IPRoute`` talking to existing namespace ``name`` (never created here), opened without a fork.
+
+    pyroute2 opens one netlink socket per thread that uses the object, lazily; each is opened inside ``name``
+    too, so that a teardown from a watcher thread still talks to the namespace and not to the thread's own.
+    """
+    ip = call_in(name, IPRoute)
+    open_socket = ip.asyncore.setup_socket
+    ip.asyncore.setup_socket = lambda: call_in(name, open_socket)
+    return ip
 
 
 def _owner_pid(name: str, prefix: str) -> int | None:
@@ -55,8 +104,7 @@ def remove_namespace(name: str, prefix: str) -> None:
         except ProcessLookupError:
             pass
     try:
-        # flags=0: never create the namespace we are removing (pyroute2 creates a missing one by default)
-        with IPRoute(netns=name, flags=0) as ip:
+        with ipr_in(name) as ip:  # never creates the namespace we are removing
             for link in ip.get_links():
                 ifname = link.get_attr("IFLA_IFNAME")
                 if _owner_pid(ifname, prefix) is not None:

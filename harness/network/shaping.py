@@ -19,7 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.tcmsg import sched_netem
 
 from harness.network.link import BackendError, LinkSpec
-from harness.network.namespaces import DEFAULT_PREFIX, is_root
+from harness.network.namespaces import DEFAULT_PREFIX, ipr_in, is_root
 
 log = logging.getLogger("harness.network")
 
@@ -62,7 +62,7 @@ def _probe() -> tuple[bool, tuple[str, ...]]:
         return False, ("userspace",)
     found = []
     try:
-        with IPRoute(netns=scratch) as ip:
+        with ipr_in(scratch) as ip:
             trials = {"netem": {"delay": 1000},
                       "tbf": {"rate": 125_000, "burst": MIN_BURST_BYTES, "limit": MIN_QUEUE_BYTES},
                       "htb": {"default": 0x10}}

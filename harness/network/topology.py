@@ -29,7 +29,8 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from harness.network.link import BackendError, LinkSpec
-from harness.network.namespaces import DEFAULT_PREFIX, PREFIX_PATTERN, cleanup_stale, enter_namespace, remove_namespace
+from harness.network.namespaces import (DEFAULT_PREFIX, PREFIX_PATTERN, cleanup_stale, enter_namespace, ipr_in,
+                                       remove_namespace, socket_in)
 from harness.network.processes import Processes
 from harness.worker.pacer import Pacer
 from harness.network.shaping import (BACKENDS, HEADER_FACTOR, KERNEL_RATE_BACKENDS, available_backends, burst_bytes,
@@ -183,7 +184,7 @@ class Topology:
             name = self._namespace_name(endpoint)
             netns.create(name)
             self._namespaces[endpoint] = name
-            ip = self._ipr[endpoint] = IPRoute(netns=name)
+            ip = self._ipr[endpoint] = ipr_in(name)
             ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
         for link in self._links:
             # Created straight into both namespaces: never visible in the root namespace.
@@ -286,7 +287,7 @@ class Topology:
         """A socket living in ``endpoint``'s namespace, usable from this process (e.g. a thread per endpoint)."""
         self._require_up()
         name = self.netns(endpoint)
-        return socket.socket(family, kind) if name is None else netns.create_socket(name, family, kind)
+        return socket.socket(family, kind) if name is None else socket_in(name, family, kind)
 
     def spawn(self, endpoint: str, argv: Sequence[str], critical: bool = True, **popen_kwargs: Any) -> subprocess.Popen:
         """Start a process in ``endpoint``'s namespace, in its own session; stopping the topology kills it.
