@@ -4,6 +4,7 @@ Then, after authentication: a model factory the board's owner did not allow is r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
@@ -66,7 +67,8 @@ def attack(port: int, data: bytes) -> str:
         sock.settimeout(20)
         try:
             sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):  # the worker may have answered and closed already (ENOTCONN)
+                sock.shutdown(socket.SHUT_WR)
             reply = auth.recv_hello(sock)
         except (wire.ConnectionClosed, ConnectionResetError, BrokenPipeError):
             return "closed"

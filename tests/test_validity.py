@@ -68,7 +68,8 @@ def test_one_stalled_inference_is_repeated_at_a_higher_tdf_and_the_run_stays_val
     assert result.calibration["tdf"] >= 1.0 and result.calibration["set_by"] in ("device", "server")
     assert len(result.repeats) == 1, result.repeats
     repeat = result.repeats[0]
-    assert repeat["seq"] == stalled and repeat["overrun_pct"] > TOLERANCE_PCT and repeat["endpoints"] == ["device"]
+    # The stalled device overran (a loaded machine may make the server overrun in the same inference too).
+    assert repeat["seq"] == stalled and repeat["overrun_pct"] > TOLERANCE_PCT and "device" in repeat["endpoints"]
     assert repeat["tdf_after"] > repeat["tdf_before"] and result.tdf == repeat["tdf_after"]
     assert result.discarded == {stalled} and repeat["issued_again"] == [expected]
     assert result.tdf_of(expected) == repeat["tdf_after"] > result.tdf_of(WARMUP)  # the repeat ran at the raise
