@@ -8,9 +8,7 @@ named, for an emulated time, so the stall overruns its budget by as much at any 
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -26,7 +24,7 @@ from harness.model.models import ModelSpec
 from harness.network.link import LinkSpec
 from partitioners.base import LinkState, cut_plan, cut_problem
 from tests.conftest import needs_root
-from tests.test_runtime import MARK, assert_nothing_left, make_cfg
+from tests.test_runtime import make_cfg, marker  # noqa: F401 (marker: the fixture that checks cleanup)
 
 TOLERANCE_PCT = 5.0
 WARMUP, INFERENCES = 1, 3
@@ -51,14 +49,6 @@ def stalled_run(stall: dict, max_repeats: int) -> tuple[RunResult, int]:
                          OmegaConf.to_container(cfg.scenario), 1.0, 300, int(cfg.runtime.max_payload_mb) << 20,
                          progress=False, auto_tdf=auto)
     return result, WARMUP + INFERENCES
-
-
-@pytest.fixture
-def marker(monkeypatch: pytest.MonkeyPatch) -> str:
-    value = uuid.uuid4().hex
-    monkeypatch.setenv(MARK, value)
-    yield value
-    assert_nothing_left(os.getpid(), value)
 
 
 @needs_root
