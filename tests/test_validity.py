@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from harness.config import build_hardware, resolve
+from harness.controller import session
 from harness.controller.cut import cut_workers
 from harness.controller.measurer import AutoTdf, RunResult, calibrated_tdf, overrun_metrics, overrun_pct, verdict
 from harness.controller.runtime import run_workers
@@ -31,8 +32,9 @@ WARMUP, INFERENCES = 1, 3
 STALL_MS = 5.0  # emulated: more than the whole inference's emulated latency
 
 
-def stalled_run(stall: dict, max_repeats: int) -> tuple[RunResult, int]:
-    """One dilated run whose device stalls as ``stall`` says; returns the result and the inferences asked for."""
+def stalled_run(stall: dict, max_repeats: int, pool: session.WorkerPool | None = None) -> tuple[RunResult, int]:
+    """One dilated run whose device stalls as ``stall`` says (on ``pool``'s workers if given); returns the result
+    and the inferences asked for."""
     cfg = make_cfg(["model=resnet18", "model.input_shape=[1,3,64,64]", "hardware=xavier_1080ti",
                     "link.bandwidth_mbps=100", f"scenario.warmup={WARMUP}", f"scenario.inferences={INFERENCES}"])
     exp = resolve(cfg)
@@ -47,7 +49,7 @@ def stalled_run(stall: dict, max_repeats: int) -> tuple[RunResult, int]:
     auto = AutoTdf(TOLERANCE_PCT, max_repeats, plan.predicted_latency_ms, together=False)
     result = run_workers([device, server], [(device, server, LinkSpec(100.0))], workers, device,
                          OmegaConf.to_container(cfg.scenario), 1.0, 300, int(cfg.runtime.max_payload_mb) << 20,
-                         progress=False, auto_tdf=auto)
+                         progress=False, auto_tdf=auto, pool=pool)
     return result, WARMUP + INFERENCES
 
 
@@ -68,6 +70,29 @@ def test_one_stalled_inference_is_repeated_at_a_higher_tdf_and_the_run_stays_val
     metrics = overrun_metrics(result)
     assert metrics["repeated_inferences"] == 1 and metrics["overrun_cost_pct"] <= TOLERANCE_PCT
     assert len(result.outputs) == expected + 1
+
+
+@needs_root
+def test_kept_alive_workers_reuse_their_calibration_until_an_inference_overruns(marker: str) -> None:
+    pool = session.WorkerPool()
+    try:
+        first, _ = stalled_run({}, max_repeats=2, pool=pool)
+        again, _ = stalled_run({}, max_repeats=2, pool=pool)  # the same parts on the same live workers
+        stalled, _ = stalled_run({"from_seq": WARMUP + 1, "count": 1, "ms": STALL_MS}, max_repeats=2, pool=pool)
+        after, _ = stalled_run({}, max_repeats=2, pool=pool)
+    finally:
+        pool.close()
+    assert pool.builds == 1 and first.calibration["reused"] == []
+    assert stalled.repeats  # the stall overran, reused calibration or not: the overrun is caught as before
+    measured = first.calibration["samples"]
+    for before, run in zip([first, again, stalled], [again, stalled, after]):
+        if before.repeats:  # an inference overran (the stall, or this machine's noise): the parts are timed again
+            assert run.calibration["reused"] == [] and run.calibration["samples"] != measured
+            measured = run.calibration["samples"]
+        else:  # the same parts on the same live workers: their times are reused, and so the TDF
+            assert sorted(run.calibration["reused"]) == ["device", "server"]
+            assert run.calibration["samples"] == measured and run.calibration["tdf"] == before.calibration["tdf"]
+    assert after.calibration["reused"] == []
 
 
 @needs_root

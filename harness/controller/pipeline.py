@@ -129,7 +129,8 @@ def record_calibration(rec: RunRecord, result: RunResult, metrics: dict[str, flo
     if "tdf" in result.calibration:
         cal = result.calibration
         metrics["tdf_measured_need"] = cal["need"]
-        rec.set_tags({"tdf_set_by": cal["set_by"], "tdf_source": "calibrated"})
+        rec.set_tags({"tdf_set_by": cal["set_by"], "tdf_source": "calibrated",
+                      "calibration_reused": str(bool(cal.get("reused"))).lower()})
     if result.calibration:
         rec.artifact_json(result.calibration, "calibration.json")
     if result.repeats:

@@ -8,6 +8,7 @@ and converts every stamp it reports into the controller's clock.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import selectors
@@ -148,6 +149,8 @@ class Controller:
         self.on_retime: list[Callable[[float], None]] = []
         self.selector = selectors.DefaultSelector()
         self.stopped: set[str] = set()  # endpoints that said 'stopped': their exit is no crash
+        # compute key -> each endpoint's calibration samples, for workers that live on (a sweep's pool); None: none
+        self.calibrations: dict[str, dict[str, list[dict[str, Any]]]] | None = None
         self.deadline = time.monotonic() + timeout_s
 
     def start(self) -> None:
@@ -384,16 +387,41 @@ def retime(controller: Controller, topology: Topology, links: list[tuple[str, st
     result.tdf = tdf
 
 
+# Setup keys that do not change what a calibration times: the TDF, pacing, peers' addresses, an injected stall (it
+# stalls inferences, never a calibration's replays).
+NOT_COMPUTE = frozenset({"tdf", "pad", "pacer", "pacers", "listen", "connect", "peers", "stall"})
+
+
+def compute_key(controller: Controller, group: list[str], auto: AutoTdf) -> str:
+    """What a calibration of ``group`` measured: the parts its workers compute at once, on which processor, how
+    often. Two jobs with the same key time the same code in the same processes."""
+    setups = {w.endpoint: {k: v for k, v in w.setup.items() if k not in NOT_COMPUTE}
+              for w in controller.workers if w.endpoint in group}
+    return json.dumps([setups, controller.compute_device, auto.repeats, auto.together], sort_keys=True, default=str)
+
+
 def calibrate(controller: Controller, topology: Topology, links: list[tuple[str, str, LinkSpec]],
               result: RunResult, auto: AutoTdf) -> None:
     """After the warm-up: every worker times its own part on the warm-up's inputs, together when they compute at
-    once in this run, else one after another; the run goes on at the TDF their measurements need."""
+    once in this run, else one after another; the run goes on at the TDF their measurements need. Kept-alive
+    workers (a sweep) that already timed the same parts at once reuse those times (``calibration.json``:
+    ``reused``), unless an inference overran since."""
     samples: dict[str, list[dict[str, Any]]] = {}
+    reused: list[str] = []
+    cache = controller.calibrations
     for group in [list(controller.endpoints)] if auto.together else [[e] for e in controller.endpoints]:
+        key = compute_key(controller, group, auto)
+        if cache is not None and key in cache:
+            samples.update(cache[key])
+            reused += group
+            continue
         for name in group:
             controller.send(name, {"cmd": "calibrate", "repeats": auto.repeats})
-        samples.update({e: r["samples"] for e, r in wait_all(controller, "calibrated", result, group).items()})
-    result.calibration = {"tdf_before": result.tdf, **calibrated_tdf(samples, auto)}
+        measured = {e: r["samples"] for e, r in wait_all(controller, "calibrated", result, group).items()}
+        samples.update(measured)
+        if cache is not None:
+            cache[key] = measured
+    result.calibration = {"tdf_before": result.tdf, **calibrated_tdf(samples, auto), "reused": reused}
     if "tdf" in result.calibration:
         retime(controller, topology, links, result, result.calibration["tdf"])
 
@@ -464,6 +492,8 @@ def _run_on(topology: Network, controller: Controller, links: list[tuple[str, st
             drive(controller, first, int(scenario["warmup"]) + int(scenario["inferences"]), int(scenario["warmup"]),
                   int(scenario["in_flight"]), result, hook, progress, after_warmup, repeats)
             controller.stop(result)
+        if result.repeats and controller.calibrations is not None:
+            controller.calibrations.clear()  # an inference overran its calibrated budget: the next job times again
         note("dilated_s", sum(end - result.starts_ns[s] for s, end in result.ends_ns.items()
                               if s in result.starts_ns) / 1e9)
     except RunFailed as exc:

@@ -79,6 +79,7 @@ class PooledController(Controller):
         super().__init__(topology, workers, timeout_s, max_payload, pool.token, compute_device, link_timeout_s,
                          pool.tmp)
         self.pool = pool
+        self.calibrations = pool.calibrations
 
     def start(self) -> None:
         for w in self.workers:
@@ -116,6 +117,7 @@ class WorkerPool:
         self.token = ""
         self.tmp: Path | None = None
         self.builds = 0  # topologies built: a test reads how often the pool started afresh
+        self.calibrations: dict[str, dict[str, list[dict[str, Any]]]] = {}  # what live workers timed (runtime.calibrate)
 
     @contextmanager
     def job(self, endpoints: list[str], links: list[tuple[str, str, LinkSpec]], workers: list[WorkerSpec],
@@ -158,6 +160,7 @@ class WorkerPool:
         if old is not None and old.sock is not None:
             old.sock.close()
         self.served.discard(endpoint)
+        self.calibrations.clear()  # a new process: its parts are timed afresh
         assert self.tmp is not None
         (self.tmp / f"{endpoint}.sock").unlink(missing_ok=True)
         self.workers[endpoint] = spawn(endpoint)
@@ -170,6 +173,7 @@ class WorkerPool:
                 ep.sock.close()
         self.workers.clear()
         self.served.clear()
+        self.calibrations.clear()
         if self.topology is not None:
             self.topology.stop()
             self.topology = None
