@@ -7,6 +7,7 @@ an analysis would.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.controller.traces import load_trace
+from harness.controller.traces import Trace, TracePlayer, load_trace
 from tests.conftest import needs_root, run_cli
 
 # mobilenet_v2 at 64x64 on xavier_1080ti: the latency-optimal cut is in the middle (59 of 154 nodes on the device)
@@ -133,6 +134,25 @@ def test_dynamic_method_re_decides_when_the_best_cut_moves(tracking_uri: str, tm
 def test_trace_mean_is_weighted_by_time() -> None:
     # 2 s each at 18.88, 5.85, 1.1, 5.85, 18.88: the rate the fixed plan is chosen for.
     assert load_trace("stepped_3g_lte_wifi.csv").mean_mbps == pytest.approx((2 * 18.88 + 2 * 5.85 + 1.1) / 5)
+
+
+def test_at_a_step_of_the_trace_the_link_has_its_new_rate_before_anything_starts() -> None:
+    # A qdisc change takes real time: the player's thread is still in it at the step's instant.
+    applied: list[tuple[float, int]] = []
+
+    def slow_set_rate(mbps: float) -> None:
+        time.sleep(0.05)
+        applied.append((mbps, time.monotonic_ns()))
+
+    player = TracePlayer(Trace("t", (0.0, 0.1), (10.0, 1.0), 10.0), slow_set_rate, tdf=1.0).start()
+    try:
+        time.sleep(max(0.0, 0.1 - player.emulated_s()))  # an arrival due exactly at the step
+        player.settle()
+        settled_ns = time.monotonic_ns()
+    finally:
+        player.stop()
+    assert [mbps for mbps, _ in applied] == [10.0, 1.0]
+    assert applied[1][1] <= settled_ns  # what starts after settle() sees 1 Mbit/s, never the old 10
 
 
 def _steps(decisions: list[dict]) -> list[list[dict]]:

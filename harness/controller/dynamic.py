@@ -93,6 +93,7 @@ class Redecider:
             self.arrivals, self.last_seq = self.arrivals + 1, seq
             if (wait_s := (due_s - self.player.emulated_s()) * self.player.tdf) > 0:
                 time.sleep(wait_s)
+            self.player.settle()  # an arrival at a step of the trace: the link has its new rate first
             if previous is not None and self.sends_data:  # the previous transfer's ACK report is the measurement
                 wait_for_span(controller, result, previous, "send")
             sample = self._estimate(previous, result)

@@ -104,16 +104,27 @@ class TracePlayer:
     def __init__(self, trace: Trace, set_rate: Callable[[float], None], tdf: float, horizon_s: float = 3600) -> None:
         self.trace, self.set_rate, self.tdf = trace, set_rate, tdf
         self.steps = trace.changes(horizon_s)
+        self.step_times = [t_s for t_s, _ in self.steps]
         self.stop_event = threading.Event()
         self.wake = threading.Event()  # a retime or stop: the next step's wait is recomputed
         self.start_ns = 0
+        self.applied = threading.Condition()
+        self.applied_steps = 0  # steps whose rate the link has (set_rate returned)
         self.thread = threading.Thread(target=self._play, daemon=True, name="trace-player")
 
     def start(self) -> "TracePlayer":
         self.set_rate(self.steps[0][1])
+        self.applied_steps = 1
         self.start_ns = time.monotonic_ns()
         self.thread.start()
         return self
+
+    def settle(self, timeout_s: float = 1.0) -> None:
+        """Wait until the link has every rate due by now. At a step's instant the player's thread is still
+        changing the qdisc (a few real ms): a probe or an inference that starts then must not see the old rate."""
+        due = bisect.bisect_right(self.step_times, self.emulated_s())
+        with self.applied:
+            self.applied.wait_for(lambda: self.applied_steps >= due or self.stop_event.is_set(), timeout_s)
 
     def emulated_s(self, at_ns: int | None = None) -> float:
         return ((at_ns or time.monotonic_ns()) - self.start_ns) / 1e9 / self.tdf
@@ -141,9 +152,14 @@ class TracePlayer:
                 self.set_rate(mbps)
             except RuntimeError:  # the topology went down: the run is over
                 return
+            with self.applied:
+                self.applied_steps += 1
+                self.applied.notify_all()
 
     def stop(self) -> None:
         self.stop_event.set()
         self.wake.set()
+        with self.applied:
+            self.applied.notify_all()
         if self.thread.is_alive():
             self.thread.join(timeout=5)
