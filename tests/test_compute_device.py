@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 
@@ -28,7 +29,6 @@ SPEC = ModelSpec(name="resnet18", target="torchvision.models.resnet18", input_sh
 def test_auto_is_the_cpu_without_cuda_and_cuda_without_a_gpu_is_refused() -> None:
     assert compute_device("cpu") == torch.device("cpu")
     assert compute_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    assert compute_device("auto", cuda_ok=False) == torch.device("cpu")
     with pytest.raises(ValueError, match="'tpu' is not one of"):
         compute_device("tpu")
     if not torch.cuda.is_available():
@@ -101,3 +101,18 @@ def test_a_cuda_run_computes_on_the_gpu() -> None:
     with torch.no_grad():
         expected = graph.module(make_input(graph.spec, 1))
     assert torch.allclose(result.outputs[1], expected, atol=1e-3)
+
+
+
+@needs_cuda
+def test_a_spatial_run_computes_its_bands_on_the_gpu(tracking_uri: str, tmp_path: Path) -> None:
+    proc = run_cli(["-m", "model=vgg16", "model.input_shape=[1,3,64,64]", "scenario.inferences=2",
+                    "hardware=4x_local", "hardware.num_servers=3", "method=halp,modnn",
+                    "runtime.compute_device=cuda"], tracking_uri, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mlflow.set_tracking_uri(tracking_uri)
+    df = mlflow.search_runs(experiment_names=["own_runs"], output_format="pandas")
+    assert len(df) == 2 and (df["tags.valid"] == "true").all(), df["tags.invalid_reason"].tolist()
+    assert (df["metrics.max_abs_error"] <= 1e-3).all(), df["metrics.max_abs_error"].tolist()
+    devices = df[[c for c in df.columns if c.startswith("tags.compute_device_")]]
+    assert devices.notna().all().all() and not devices.apply(lambda c: c.str.startswith("cpu")).any().any()

@@ -175,7 +175,7 @@ class _AvgPool(RowOp):
         ends = np.minimum(starts + k, w.in_height + self.pad_bottom)
         if not p.count_include_pad:
             starts, ends = np.maximum(starts, 0), np.minimum(ends, w.in_height)
-        scale = torch.as_tensor(k / (ends - starts), dtype=y.dtype)
+        scale = torch.as_tensor(k / (ends - starts), dtype=y.dtype, device=y.device)
         return y * scale.view(1, 1, -1, 1)
 
 

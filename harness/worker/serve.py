@@ -52,16 +52,13 @@ def model_allowed(target: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(target, pattern) for pattern in patterns)
 
 
-def compute_device(name: str, cuda_ok: bool = True) -> torch.device:
-    """``auto``: CUDA when this machine has it (and the stage can use it), else the CPU; ``cuda`` without a GPU is
-    an error. Spatial stages compute on the CPU (their row ops are not moved to a GPU yet)."""
+def compute_device(name: str) -> torch.device:
+    """``auto``: CUDA when this machine has it, else the CPU; ``cuda`` without a GPU is an error."""
     if name not in ("auto", "cpu", "cuda"):
         raise ValueError(f"compute device {name!r} is not one of ['auto', 'cpu', 'cuda']")
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("runtime.compute_device=cuda, but this worker has no CUDA device; use auto or cpu")
-    if name == "cuda" and not cuda_ok:
-        raise ValueError("runtime.compute_device=cuda: spatial methods compute on the CPU; use auto or cpu")
-    return torch.device("cuda" if name != "cpu" and cuda_ok and torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 def device_name(device: torch.device) -> str:
@@ -172,7 +169,7 @@ def _run(setup: dict[str, Any], control: Control, allowed_models: Sequence[str],
                                                   f"{list(allowed_models)} (the worker's --allow-models)"})
         return None
     try:
-        device = compute_device(str(setup.get("compute_device", "auto")), cuda_ok=setup.get("kind", "cut") == "cut")
+        device = compute_device(str(setup.get("compute_device", "auto")))
     except ValueError as exc:
         control.send({"event": "error", "reason": str(exc)})
         return None

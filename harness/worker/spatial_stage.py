@@ -33,7 +33,7 @@ from harness.model.rows import spatial_prefix
 from harness.worker.segments import join_rows, run_segment, suffix_part
 from harness.worker.stage import (HELLO_TIMEOUT_S, Budget, Timeline, connect_data, guard, injected_stall,
                                   link_timeouts, model_graph, now_ns, quiet_for_measurement, retime_pacer,
-                                  serve_commands, time_repeats)
+                                  serve_commands, time_repeats, to_device, to_host)
 
 DIRECTIONS = ("down", "up")  # down: host -> secondary (bands); up: secondary -> host (rows)
 
@@ -91,7 +91,9 @@ class SpatialStage:
         self.timeline = Timeline(self.endpoint)
         self.max_payload = int(setup["max_payload"])
         self.make_budget = lambda ms: Budget(ms, setup["tdf"], setup["pad"])
+        self.device = torch.device(setup.get("device", "cpu"))  # resolved by the worker from runtime.compute_device
         graph = model_graph(self.spec)
+        graph.module.to(self.device)  # the row ops and the suffix use the module's own weights
         prefix = spatial_prefix(graph)
         # Keep only the layers of the blocks this endpoint computes in (and the FC suffix on the host).
         self.ops = [prefix.block(b["layers"]) if self.is_host or any(s["endpoint"] == self.endpoint
@@ -135,11 +137,22 @@ class SpatialStage:
 
     # -- compute -----------------------------------------------------------------------------------------------------
 
+    def on_device(self, fn: Callable[[torch.Tensor], torch.Tensor], value: torch.Tensor) -> torch.Tensor:
+        """``fn`` on the compute device: the value (a host tensor, as it came off the wire or out of a join) moves
+        in, the result comes back to the host, the device synchronised (a compute span ends when it finished)."""
+        if self.device.type == "cpu":
+            return fn(value)
+        return to_host({"y": fn(to_device({"x": value}, self.device)["x"])}, self.device)["y"]
+
     def compute(self, seq: int, block: int, band: torch.Tensor, segment: dict[str, Any]) -> torch.Tensor:
         ops, in_rows, out_rows = self.ops[block], tuple(segment["in_rows"]), tuple(segment["out_rows"])
-        self.replays[(block, out_rows)] = (segment["compute_ms"], lambda: run_segment(ops, band, in_rows, out_rows))
+
+        def rows_of(x: torch.Tensor) -> torch.Tensor:
+            return run_segment(ops, x, in_rows, out_rows)
+
+        self.replays[(block, out_rows)] = (segment["compute_ms"], lambda: self.on_device(rows_of, band))
         start = now_ns()
-        rows = run_segment(ops, band, in_rows, out_rows)
+        rows = self.on_device(rows_of, band)
         injected_stall(self.setup, seq)
         self.make_budget(segment["compute_ms"]).finish(self.timeline, seq, start, block=block)
         return rows
@@ -217,11 +230,16 @@ class SpatialStage:
         with self.lock:
             value = self.tasks[seq].value
         if self.suffix is not None:
-            suffix, inputs = self.suffix, {self.suffix.inputs[0]: value}
-            self.replays["suffix"] = (self.plan["suffix_ms"], lambda: suffix.run(inputs))
+            suffix, name, result = self.suffix, self.suffix.inputs[0], self.result_name
+
+            def output_of(x: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    return suffix.run({name: x})[result]
+
+            joined = value
+            self.replays["suffix"] = (self.plan["suffix_ms"], lambda: self.on_device(output_of, joined))
             start = now_ns()
-            with torch.no_grad():
-                value = self.suffix.run(inputs)[self.result_name]
+            value = self.on_device(output_of, value)
             self.make_budget(self.plan["suffix_ms"]).finish(self.timeline, seq, start, block="suffix")
         done = now_ns()
         self.control.send_tensor(value.contiguous(), seq)
