@@ -55,13 +55,14 @@ def sweep(args: argparse.Namespace, reuse: bool) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| reuse | job | method | Mbit/s | ok | TDF | set-up s | network s | workers s | inference s | "
-            "recording s | total s | Σ TDF×emulated s | overhead s |")
-    lines = [head, "|" + "---|" * 3 + "---:|" * 11]
+    head = ("| reuse | job | method | Mbit/s | ok | TDF | workers started | set-up s | network s | workers s | "
+            "inference s | recording s | total s | Σ TDF×emulated s | overhead s |")
+    lines = [head, "|" + "---|" * 3 + "---:|" * 12]
     for r in rows:
         dilated = r.get("dilated_s", 0.0)
         lines.append(f"| {'yes' if r['reuse'] else 'no'} | {r['job']} | "
                      f"{r['method']} | {r['mbps']:g} | {'yes' if r['ok'] else 'FAILED'} | {r['tdf']:.1f} | "
+                     f"{int(r.get('workers_started', 0))} | "
                      + " | ".join(f"{r.get(p, 0.0):.2f}" for p in (*PHASES, "recording", "total"))
                      + f" | {dilated:.2f} | {r['total'] - dilated:.2f} |")
     return "\n".join(lines)
@@ -78,6 +79,10 @@ def summary(rows: list[dict[str, Any]]) -> str:
         out.append(f"reuse={'on ' if reuse else 'off'}: {len(mine)} jobs in {total:.1f} s for {dilated:.1f} s of "
                    f"dilated inference ({total / dilated:.2f}x); overhead: first job {overheads[0]:.2f} s, "
                    f"later jobs mean {statistics.mean(later):.2f} s (max {max(later):.2f} s)")
+    live = [r["total"] - r.get("dilated_s", 0.0) for r in rows if r["reuse"] and not r.get("workers_started")]
+    if live:
+        out.append(f"jobs that started no worker (every worker live): {len(live)}, overhead mean "
+                   f"{statistics.mean(live):.2f} s (max {max(live):.2f} s)")
     before = statistics.mean([r["total"] - r.get("dilated_s", 0.0) for r in rows if not r["reuse"]][1:] or [0])
     after = statistics.mean([r["total"] - r.get("dilated_s", 0.0) for r in rows if r["reuse"]][1:] or [0])
     if after > 0:

@@ -51,3 +51,9 @@ def note(name: str, value: float) -> None:
     """A figure of the job being timed that is not a phase (e.g. the dilated time its inferences needed)."""
     if _current is not None:
         _current[name] = value
+
+
+def count(name: str, by: float = 1.0) -> None:
+    """Add ``by`` to a tally of the job being timed (e.g. the workers it had to start)."""
+    if _current is not None:
+        _current[name] = _current.get(name, 0.0) + by

@@ -28,7 +28,7 @@ import torch
 from harness.worker import auth, wire
 from harness.worker.channel import Receiver, Sender
 from harness.controller.measurer import AutoTdf, Repeats, RunResult, absorb, calibrated_tdf, drive, wait_all
-from harness.controller.phases import note, phase
+from harness.controller.phases import count, note, phase
 from harness.network.link import LinkSpec
 from harness.network.base import Network
 from harness.network.remote import RemoteNetwork
@@ -167,6 +167,7 @@ class Controller:
 
     def _spawn(self, endpoint: str) -> _Endpoint:
         """Start ``endpoint``'s worker in its namespace; it listens on a Unix control socket in ``self.tmp``."""
+        count("workers_started")
         env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SPLITBENCH_WORKER": "1",
                "SPLITBENCH_TOKEN": self.token,  # in the environment, not on a command line that ps shows
