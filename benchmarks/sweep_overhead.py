@@ -73,6 +73,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
     out = []
     for reuse in (False, True):
         mine = [r for r in rows if r["reuse"] == reuse]
+        if not mine:
+            continue
         overheads = [r["total"] - r.get("dilated_s", 0.0) for r in mine]
         later = overheads[1:] or overheads
         total, dilated = sum(r["total"] for r in mine), sum(r.get("dilated_s", 0.0) for r in mine)

@@ -68,3 +68,15 @@ def test_validity_runs_a_job_as_run_py_does(tmp_path: Path) -> None:
     assert row["tdf"] >= 1 and row["tdf_from_profile"] >= 1 and row["tdf_set_by"] in ("device", "server")
     assert row["valid"] or row["invalid_reason"]
     assert report["summary"]["jobs"] == 1 and "| xavier_1080ti | single_stream | resnet18 |" in out
+
+
+@needs_root
+def test_sweep_overhead_splits_each_job_and_counts_the_workers_it_started() -> None:
+    out = bench("sweep_overhead.py", "--only", "reuse", "--model", "resnet18", "--methods", "server_only",
+                "server_only", "--bandwidths", "50", "--inferences", "1",
+                "--override", "model.input_shape=[1,3,64,64]").stdout
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| yes |")]
+    assert len(rows) == 2 and all(r[4] == "yes" for r in rows), out  # both jobs recorded a result
+    assert int(rows[0][6]) >= 1 and int(rows[1][6]) == 0, out  # the second job found its workers live
+    assert "jobs that started no worker (every worker live): 1," in out
+
