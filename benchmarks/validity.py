@@ -76,8 +76,10 @@ def rows_from(store: str) -> list[dict[str, Any]]:
                      "tdf_from_profile": m.get("tdf_from_profile", tdf), "tdf_set_by": t.get("tdf_set_by", ""),
                      "repeated": m.get("repeated_inferences", 0.0), "latency_ms": m.get("latency_ms", math.nan),
                      "predicted_ms": m.get("predicted_latency_ms", math.nan),
-                     "seconds": ((run.info.end_time or 0) - run.info.start_time) / 1e3})
-    return sorted(rows, key=lambda r: (r["hardware"] or "", r["scenario"] or "", r["model"] or ""))
+                     "seconds": ((run.info.end_time or 0) - run.info.start_time) / 1e3,
+                     # a whole-run retry is a run of its own: the attempt it replaced does not count as a job
+                     "attempt": int(t.get("attempt", "1")), "retried": bool(t.get("retried_as"))})
+    return sorted(rows, key=lambda r: (r["hardware"] or "", r["scenario"] or "", r["model"] or "", r["attempt"]))
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -85,6 +87,8 @@ def table(rows: list[dict[str, Any]]) -> str:
              "measured / predicted | s |", "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         ok = "yes" if r["valid"] else f"NO: {r['invalid_reason'][:90]}"
+        ok += f" (attempt {r['attempt']}, retried)" if r["retried"] else f" (attempt {r['attempt']})" \
+            if r["attempt"] > 1 else ""
         ratio = r["latency_ms"] / r["predicted_ms"] if r["valid"] else math.nan
         lines.append(f"| {r['hardware']} | {r['scenario']} | {r['model']} | {ok} | {r['tdf']:.1f} | "
                      f"{r['tdf_from_profile']:.1f} | {r['tdf'] / r['tdf_from_profile']:.2f} | {r['tdf_set_by']} | "
@@ -93,13 +97,16 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
-    valid = [r for r in rows if r["valid"]]
-    cost = [r["tdf"] / r["tdf_from_profile"] for r in rows if r["tdf_from_profile"] > 0]
+    """Per job (its last attempt: a whole-run retry replaces the attempt before it)."""
+    jobs = [r for r in rows if not r["retried"]]
+    valid = [r for r in jobs if r["valid"]]
+    cost = [r["tdf"] / r["tdf_from_profile"] for r in jobs if r["tdf_from_profile"] > 0]
     fidelity = [r["latency_ms"] / r["predicted_ms"] for r in valid if r["predicted_ms"] > 0]
-    return {"jobs": len(rows), "valid": len(valid), "valid_rate": len(valid) / len(rows) if rows else math.nan,
+    return {"jobs": len(jobs), "valid": len(valid), "valid_rate": len(valid) / len(jobs) if jobs else math.nan,
+            "retried_runs": len(rows) - len(jobs),
             "median_tdf_over_profile": statistics.median(cost) if cost else math.nan,
             "median_measured_over_predicted": statistics.median(fidelity) if fidelity else math.nan,
-            "repeated_inferences": sum(r["repeated"] for r in rows)}
+            "repeated_inferences": sum(r["repeated"] for r in jobs)}
 
 
 def start_hog() -> subprocess.Popen:
@@ -142,7 +149,8 @@ def main() -> None:
     result = summary(rows)
     print(f"\nvalid {result['valid']}/{result['jobs']} ({100 * result['valid_rate']:.0f} %); median TDF / profile-only "
           f"TDF {result['median_tdf_over_profile']:.2f}; median measured / predicted (valid) "
-          f"{result['median_measured_over_predicted']:.3f}; repeated inferences {result['repeated_inferences']:.0f}")
+          f"{result['median_measured_over_predicted']:.3f}; repeated inferences {result['repeated_inferences']:.0f}; "
+          f"whole-run retries {result['retried_runs']}")
     load = os.getloadavg()
     print(f"load after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
