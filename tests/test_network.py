@@ -406,7 +406,9 @@ def test_star_topology_gives_each_link_its_own_subnet():
 # -- another process holding a topology ----------------------------------------------------------------------------
 
 HOLDER = textwrap.dedent("""
-    import json, sys, time
+    import json, signal, sys, time
+    # Ctrl-C as at a terminal, even when the suite was started in the background (nohup, `&`: SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from harness.network.link import LinkSpec
     from harness.network.topology import Topology
     prefix, child_argv = sys.argv[1], sys.argv[2:] or ["sleep", "60"]
