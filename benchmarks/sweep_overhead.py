@@ -87,7 +87,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
                    f"{statistics.mean(live):.2f} s (max {max(live):.2f} s)")
     before = statistics.mean([r["total"] - r.get("dilated_s", 0.0) for r in rows if not r["reuse"]][1:] or [0])
     after = statistics.mean([r["total"] - r.get("dilated_s", 0.0) for r in rows if r["reuse"]][1:] or [0])
-    if after > 0:
+    if after > 0 and before > 0:  # both modes ran
         out.append(f"per-job overhead after the first job: {before / after:.1f}x lower with reuse")
     return "\n".join(out)
 
