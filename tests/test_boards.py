@@ -74,8 +74,10 @@ def test_a_worker_100000_s_ahead_gives_the_same_latency_and_no_record_holds_the_
     assert not [name for name, text in hydra.items() if TOKEN in text]
     assert TOKEN not in outputs
     assert not [p.name for p in tmp_path.glob("*.log") if TOKEN in p.read_text(errors="replace")]
-    # Last, as it needs a quiet machine: the same latency on either clock (without the offset: 10^8 ms).
-    assert abs(moved["metrics.latency_p50_ms"] / ref["metrics.latency_p50_ms"] - 1) <= 0.10, \
+    # Last: the same latency on either clock (without the offset: 10^8 ms). The two runs compute on two different
+    # worker processes, unshaped and undilated, whose real ResNet-18 times differ by up to ~15 % on this machine
+    # (10.9 % quiet, 16 % loaded), far inside what a missed conversion would show.
+    assert abs(moved["metrics.latency_p50_ms"] / ref["metrics.latency_p50_ms"] - 1) <= 0.25, \
         (moved["metrics.latency_p50_ms"], ref["metrics.latency_p50_ms"])
 
 
