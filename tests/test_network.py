@@ -253,6 +253,29 @@ def test_probe_picks_the_best_backend_the_kernel_has():
     assert json.loads(out)["backend"] == expected
 
 
+@needs_root
+def test_a_namespace_is_made_without_forking_and_the_caller_stays_in_its_own(monkeypatch):
+    # pyroute2's netns.create forks the whole process; a child forked from a large threaded one can miss pyroute2's
+    # 2 s answer, and the sweep then lost its kernel links. The harness's way must never fork.
+    def no_fork(*args, **kwargs):
+        raise AssertionError("a namespace was made by forking")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    own = os.readlink("/proc/thread-self/ns/net")
+    name = f"{PREFIX}{os.getpid()}-nofork"
+    namespaces.create_namespace(name)
+    try:
+        assert name in netns.listnetns()
+        assert os.readlink("/proc/thread-self/ns/net") == own
+        with namespaces.ipr_in(name) as ip:  # a namespace of its own: only its loopback
+            assert [link.get_attr("IFLA_IFNAME") for link in ip.get_links()] == ["lo"]
+            assert os.readlink("/proc/thread-self/ns/net") == own
+        with pytest.raises(OSError):
+            namespaces.create_namespace(name)  # taken
+    finally:
+        netns.remove(name)
+
+
 # -- shaped links --------------------------------------------------------------------------------------------------
 
 @needs_root

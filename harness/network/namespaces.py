@@ -7,12 +7,15 @@ leftovers from a live run's.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
 import re
 import signal
 import socket
+import threading
 from typing import Callable, Iterator, TypeVar
 
 from pyroute2 import IPRoute, netns
@@ -26,6 +29,36 @@ PREFIX_PATTERN = re.compile(r"^[a-z][a-z_]{0,5}$")
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def create_namespace(name: str) -> None:
+    """Make network namespace ``name`` without forking, as ``ip netns add`` does: a helper thread unshares its own
+    network namespace (a per-thread operation) and bind-mounts it at /var/run/netns/``name``.
+
+    pyroute2's ``netns.create`` forks this whole process to do it and gives the child 2 s to answer; a child forked
+    from a large, threaded process (torch, MLflow) can miss that, and a sweep's first job once fell back to the
+    userspace backend for the whole sweep that way.
+    """
+    failure: list[BaseException] = []
+
+    def make() -> None:
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, f"unshare(CLONE_NEWNET) for namespace {name!r}: {os.strerror(code)}")
+            netns.attach(name, "thread-self")  # bind-mounts /proc/thread-self/ns/net: this thread's namespace
+        except BaseException as err:  # handed to the caller's thread
+            failure.append(err)
+
+    maker = threading.Thread(target=make, name=f"create-netns-{name}")
+    maker.start()
+    maker.join()
+    if failure:
+        raise failure[0]
 
 
 def enter_namespace(name: str) -> None:

@@ -19,7 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.tcmsg import sched_netem
 
 from harness.network.link import BackendError, LinkSpec
-from harness.network.namespaces import DEFAULT_PREFIX, ipr_in, is_root
+from harness.network.namespaces import DEFAULT_PREFIX, create_namespace, ipr_in, is_root
 
 log = logging.getLogger("harness.network")
 
@@ -56,7 +56,7 @@ def _probe() -> tuple[bool, tuple[str, ...]]:
         return False, ("userspace",)
     scratch = f"{DEFAULT_PREFIX}{os.getpid()}-probe"
     try:
-        netns.create(scratch)
+        create_namespace(scratch)
     except OSError as err:
         log.warning("cannot create a network namespace (%s): only the userspace backend is available", err)
         return False, ("userspace",)

@@ -29,7 +29,8 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from harness.network.link import BackendError, LinkSpec
-from harness.network.namespaces import (DEFAULT_PREFIX, PREFIX_PATTERN, cleanup_stale, enter_namespace, ipr_in,
+from harness.network.namespaces import (DEFAULT_PREFIX, PREFIX_PATTERN, cleanup_stale, create_namespace,
+                                       enter_namespace, ipr_in,
                                        remove_namespace, socket_in)
 from harness.network.processes import Processes
 from harness.worker.pacer import Pacer
@@ -182,7 +183,7 @@ class Topology:
     def _build(self) -> None:
         for endpoint in self.endpoints:
             name = self._namespace_name(endpoint)
-            netns.create(name)
+            create_namespace(name)
             self._namespaces[endpoint] = name
             ip = self._ipr[endpoint] = ipr_in(name)
             ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
