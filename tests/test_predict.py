@@ -60,6 +60,11 @@ def test_over_budget_job_is_recorded_skipped_with_its_prediction(tracking_uri: s
     assert run["metrics.predicted_real_s"] > 0.05 * 60
     assert "runtime.max_real_minutes=0.05" in run["tags.invalid_reason"]
     assert "spans.json" not in artifacts(tracking_uri, run["run_id"])
+    # the end-of-run summary says it was predicted only, with the cost model's latency marked ~, never INVALID
+    row = next(line for line in proc.stdout.splitlines() if line.endswith(run["run_id"]))
+    assert "predicted only, skipped: predicted real time" in row and "INVALID" not in row
+    assert f"~{run['metrics.predicted_latency_ms']:.2f}" in row
+    assert "1 job(s), 0 valid, 1 predicted only" in proc.stdout
 
 
 @pytest.mark.parametrize("scenario", ["single_stream", "stream"])

@@ -35,11 +35,22 @@ def _cell(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _cut(why: str) -> str:
+    return why if len(why) <= WHY_WIDTH else why[:WHY_WIDTH - 3] + "..."
+
+
+def predicted_only(run: pd.Series) -> bool:
+    """A run of ``mode=predict`` or a job the real-time budget skipped: the cost model's figures, no worker."""
+    return run.get("tags.measured") == "false"
+
+
 def verdict_cell(run: pd.Series) -> str:
     if run.get("tags.valid") == "true" and run.get("status") == "FINISHED":
         return "valid"
-    why = str(run.get("tags.invalid_reason") or run.get("status"))
-    return "INVALID: " + (why if len(why) <= WHY_WIDTH else why[:WHY_WIDTH - 3] + "...")
+    if predicted_only(run):
+        why = str(run.get("tags.invalid_reason") or "").removeprefix("skipped: ")
+        return "predicted only" + (f", skipped: {_cut(why)}" if why else "")
+    return "INVALID: " + _cut(str(run.get("tags.invalid_reason") or run.get("status")))
 
 
 def table(df: pd.DataFrame) -> str:
@@ -50,6 +61,10 @@ def table(df: pd.DataFrame) -> str:
             continue
         row = {name: _cell(run.get(column)) for name, column in COLUMNS.items()}
         row["decision ms"] = _cell(run.get(COLUMNS["decision ms"]), 3)
+        if predicted_only(run):  # the cost model's figures, marked as such
+            for name, metric in (("p50 ms", "metrics.predicted_latency_ms"), ("inf/s", "metrics.predicted_throughput_ips")):
+                if _cell(run.get(metric)) != "-":
+                    row[name] = "~" + _cell(run.get(metric))
         row["valid"] = verdict_cell(run)
         if run.get("tags.attempt") not in (None, "1") and isinstance(run.get("tags.attempt"), str):
             row["valid"] += f" (attempt {run['tags.attempt']})"
@@ -81,8 +96,10 @@ def summary(launch: str, uri: str | None = None) -> str:
     experiments = sorted({client.get_experiment(i).name for i in df["experiment_id"].unique()})
     retried = int(df["tags.retried_as"].fillna("").astype(bool).sum()) if "tags.retried_as" in df else 0
     valid = int(((df["tags.valid"] == "true") & (df["status"] == "FINISHED")).sum())
+    predicted = int((df["tags.measured"] == "false").sum()) if "tags.measured" in df else 0
     counted = len(df) - retried
     head = (f"{counted} job(s), {valid} valid"
+            + (f", {predicted} predicted only (~: the cost model's figures; no worker started)" if predicted else "")
             + (f"; {retried} INVALID attempt(s) retried at a higher TDF (linked by tags retry_of/retried_as)"
                if retried else "")
             + f"; MLflow experiment {', '.join(repr(e) for e in experiments)} in {uri}")
