@@ -16,6 +16,7 @@ COLUMNS = {"method": "params.method.name", "model": "params.model.name", "hardwa
            "link": "params.link.name", "Mbit/s": "params.link.bandwidth_mbps", "decision ms": "metrics.decision_time_ms",
            "p50 ms": "metrics.latency_p50_ms", "inf/s": "metrics.throughput_ips", "valid": "tags.valid",
            "run id": "run_id"}
+PREDICTED_COLUMNS = {"p50 ms": "metrics.predicted_latency_ms", "inf/s": "metrics.predicted_throughput_ips"}
 WHY_WIDTH = 70  # an invalid run's reason is cut here; the full reason is in its tags
 
 
@@ -62,9 +63,9 @@ def table(df: pd.DataFrame) -> str:
         row = {name: _cell(run.get(column)) for name, column in COLUMNS.items()}
         row["decision ms"] = _cell(run.get(COLUMNS["decision ms"]), 3)
         if predicted_only(run):  # the cost model's figures, marked as such
-            for name, metric in (("p50 ms", "metrics.predicted_latency_ms"), ("inf/s", "metrics.predicted_throughput_ips")):
-                if _cell(run.get(metric)) != "-":
-                    row[name] = "~" + _cell(run.get(metric))
+            for name, metric in PREDICTED_COLUMNS.items():
+                if (value := _cell(run.get(metric))) != "-":
+                    row[name] = "~" + value
         row["valid"] = verdict_cell(run)
         if run.get("tags.attempt") not in (None, "1") and isinstance(run.get("tags.attempt"), str):
             row["valid"] += f" (attempt {run['tags.attempt']})"
