@@ -31,7 +31,6 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
@@ -47,7 +46,7 @@ def create_namespace(name: str) -> None:
 
     def make() -> None:
         try:
-            if _libc.unshare(CLONE_NEWNET) != 0:
+            if _libc.unshare(netns.CLONE_NEWNET) != 0:
                 code = ctypes.get_errno()
                 raise OSError(code, f"unshare(CLONE_NEWNET) for namespace {name!r}: {os.strerror(code)}")
             netns.attach(name, "thread-self")  # bind-mounts /proc/thread-self/ns/net: this thread's namespace
