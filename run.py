@@ -22,11 +22,19 @@ from harness.progress import LAUNCH_ENV
 register()
 
 
+SECRET_WORDS = ("token", "secret", "password", "passwd", "credential", "api_key")
+PATH_KEYS = ("token_file",)  # the path of a file holding a secret, not a secret
+
+
 def refuse_secret_overrides(argv: list[str]) -> None:
-    """A secret on the command line would land in Hydra's output folder (overrides.yaml) before any check runs."""
+    """A secret on the command line would land in Hydra's output folder (overrides.yaml, and hydra.yaml for
+    ``hydra.job.env_set``) before any check runs: refuse any key that names one, and any ``env_set`` entry."""
     for arg in argv:
         key = arg.split("=", 1)[0].lstrip("+~")
-        if "=" in arg and key.split(".")[-1].lower() in ("token", "secret"):
+        parts = [part.lower() for part in key.split(".")]
+        named = any(word in part for part in parts if part not in PATH_KEYS for word in SECRET_WORDS)
+        env_set = key.startswith("hydra.job.env_set") and any(word in arg.lower() for word in SECRET_WORDS)
+        if "=" in arg and (named or env_set):
             sys.exit(f"{key}=... is not accepted: a secret given as config is recorded (Hydra's output folder, "
                      "MLflow). Set $SPLITBENCH_TOKEN or runtime.token_file=PATH")
 

@@ -33,6 +33,7 @@ from harness.controller.experiment import ESTIMATORS, Experiment, Link, Runtime,
 from harness.model.graph import TraceFailure
 from harness.model.models import ModelBuildError, ModelSpec, import_hint, import_target
 from harness.network.link import LinkSpec
+from harness.worker.auth import MAKE_SECRET, secret_problem
 from partitioners.base import Partitioner
 
 MODES = ("run", "profile", "predict")
@@ -265,9 +266,7 @@ def validate(cfg: DictConfig) -> None:
     if runtime.remote:
         _require(scenario.name != "dynamic", "scenario=dynamic shapes the link to a trace; runtime.remote runs over a "
                                              "real network that the harness cannot shape")
-        _require(bool(read_secret(runtime.token_file)),
-                 "runtime.remote needs the workers' shared secret: $SPLITBENCH_TOKEN or runtime.token_file=PATH "
-                 f"(got {'an empty runtime.token_file' if runtime.token_file else 'neither'})")
+        read_secrets(runtime.token_file, list(runtime.remote))
     _require(hw.topology in ("pair", "star"), f"hardware.topology={hw.topology!r} is not one of ['pair', 'star']")
     if hw.topology == "star":
         _require(2 <= hw.num_servers <= MAX_SERVERS,
@@ -298,16 +297,37 @@ SECRET_KEYS = ("token", "secret")
 SECRET_ENV = "SPLITBENCH_TOKEN"
 
 
-def read_secret(token_file: str | None) -> str | None:
-    """The boards' shared secret, from ``runtime.token_file`` or ``$SPLITBENCH_TOKEN``: never from the config
-    itself, so that it cannot reach Hydra's output folder, MLflow params or ``config.yaml``."""
+def read_secrets(token_file: str | None, endpoints: list[str]) -> dict[str, str]:
+    """Each board's secret, from ``runtime.token_file`` or the environment: never from the config itself, so that it
+    cannot reach Hydra's output folder, MLflow params or ``config.yaml``.
+
+    The file holds one secret for every board, or one line per board, ``ENDPOINT=SECRET`` (``*=SECRET`` for the
+    rest; ``#`` starts a comment). Without a file: ``$SPLITBENCH_TOKEN_<ENDPOINT>`` (upper case) for one board,
+    ``$SPLITBENCH_TOKEN`` for the rest. A secret shorter than 16 bytes is refused, naming the board, not the secret.
+    """
     if token_file:
         try:
             with open(token_file, encoding="utf-8") as f:
-                return f.read().strip() or None
+                lines = [line.strip() for line in f.read().splitlines() if line.strip() and not line.strip().startswith("#")]
         except OSError as exc:
             raise ConfigError(f"runtime.token_file={token_file!r} cannot be read: {exc.strerror}") from None
-    return os.environ.get(SECRET_ENV) or None
+        named = dict(line.split("=", 1) for line in lines if line.split("=", 1)[0].strip() in [*endpoints, "*"])
+        named = {name.strip(): value.strip() for name, value in named.items()}
+        if len(lines) == 1 and not named:
+            named = {"*": lines[0]}
+        _require(len(named) == len(lines), f"runtime.token_file={token_file!r} must hold one secret, or one line "
+                                           f"per board: ENDPOINT=SECRET with ENDPOINT one of {[*endpoints, '*']}")
+        where = f"runtime.token_file={token_file!r}"
+    else:
+        named = {e: os.environ[f"{SECRET_ENV}_{e.upper()}"] for e in endpoints if os.environ.get(f"{SECRET_ENV}_{e.upper()}")}
+        named["*"] = os.environ.get(SECRET_ENV, "")
+        where = f"${SECRET_ENV}_<ENDPOINT> / ${SECRET_ENV}"
+    secrets = {e: named.get(e, named.get("*", "")) for e in endpoints}
+    for endpoint, secret in secrets.items():
+        problem = secret_problem(secret)
+        _require(problem is None, f"runtime.remote: the secret for board {endpoint!r} ({where}) is not usable: "
+                                  f"{problem}. Make one with: {MAKE_SECRET}")
+    return secrets
 
 
 def redacted(tree: Any) -> Any:
@@ -352,7 +372,7 @@ def resolve(cfg: DictConfig) -> Experiment:
             timeout_s=float(runtime.timeout_s),
             base_port=int(runtime.base_port), max_payload_mb=int(runtime.max_payload_mb), backend=str(runtime.backend),
             remote={str(e): str(a) for e, a in runtime.remote.items()} if runtime.remote else None,
-            token=read_secret(runtime.token_file) if runtime.remote else None,
+            token=read_secrets(runtime.token_file, list(runtime.remote)) if runtime.remote else None,
             compute_device=str(runtime.compute_device), link_timeout_s=float(runtime.link_timeout_s),
             reuse=bool(runtime.reuse),
             max_real_minutes=None if runtime.max_real_minutes is None else float(runtime.max_real_minutes),

@@ -13,9 +13,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from harness.worker.sealed import SealedSocket
 from tests.conftest import ROOT
 
-TOKEN = "test-token-7f3a"
+TOKEN = "test-secret-5c0e9a41d27b8f36"  # 32 bytes: a board refuses secrets under 16
+
+
+def sealed_pair() -> tuple[SealedSocket, SealedSocket]:
+    """A controller's and a worker's ends of one control connection, as after authentication (random keys)."""
+    controller, worker = socket.socketpair()
+    to_worker, to_controller = os.urandom(32), os.urandom(32)
+    return SealedSocket(controller, to_worker, to_controller), SealedSocket(worker, to_controller, to_worker)
 
 
 def free_port() -> int:
@@ -57,14 +65,15 @@ def stop_board(proc: subprocess.Popen) -> None:
 
 @contextmanager
 def boards(tmp_path: Path, prefixes: dict[str, list[str]] | None = None,
-           args: dict[str, list[str]] | None = None) -> Iterator[dict[str, int]]:
-    """A device and a server board worker on loopback; yields their ports."""
+           args: dict[str, list[str]] | None = None, tokens: dict[str, str] | None = None) -> Iterator[dict[str, int]]:
+    """A device and a server board worker on loopback (each with ``tokens``' secret, else ``TOKEN``); yields their
+    ports."""
     ports = {"device": free_port(), "server": free_port()}
     procs = []
     try:
         for name, port in ports.items():
             procs.append(start_board(port, tmp_path / f"{name}.log", (prefixes or {}).get(name),
-                                     (args or {}).get(name)))
+                                     (args or {}).get(name), (tokens or {}).get(name, TOKEN)))
         yield ports
     finally:
         for proc in procs:

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 
 from harness.controller.runtime import ClockEstimate, estimate_clock, to_controller_clock
 from harness.worker import wire
 from harness.worker.serve import _await_setup
 from harness.worker.stage import Control
+from tests.boards import sealed_pair
 
 
 def test_the_offset_of_a_worker_on_this_clock_lies_within_its_uncertainty() -> None:
-    controller, worker = socket.socketpair()
+    controller, worker = sealed_pair()
     got: dict = {}
     thread = threading.Thread(target=lambda: got.update(setup=_await_setup(Control(worker, 0))), daemon=True)
     thread.start()
     with controller, worker:
         controller.settimeout(10)
         clock = estimate_clock(controller, pings=8)
-        wire.send_json(controller, {"setup": {"endpoint": "server"}})
+        controller.send_json({"setup": {"endpoint": "server"}})
         thread.join(timeout=10)
     assert got["setup"] == {"endpoint": "server"}
     assert abs(clock.offset_ns) <= clock.uncertainty_ns + 1000  # the same clock: zero, within the round trip

@@ -26,6 +26,7 @@ from harness.controller.pipeline import run_job
 from harness.worker import wire
 from harness.worker.serve import next_setup
 from harness.worker.stage import Control
+from tests.boards import sealed_pair
 from tests.conftest import ROOT, needs_root
 
 SMALL = ["model=resnet18", "model.input_shape=[1,3,64,64]", "hardware=local_pair", "scenario.inferences=2"]
@@ -124,24 +125,24 @@ def test_a_worker_killed_in_one_job_does_not_break_the_next(tracking_uri: str, f
 
 
 def test_a_kept_alive_worker_takes_only_a_reset_for_its_own_endpoint() -> None:
-    controller, worker = socket.socketpair()
+    controller, worker = sealed_pair()
     with controller, worker:
         control = Control(worker, 1 << 20)
         setup = {"endpoint": "server", "part": 1}
-        wire.send_json(controller, {"cmd": "clock", "id": 7})  # the controller may estimate the clock first
-        wire.send_json(controller, {"cmd": "reset", "setup": setup})
+        controller.send_json({"cmd": "clock", "id": 7})  # the controller may estimate the clock first
+        controller.send_json({"cmd": "reset", "setup": setup})
         assert next_setup(control, "server") == setup
-        pong = wire.recv_frame(controller, max_payload=0)
+        pong = controller.recv_frame(max_payload=0)
         assert pong.obj["event"] == "clock" and pong.obj["id"] == 7 and isinstance(pong.obj["now_ns"], int)
         for bad in ({"cmd": "reset", "setup": {"endpoint": "device"}}, {"cmd": "reset", "setup": [1]},
                     {"setup": setup}, {"cmd": "infer", "seq": 0}):
-            wire.send_json(controller, bad)
+            controller.send_json(bad)
             with pytest.raises(wire.FrameError, match="a reset with a setup for endpoint 'server'"):
                 next_setup(control, "server")
-        wire.send_tensor(controller, torch.zeros(4), seq=0, tag=0)  # a reset carries no payload: refused unread
+        controller.send_tensor(torch.zeros(4), seq=0, tag=0)  # a reset carries no payload: refused unread
         with pytest.raises(wire.FrameError, match="exceeds max_payload 0"):
             next_setup(control, "server")
-    controller, worker = socket.socketpair()
+    controller, worker = sealed_pair()
     with controller, worker:
         controller.shutdown(socket.SHUT_WR)
         assert next_setup(Control(worker, 1 << 20), "server") is None  # the sweep is over: the worker exits
@@ -157,9 +158,9 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(json_values, st.builds(lambda setup: {"cmd": "reset", "setup": setup}, json_values)))
 def test_a_kept_alive_worker_parses_any_json_into_a_setup_or_a_frame_error(obj: object) -> None:
-    controller, worker = socket.socketpair()
+    controller, worker = sealed_pair()
     with controller, worker:
-        wire.send_json(controller, obj if isinstance(obj, dict) else {"value": obj})
+        controller.send_json(obj if isinstance(obj, dict) else {"value": obj})
         controller.shutdown(socket.SHUT_WR)
         try:
             setup = next_setup(Control(worker, 1 << 20), "server")

@@ -42,7 +42,7 @@ from harness.model.models import ModelSpec, make_input
 from harness.network.link import LinkSpec
 from harness.controller.measurer import RunResult
 from harness.controller.runtime import RunFailed, WorkerSpec, run_workers
-from harness.worker.stage import HELLO_TIMEOUT_S
+from harness.worker.gate import HANDSHAKE_DEADLINE_S
 from partitioners.base import LinkState, Plan, cut_plan, device_side_of
 from tests.conftest import ROOT, needs_root
 
@@ -263,7 +263,7 @@ def _header(kind: wire.Kind, nbytes: int) -> bytes:
 
 def _bad_peers() -> dict[str, bytes]:
     """What a stranger might send to the server's data port instead of the device's token hello."""
-    wrong_token = b'{"token": "nope"}'
+    wrong_token = b'{"hello": "data", "token": "nope"}'
     return {"silent after half a header": _header(wire.Kind.JSON, 10)[:40],
             "garbage": bytes(range(256)) * 4,
             "huge payload announced": _header(wire.Kind.JSON, 1 << 40),
@@ -319,7 +319,7 @@ def test_malformed_frames_on_the_data_port_do_not_crash_the_server(case: CutCase
             sock = _connect_when_listening(names["server"], (server_ip, port), deadline)
             with sock:
                 sock.sendall(payload)
-                refused[what] = _closed_by_peer(sock, HELLO_TIMEOUT_S + 10)
+                refused[what] = _closed_by_peer(sock, HANDSHAKE_DEADLINE_S + 10)
         with IPRoute(netns=names["device"]) as ip:
             ip.route("del", dst=f"{server_ip}/32", type="unreachable")
     finally:

@@ -59,7 +59,7 @@ class Runtime:
     max_payload_mb: int = 1024
     backend: str = "auto"
     remote: dict[str, str] | None = None  # endpoint -> tcp:HOST:PORT of workers running on real boards
-    token: str | None = None  # their shared secret (read from the environment or a file; never recorded)
+    token: dict[str, str] | None = None  # each board's secret (read from the environment or a file; never recorded)
     compute_device: str = "auto"  # auto | cpu | cuda: what the workers compute on
     link_timeout_s: float = 60.0  # a data link that makes no progress this long fails the run (0: never)
     reuse: bool = True  # in a sweep: keep topology, workers and model across jobs (harness.controller.session)

@@ -21,11 +21,12 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Mapping, Protocol
+from typing import Any, Callable, ContextManager, Mapping, Protocol, Union
 
 import torch
 
 from harness.worker import auth, wire
+from harness.worker.sealed import SealedSocket
 from harness.worker.channel import Receiver, Sender
 from harness.controller.measurer import AutoTdf, Repeats, RunResult, absorb, calibrated_tdf, drive, wait_all
 from harness.controller.phases import count, note, phase
@@ -55,14 +56,14 @@ class ClockEstimate:
                 "completion_stamp": "worker" if self.trusted else "controller"}
 
 
-def estimate_clock(sock: socket.socket, pings: int = CLOCK_PINGS) -> ClockEstimate:
+def estimate_clock(link: SealedSocket, pings: int = CLOCK_PINGS) -> ClockEstimate:
     """Ping a worker (before its setup): offset = its stamp - the midpoint of the exchange, from the exchange with the
     smallest round trip; the uncertainty is half that round trip (the stamp lies somewhere inside it)."""
     best: tuple[int, int] | None = None
     for i in range(pings):
         sent = time.monotonic_ns()
-        wire.send_json(sock, {"cmd": "clock", "id": i})
-        reply = wire.recv_frame(sock, max_payload=0)
+        link.send_json({"cmd": "clock", "id": i})
+        reply = link.recv_frame(max_payload=0)
         received = time.monotonic_ns()
         if reply.kind is wire.Kind.ERROR and reply.obj is not None:
             raise RunFailed(f"the worker answered a clock ping with an error: {reply.obj['reason']}")
@@ -112,9 +113,13 @@ class WorkerSpec:
     setup: dict[str, Any]
 
 
+Secrets = Union[str, Mapping[str, str], None]  # one for every worker, one per endpoint, or None: this run's own
+
+
 class _Endpoint:
     def __init__(self, name: str, process: Any, sock: socket.socket, log_path: Path) -> None:
         self.name, self.process, self.sock, self.log_path = name, process, sock, log_path
+        self.link: SealedSocket | None = None  # the control connection once authenticated: every frame sealed
         self.clock = ClockEstimate()  # a local worker reads this machine's clock
 
     def crash_reason(self) -> str | None:
@@ -133,13 +138,15 @@ class Controller:
     worker_args: tuple[str, ...] = ("--once",)  # a worker serves this one run and exits after ``stop``
 
     def __init__(self, topology: Network, workers: list[WorkerSpec], timeout_s: float,
-                 max_payload: int, token: str | None = None, compute_device: str = "auto",
+                 max_payload: int, token: Secrets = None, compute_device: str = "auto",
                  link_timeout_s: float = 0.0, tmp: Path | None = None) -> None:
         self.topology = topology
         self.workers = workers
         self.timeout_s = timeout_s
         self.max_payload = max_payload
-        self.token = token or secrets.token_hex(16)  # the control channel's secret (the boards', or this run's)
+        # The control channel's secret: this run's own for the workers it spawns, or the boards' (one per board).
+        self.token = token if isinstance(token, str) and token else secrets.token_hex(16)
+        self.board_secrets = dict(token) if isinstance(token, Mapping) else {}
         self.link_token = secrets.token_hex(16)  # the workers' data links: this run's only, never the boards' secret
         self.compute_device = compute_device
         self.link_timeout_s = link_timeout_s
@@ -193,19 +200,20 @@ class Controller:
                 raise RunFailed(f"cannot reach the worker of {w.endpoint!r} at {address}: {exc}") from exc
             ep = self.endpoints[w.endpoint] = _Endpoint(w.endpoint, None, sock, self.tmp / f"{w.endpoint}.log")
             self._login(ep)
+            assert ep.link is not None
             try:
                 sock.settimeout(HANDSHAKE_TIMEOUT_S)
-                ep.clock = estimate_clock(sock)
+                ep.clock = estimate_clock(ep.link)
                 sock.settimeout(None)
             except (wire.FrameError, wire.ConnectionClosed, OSError) as exc:
                 raise RunFailed(f"worker {w.endpoint!r} at {address}: clock estimation failed: {exc}") from exc
         self._set_up()
 
     def _login(self, ep: _Endpoint) -> None:
-        """Answer the worker's challenge (the secret never crosses the wire)."""
+        """Mutual challenge-response (the secret never crosses the wire); from then on the connection is sealed."""
         try:
             ep.sock.settimeout(HANDSHAKE_TIMEOUT_S)
-            auth.login(ep.sock, self.token)
+            ep.link = auth.login(ep.sock, self.board_secrets.get(ep.name, self.token))
             ep.sock.settimeout(None)
         except (auth.AuthError, wire.FrameError, wire.ConnectionClosed, OSError) as exc:
             raise RunFailed(ep.crash_reason() or f"worker {ep.name!r}: {exc}") from exc
@@ -218,7 +226,7 @@ class Controller:
         """Send every worker its setup (with this run's data-link token) and wait until all are ready."""
         for w in self.workers:
             ep = self.endpoints[w.endpoint]
-            wire.send_json(ep.sock, self.setup_message(ep, {**w.setup, "token": self.link_token,
+            self.link(ep).send_json(self.setup_message(ep, {**w.setup, "token": self.link_token,
                                                             "compute_device": self.compute_device,
                                                             "link_timeout_s": self.link_timeout_s}))
             self.selector.register(ep.sock, selectors.EVENT_READ, ep)
@@ -249,8 +257,14 @@ class Controller:
                     sock.close()
             time.sleep(0.02)
 
+    @staticmethod
+    def link(ep: _Endpoint) -> SealedSocket:
+        if ep.link is None:
+            raise RunFailed(f"worker {ep.name!r} was never authenticated")
+        return ep.link
+
     def send(self, endpoint: str, obj: dict[str, Any]) -> None:
-        wire.send_json(self.endpoints[endpoint].sock, obj)
+        self.link(self.endpoints[endpoint]).send_json(obj)
 
     def next_message(self) -> tuple[_Endpoint, wire.Frame]:
         """The next frame from any worker; raises :class:`RunFailed` on a crash, an error report or the timeout."""
@@ -266,7 +280,7 @@ class Controller:
             for key, _ in self.selector.select(timeout=min(remaining, 0.5)):
                 ep = key.data
                 try:
-                    frame = wire.recv_frame(ep.sock, self.max_payload)
+                    frame = self.link(ep).recv_frame(self.max_payload)
                 except wire.ConnectionClosed:
                     time.sleep(0.2)  # let the process finish exiting so the crash check sees its code
                     raise RunFailed(self._blame(ep, ep.crash_reason() or
@@ -442,12 +456,12 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
                 backend: str = "auto", compensate_headers: bool = True,
                 make_hook: Callable[[Topology, Controller, RunResult], Callable[[int], None]] | None = None,
                 progress: bool = True, remote: Mapping[str, str] | None = None,
-                token: str | None = None, auto_tdf: AutoTdf | None = None,
+                token: Secrets = None, auto_tdf: AutoTdf | None = None,
                 compute_device: str = "auto", link_timeout_s: float = 0.0, pool: Pool | None = None) -> RunResult:
     """Build the topology, run the scenario's inferences through the workers, tear everything down.
 
     With ``remote`` (endpoint -> ``tcp:HOST:PORT``), the workers already run on real machines: nothing is spawned,
-    shaped or dilated, and they must have been started with ``token``. With ``auto_tdf``, the workers calibrate the
+    shaped or dilated, and they must have been started with ``token`` (one secret, or one per endpoint). With ``auto_tdf``, the workers calibrate the
     TDF after the warm-up, and a measured inference that overruns is repeated at a higher TDF. With ``pool`` (a
     sweep), the topology and the workers are the pool's: kept for the next job, reset for this one.
     """

@@ -51,9 +51,34 @@ class ModelSpec:
             args=dict(args),
         )
 
+    @classmethod
+    def from_setup(cls, model: Any) -> "ModelSpec":
+        """The spec as a worker receives it: exactly :meth:`to_dict`'s keys, the factory in ``target`` alone.
+
+        Anything else is refused (a ``_target_`` beside ``target`` above all), so that the field a board checks
+        against its allow-list is the one it builds from."""
+        if not isinstance(model, dict):
+            raise ModelBuildError(f"the setup's model must be an object, got {type(model).__name__}")
+        if set(model) != SETUP_KEYS:
+            raise ModelBuildError(f"the setup's model has keys {sorted(map(str, model))}; accepted: exactly "
+                                  f"{sorted(SETUP_KEYS)} (the factory is named by 'target' alone)")
+        shape, args = model["input_shape"], model["args"]
+        if not (isinstance(shape, list) and 1 <= len(shape) <= 8
+                and all(isinstance(d, int) and 0 < d <= 1 << 16 for d in shape)):
+            raise ModelBuildError(f"the setup's model.input_shape must be 1 to 8 positive integers, got {shape!r}"[:300])
+        if not (isinstance(model["name"], str) and isinstance(model["target"], str) and isinstance(model["seed"], int)
+                and isinstance(args, dict)):
+            raise ModelBuildError("the setup's model needs a string name and target, an integer seed and an args "
+                                  "object")
+        return cls(name=model["name"], target=model["target"], input_shape=tuple(shape), seed=model["seed"],
+                   args=dict(args))
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "target": self.target, "input_shape": list(self.input_shape),
                 "seed": self.seed, "args": dict(self.args)}
+
+
+SETUP_KEYS = frozenset({"name", "target", "input_shape", "seed", "args"})
 
 
 class ModelBuildError(ValueError):

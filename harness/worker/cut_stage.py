@@ -41,10 +41,10 @@ class CutStage:
     for each new plan the controller sends.
     """
 
-    def __init__(self, setup: dict[str, Any], control: Control) -> None:
+    def __init__(self, setup: dict[str, Any], control: Control, spec: ModelSpec) -> None:
         self.setup = setup
         self.control = control
-        self.spec = ModelSpec.from_config(setup["model"])
+        self.spec = spec  # resolved and checked by the worker (``serve.resolve_model``), never re-read
         self.part_index: int = setup["part"]
         self.is_first = self.part_index == 0
         self.timeline = Timeline(setup["endpoint"])
@@ -76,7 +76,7 @@ class CutStage:
         token = self.setup["token"]
         if "listen" in self.setup:
             host, port = self.setup["listen"]
-            self.data = accept_data((host, int(port)), token, self.max_payload)
+            self.data = accept_data((host, int(port)), token)
         if "connect" in self.setup:
             host, port = self.setup["connect"]
             self.data = connect_data((host, int(port)), token)

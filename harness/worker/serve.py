@@ -24,6 +24,7 @@ import ctypes
 import fnmatch
 import gc
 import importlib
+import inspect
 import logging
 import os
 import signal
@@ -33,9 +34,11 @@ from typing import Any, Sequence
 
 import torch
 
+from harness.model.models import ModelBuildError, ModelSpec, import_target
 from harness.worker import auth, wire
-from harness.worker.stage import (HELLO_TIMEOUT_S, Control, keep_models, peak_rss_mb, reset_peak_rss, rss_mb,
-                                  serving_threads)
+from harness.worker.gate import Admitted, Gate
+from harness.worker.sealed import SealedSocket
+from harness.worker.stage import Control, keep_models, peak_rss_mb, reset_peak_rss, rss_mb, serving_threads
 
 log = logging.getLogger("splitbench.worker")
 
@@ -45,11 +48,53 @@ KEEPALIVE_S = (10, 5, 3)  # idle, interval, probes: a controller that vanished w
 RELEASE_TIMEOUT_S = 10.0  # a kept-alive worker's threads of the last run must end within this after its links shut
 
 
+# Factory arguments that make a builder fetch weights over the network (and write them to a cache on disk).
+DOWNLOAD_ARGS = ("weights", "pretrained")
+
+
+class SetupRefused(ValueError):
+    """A setup this board will not run; the message names the value and what is accepted."""
+
+
 def model_allowed(target: str, patterns: Sequence[str]) -> bool:
     """Whether a factory's dotted path matches an allowed pattern (fnmatch); private names (``_x``) never do."""
     if any(part.startswith("_") for part in target.split(".")):
         return False
     return any(fnmatch.fnmatchcase(target, pattern) for pattern in patterns)
+
+
+def _plain(value: Any) -> bool:
+    """JSON scalars and lists of them: all a factory argument may be (an object could smuggle a nested target)."""
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def resolve_model(model: Any, patterns: Sequence[str]) -> ModelSpec:
+    """The setup's model, checked once where it is used: one field names the factory, that name and the factory's
+    real home (its module and qualified name, so no path can walk through an allowed module into another) both
+    match the allow-list, and no argument asks for downloaded weights. Raises :class:`SetupRefused`."""
+    try:
+        spec = ModelSpec.from_setup(model)
+    except ModelBuildError as exc:
+        raise SetupRefused(str(exc)) from None
+    allowed = f"allowed: {list(patterns)} (the worker's --allow-models)"
+    if not model_allowed(spec.target, patterns):
+        raise SetupRefused(f"model target {spec.target!r} is not allowed on this worker; {allowed}")
+    try:
+        factory = import_target(spec.target)
+    except ImportError as exc:
+        raise SetupRefused(f"model target {spec.target!r} cannot be imported on this worker: {exc}") from None
+    home = f"{getattr(factory, '__module__', '')}.{getattr(factory, '__qualname__', '')}"
+    if not (inspect.isfunction(factory) or inspect.isclass(factory)) or not model_allowed(home, patterns):
+        raise SetupRefused(f"model target {spec.target!r} resolves to {home!r}, which is not allowed; {allowed}")
+    for name, value in spec.args.items():
+        if any(word in name.lower() for word in DOWNLOAD_ARGS) and value not in (None, False):
+            raise SetupRefused(f"model.args.{name}={str(value)[:40]!r} would make this board download weights; "
+                               "accepted: null or false (boards build random weights from the seed)")
+        if not name.isidentifier() or not _plain(value):
+            raise SetupRefused(f"model.args.{name[:40]} must be a keyword with a JSON scalar or list value")
+    return spec
 
 
 def compute_device(name: str) -> torch.device:
@@ -89,23 +134,17 @@ def _listen_control(address: str, backlog: int = 1) -> socket.socket:
     return server
 
 
-def authenticate(sock: socket.socket, peer: Any, token: str) -> bool:
-    """Challenge the peer; a peer that fails in any way gets a reason (best effort) and is closed by the caller."""
-    sock.settimeout(HELLO_TIMEOUT_S)  # a client that connects and says nothing must not lock the controller out
-    try:
-        auth.accept(sock, token)
-    except (auth.AuthError, wire.FrameError) as exc:
-        log.warning("control connection from %s refused: %s", peer or "local socket", exc)
-        try:
-            wire.send_error(sock, str(exc))
-        except OSError:
-            pass
-        return False
-    except (wire.ConnectionClosed, OSError) as exc:
-        log.warning("control connection from %s refused: %s", peer or "local socket", exc or type(exc).__name__)
-        return False
-    sock.settimeout(None)
-    return True
+def control_gate(server: socket.socket, token: str, refuse: Any = lambda: None) -> Gate:
+    """The control port's handshakes (``auth.WorkerHandshake``), served side by side, each within the gate's
+    deadline; a peer that fails in any way gets a reason (best effort) and is closed."""
+    return Gate(server, lambda: auth.WorkerHandshake(token), auth.MAX_HELLO_BYTES, "control connection", refuse)
+
+
+def sealed(admitted: Admitted) -> SealedSocket:
+    """An authenticated control connection, its frames sealed from now on."""
+    admitted.sock.settimeout(None)
+    keys: auth.SessionKeys = admitted.result
+    return SealedSocket(admitted.sock, send_key=keys.to_controller, recv_key=keys.to_worker)
 
 
 def _await_setup(control: Control, endpoint: str | None = None) -> dict[str, Any] | None:
@@ -117,7 +156,7 @@ def _await_setup(control: Control, endpoint: str | None = None) -> dict[str, Any
     """
     while True:
         try:
-            frame = wire.recv_frame(control.sock, max_payload=0)
+            frame = control.sock.recv_frame(max_payload=0)
         except wire.ConnectionClosed as exc:
             if endpoint is not None and not exc.mid_frame:
                 return None
@@ -162,20 +201,16 @@ def session(control: Control, allowed_models: Sequence[str], keep_alive: bool = 
 def _run(setup: dict[str, Any], control: Control, allowed_models: Sequence[str],
          baseline_mb: float | None) -> float | None:
     """Check one run's setup, build and serve it; the baseline memory it reported, or None when it was refused."""
-    model = setup.get("model")
-    target = str(model.get("target", "")) if isinstance(model, dict) else ""
-    if not model_allowed(target, allowed_models):
-        control.send({"event": "error", "reason": f"model target {target!r} is not allowed on this worker; allowed: "
-                                                  f"{list(allowed_models)} (the worker's --allow-models)"})
-        return None
     try:
+        spec = resolve_model(setup.get("model"), allowed_models)
         device = compute_device(str(setup.get("compute_device", "auto")))
-    except ValueError as exc:
+        check_payload_bound(setup, control.max_payload)
+    except (SetupRefused, ValueError) as exc:
         control.send({"event": "error", "reason": str(exc)})
         return None
     setup["device"] = str(device)
     try:
-        return _build_and_serve(setup, control, device, target, baseline_mb)
+        return _build_and_serve(setup, control, device, spec, baseline_mb)
     except (wire.ConnectionClosed, OSError):
         raise
     except Exception as exc:  # a setup this worker cannot run: the controller records why, then this run ends
@@ -186,7 +221,16 @@ def _run(setup: dict[str, Any], control: Control, allowed_models: Sequence[str],
         raise
 
 
-def _build_and_serve(setup: dict[str, Any], control: Control, device: torch.device, target: str,
+def check_payload_bound(setup: dict[str, Any], board_bound: int) -> None:
+    """The board's own ``--max-payload-mb`` bounds every link it receives on, whatever the setup asks."""
+    asked = setup.get("max_payload")
+    if not isinstance(asked, int) or not 0 < asked <= board_bound:
+        raise SetupRefused(f"the setup asks for max_payload={str(asked)[:20]} bytes; this worker receives at most "
+                           f"{board_bound} ({board_bound >> 20} MiB, its --max-payload-mb): set "
+                           f"runtime.max_payload_mb to at most {board_bound >> 20}")
+
+
+def _build_and_serve(setup: dict[str, Any], control: Control, device: torch.device, spec: ModelSpec,
                      baseline_mb: float | None = None) -> float:
     """Set up this endpoint for one run, serve it until told to stop, then let go of its data links. Returns the
     baseline memory it reported: the interpreter and its libraries before the first model was built."""
@@ -195,10 +239,10 @@ def _build_and_serve(setup: dict[str, Any], control: Control, device: torch.devi
         from harness.worker.spatial_stage import SpatialStage as Stage
     else:
         from harness.worker.cut_stage import CutStage as Stage
-    importlib.import_module(target.rsplit(".", 1)[0])  # the factory's package
+    importlib.import_module(spec.target.rsplit(".", 1)[0])  # the factory's package
     if baseline_mb is None:
         baseline_mb = rss_mb()  # the interpreter and its libraries, before any model is built
-    stage = Stage(setup, control)
+    stage = Stage(setup, control, spec)
     gc.collect()
     control.send({"event": "built", "endpoint": setup["endpoint"], "device": device_name(device)})
     stage.connect()
@@ -231,51 +275,50 @@ def serve_once(address: str, token: str, max_payload: int, allowed_models: Seque
                keep_alive: bool = False) -> None:
     """The harness's own workers: accept one authenticated controller, serve its run (with ``keep_alive``: its
     runs, one after another) in this process, return."""
-    server = _listen_control(address)
+    server = _listen_control(address, backlog=8)
     with server:
-        while True:
-            sock, peer = server.accept()
-            if authenticate(sock, peer, token):
-                break
-            sock.close()
-    session(Control(sock, max_payload), allowed_models, keep_alive)
+        gate = control_gate(server, token)
+        admitted: list[Admitted] = []
+        while not admitted:
+            admitted = gate.poll(3600)
+        for extra in admitted[1:]:
+            extra.sock.close()
+        gate.close()
+    session(Control(sealed(admitted[0]), max_payload), allowed_models, keep_alive)
 
 
 def serve_boards(address: str, token: str, max_payload: int, allowed_models: Sequence[str]) -> None:
     """A board: listen forever; each authenticated run is served by a forked child that gets the connection.
 
-    The child starts with the libraries already imported and dies with its run; while it serves, other controllers
-    are told the worker is busy. When the run ends in any way, the next controller is served.
+    Handshakes are served side by side by the gate (none can hold the board); the child starts with the libraries
+    already imported and dies with its run; while it serves, other controllers are told the worker is busy. When the
+    run ends in any way, the next controller is served.
     """
-    server = _listen_control(address, backlog=4)  # listening first: a controller's connection waits in the backlog
+    server = _listen_control(address, backlog=16)
     import harness.worker.cut_stage  # noqa: F401  (imported once here, so each run's child starts at once)
     import harness.worker.spatial_stage  # noqa: F401
 
-    server.settimeout(0.5)
     child: int | None = None
+    gate = control_gate(server, token, refuse=lambda: None if child is None else
+                        f"busy: this worker is serving another run (pid {child})")
     while True:
         if child is not None and (ended := os.waitpid(child, os.WNOHANG))[0]:
             log.info("run served by pid %d ended with code %s; listening", child, os.waitstatus_to_exitcode(ended[1]))
             child = None
-        try:
-            sock, peer = server.accept()
-        except TimeoutError:
-            continue
-        with sock:
-            if child is not None:
-                try:
-                    wire.send_error(sock, f"busy: this worker is serving another run (pid {child})")
-                except OSError:
-                    pass
-                continue
-            if not authenticate(sock, peer, token):
-                continue
-            keepalive(sock)
-            child = os.fork()
-            if child == 0:
-                server.close()
-                _serve_child(sock, max_payload, allowed_models)
-            log.info("controller %s authenticated; its run is served by pid %d", peer, child)
+        for admitted in gate.poll(0.5):
+            with admitted.sock:
+                if child is not None:
+                    try:
+                        wire.send_error(admitted.sock, f"busy: this worker is serving another run (pid {child})")
+                    except OSError:
+                        pass
+                    continue
+                keepalive(admitted.sock)
+                child = os.fork()
+                if child == 0:
+                    gate.abandon()
+                    _serve_child(sealed(admitted), max_payload, allowed_models)
+                log.info("controller %s authenticated; its run is served by pid %d", admitted.peer, child)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -288,12 +331,19 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _serve_child(sock: socket.socket, max_payload: int, allowed_models: Sequence[str]) -> None:
+def _serve_child(sock: SealedSocket, max_payload: int, allowed_models: Sequence[str]) -> None:
     """The forked child of :func:`serve_boards`: serve the run on the authenticated connection, then exit."""
     code = 0
     try:
         _die_with_parent(os.getppid())
         session(Control(sock, max_payload), allowed_models)
+    except wire.FrameError as exc:  # a frame that broke the protocol or its seal: this session is over
+        log.warning("control connection ended: %s", exc)
+        try:
+            sock.send_error(str(exc))
+        except OSError:
+            pass
+        code = 2
     except (wire.ConnectionClosed, OSError) as exc:
         log.warning("the controller's connection was lost: %s; ending this run", exc)
         code = 2
@@ -333,8 +383,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     max_payload = args.max_payload_mb << 20
     token = read_token(args.token_file)
-    if not token:
-        raise SystemExit("a shared secret is required: $SPLITBENCH_TOKEN or --token-file PATH")
+    if (problem := auth.secret_problem(token)) is not None:
+        raise SystemExit(f"a shared secret of at least {auth.MIN_SECRET_BYTES} bytes is required in $SPLITBENCH_TOKEN "
+                         f"or --token-file PATH ({problem}); make one with: {auth.MAKE_SECRET}")
+    if args.max_payload_mb < 1:
+        raise SystemExit(f"--max-payload-mb must be >= 1, got {args.max_payload_mb}")
     if args.keep_alive and not args.once:
         raise SystemExit("--keep-alive is for the harness's own workers: use it with --once (a board serves run "
                          "after run in a fresh child each)")

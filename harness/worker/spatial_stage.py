@@ -31,7 +31,7 @@ from harness.model.models import ModelSpec, make_input
 from harness.worker.pacer import Pacer
 from harness.model.rows import spatial_prefix
 from harness.worker.segments import join_rows, run_segment, suffix_part
-from harness.worker.stage import (HELLO_TIMEOUT_S, Budget, Timeline, connect_data, guard, injected_stall,
+from harness.worker.stage import (Budget, DataHandshake, Timeline, accept_data_links, connect_data, guard, injected_stall,
                                   link_timeouts, model_graph, now_ns, quiet_for_measurement, retime_pacer,
                                   serve_commands, time_repeats, to_device, to_host)
 
@@ -39,33 +39,21 @@ DIRECTIONS = ("down", "up")  # down: host -> secondary (bands); up: secondary ->
 
 
 def _connect(address: tuple[str, int], token: str, direction: str) -> socket.socket:
-    sock = connect_data(address, token)
-    wire.send_json(sock, {"direction": direction})
-    return sock
+    return connect_data(address, token, direction=direction)
+
+
+def _direction(hello: dict[str, Any]) -> str:
+    if hello.get("direction") not in DIRECTIONS:
+        raise ConnectionRefusedError(f"direction {str(hello.get('direction'))[:20]!r} is not one of {list(DIRECTIONS)}")
+    return str(hello["direction"])
 
 
 def _accept_both(address: tuple[str, int], token: str) -> dict[str, socket.socket]:
     """Accept the host's two connections (down and up), refusing any without the token."""
-    socks: dict[str, socket.socket] = {}
-    with socket.create_server(address) as server:
-        server.settimeout(120)
-        while len(socks) < len(DIRECTIONS):
-            sock, _ = server.accept()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(HELLO_TIMEOUT_S)  # a peer that connects and says nothing must not block the host
-            try:
-                hello = wire.recv_frame(sock, 64 * 1024)
-                which = wire.recv_frame(sock, 64 * 1024)
-            except (wire.FrameError, wire.ConnectionClosed, OSError):
-                sock.close()
-                continue
-            ok = (hello.kind == wire.Kind.JSON and hmac.compare_digest(str(hello.obj.get("token", "")), token)
-                  and which.kind == wire.Kind.JSON and which.obj.get("direction") in DIRECTIONS)
-            if ok:
-                sock.settimeout(None)
-                socks[which.obj["direction"]] = sock
-            else:
-                sock.close()
+    links = accept_data_links(address, DataHandshake(token, _direction), len(DIRECTIONS))
+    socks = {link.result: link.sock for link in links}
+    if len(socks) != len(DIRECTIONS):
+        raise ConnectionRefusedError(f"the host opened {[link.result for link in links]}; expected {list(DIRECTIONS)}")
     return socks
 
 
@@ -82,9 +70,9 @@ class _Task:
 class SpatialStage:
     """Host or secondary of a spatial plan; ``serve`` runs until the controller says stop."""
 
-    def __init__(self, setup: dict[str, Any], control: Any) -> None:
+    def __init__(self, setup: dict[str, Any], control: Any, spec: ModelSpec) -> None:
         self.setup, self.control = setup, control
-        self.spec = ModelSpec.from_config(setup["model"])
+        self.spec = spec  # resolved and checked by the worker (``serve.resolve_model``), never re-read
         self.plan = setup["plan"]
         self.endpoint = setup["endpoint"]
         self.is_host = self.endpoint == self.plan["host"]

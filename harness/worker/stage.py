@@ -22,11 +22,10 @@ import torch
 from harness.model.graph import ModelGraph, graph_from_module
 from harness.model.models import ModelSpec, build_model
 from harness.worker import wire
+from harness.worker.gate import Admitted, Gate
+from harness.worker.sealed import SealedSocket
 
 log = logging.getLogger("splitbench.worker")
-
-HELLO_TIMEOUT_S = 5.0  # a peer that connects to a data port must say who it is within this (wall-clock) time
-
 
 _kept: dict[str, ModelGraph] = {}  # a kept-alive worker's model, built once per spec (one spec at a time)
 _keeping = False
@@ -212,26 +211,29 @@ def retime_pacer(pacer: Any, config: dict[str, Any]) -> None:
 
 
 class Control:
-    """The control connection: JSON commands in, JSON reports and result tensors out (thread-safe sends)."""
+    """The control connection, sealed: JSON commands in, JSON reports and result tensors out (thread-safe sends)."""
 
-    def __init__(self, sock: socket.socket, max_payload: int) -> None:
+    def __init__(self, sock: SealedSocket, max_payload: int) -> None:
         self.sock = sock
         self.max_payload = max_payload
-        self.lock = threading.Lock()
 
     def send(self, obj: dict[str, Any]) -> None:
-        with self.lock:
-            wire.send_json(self.sock, obj)
+        self.sock.send_json(obj)
 
     def send_tensor(self, tensor: torch.Tensor, seq: int, tag: int = 0) -> None:
-        with self.lock:
-            wire.send_tensor(self.sock, tensor, seq, tag)
+        self.sock.send_tensor(tensor, seq, tag)
 
     def recv(self) -> wire.Frame:
-        return wire.recv_frame(self.sock, self.max_payload)
+        return self.sock.recv_frame(self.max_payload)
 
 
-def connect_data(address: tuple[str, int], token: str, timeout_s: float = 60.0) -> socket.socket:
+DATA_HELLO = "data"
+MAX_DATA_HELLO_BYTES = 4096
+DATA_ACCEPT_TIMEOUT_S = 120.0  # the peer dials once it has its setup: well inside a run's own set-up time
+
+
+def connect_data(address: tuple[str, int], token: str, timeout_s: float = 60.0, **hello: Any) -> socket.socket:
+    """Dial a peer's data port and say who we are: this run's link token (and ``hello``'s fields), one frame."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -243,27 +245,51 @@ def connect_data(address: tuple[str, int], token: str, timeout_s: float = 60.0) 
             time.sleep(0.05)
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    wire.send_json(sock, {"hello": "data", "token": token})
+    wire.send_json(sock, {"hello": DATA_HELLO, "token": token, **hello})
     return sock
 
 
-def accept_data(address: tuple[str, int], token: str, max_payload: int) -> socket.socket:
+class DataHandshake:
+    """A data port's handshake (``gate``): the dialler's one frame must carry this run's link token; the
+    fields ``check`` asks for are returned."""
+
+    def __init__(self, token: str, check: Callable[[dict[str, Any]], Any] = lambda obj: None) -> None:
+        self.token, self.check = token, check
+
+    def opening(self) -> None:
+        return None
+
+    def on_answer(self, frame: wire.Frame) -> tuple[None, Any]:
+        obj = frame.obj if frame.kind is wire.Kind.JSON and frame.obj is not None else {}
+        if obj.get("hello") != DATA_HELLO or not hmac.compare_digest(str(obj.get("token", "")), self.token):
+            raise ConnectionRefusedError("bad hello or token")
+        return None, self.check(obj)
+
+
+def accept_data_links(address: tuple[str, int], handshake: DataHandshake, count: int,
+                      timeout_s: float = DATA_ACCEPT_TIMEOUT_S) -> list[Admitted]:
+    """Accept ``count`` data connections that pass ``handshake``; peers that fail, stall or trickle are dropped
+    by the gate without delaying the real ones."""
+    admitted: list[Admitted] = []
+    deadline = time.monotonic() + timeout_s
+    with socket.create_server(address, reuse_port=False, backlog=16) as server:
+        gate = Gate(server, lambda: handshake, MAX_DATA_HELLO_BYTES, "data connection")
+        try:
+            while len(admitted) < count:
+                if (left := deadline - time.monotonic()) <= 0:
+                    raise TimeoutError(f"the peer did not open its data link on {address} within {timeout_s:g} s")
+                admitted += gate.poll(left)
+        finally:
+            gate.close()
+    for link in admitted:
+        link.sock.settimeout(None)
+        link.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return admitted
+
+
+def accept_data(address: tuple[str, int], token: str) -> socket.socket:
     """Accept the peer's data connection, refusing any that does not present the token."""
-    with socket.create_server(address, reuse_port=False) as server:
-        server.settimeout(120)
-        while True:
-            sock, peer = server.accept()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(HELLO_TIMEOUT_S)  # a peer that connects and says nothing must not block the real one
-            try:
-                hello = wire.recv_frame(sock, 64 * 1024)
-                if hello.kind == wire.Kind.JSON and hmac.compare_digest(str(hello.obj.get("token", "")), token):
-                    sock.settimeout(None)
-                    return sock
-                log.warning("data connection from %s refused: bad hello or token", peer)
-            except (wire.FrameError, wire.ConnectionClosed, OSError) as exc:
-                log.warning("data connection from %s refused: %s", peer, exc)
-            sock.close()
+    return accept_data_links(address, DataHandshake(token), 1)[0].sock
 
 
 def link_timeouts(setup: dict[str, Any], socks: list[socket.socket]) -> None:

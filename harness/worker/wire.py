@@ -3,7 +3,7 @@
 Header (little-endian, ``HEADER.size`` = 88 bytes): magic ``b"SPLB"``, version (u8), kind (u8), dtype code (u8),
 ndim (u8), seq (u32, the inference index), tag (u32, which tensor or slot), shape (8 x u64, unused dims 0),
 payload length (u64). The payload follows: a tensor's bytes in C order (little-endian), a UTF-8 JSON object, or
-nothing (ACK). Every field is checked and the payload bounded before a byte of it is allocated; a JSON payload's
+nothing (ACK). On a control connection each frame is followed by a MAC (``harness.worker.sealed``). Every field is checked and the payload bounded before a byte of it is allocated; a JSON payload's
 nesting depth and number lengths are bounded before it is parsed, so no frame can make the parser recurse or
 compute without bound (``FrameError`` is all that comes out).
 """
@@ -28,7 +28,7 @@ import torch
 log = logging.getLogger(__name__)
 
 MAGIC = b"SPLB"
-VERSION = 1
+VERSION = 2  # 2: mutual authentication and MAC-sealed control frames (harness.worker.auth, .sealed)
 MAX_DIMS = 8
 MAX_JSON_BYTES = 1 << 20
 MAX_JSON_DEPTH = 32  # setups nest a handful of levels; the parser recurses once per level
@@ -106,36 +106,44 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def send_tensor(sock: socket.socket, tensor: torch.Tensor, seq: int, tag: int) -> int:
-    """Send one tensor frame; returns the bytes put on the socket (header included)."""
+def tensor_parts(tensor: torch.Tensor, seq: int, tag: int) -> list[bytes | memoryview]:
+    """A tensor frame as header and payload, ready to be gathered onto a socket."""
     _check_byteorder()
     if tensor.dtype not in DTYPE_CODES:
         raise FrameError(f"dtype {tensor.dtype} has no wire code; accepted: {list(DTYPE_CODES)}")
     if tensor.dim() > MAX_DIMS:
         raise FrameError(f"tensor has {tensor.dim()} dims; the wire carries at most {MAX_DIMS}")
     payload = tensor_bytes(tensor)
-    header = _header(Kind.TENSOR, seq, tag, payload.nbytes, DTYPE_CODES[tensor.dtype], tuple(tensor.shape))
-    _sendall(sock, [header, payload])
-    return len(header) + payload.nbytes
+    return [_header(Kind.TENSOR, seq, tag, payload.nbytes, DTYPE_CODES[tensor.dtype], tuple(tensor.shape)), payload]
 
 
-def _send_obj(sock: socket.socket, kind: Kind, obj: dict[str, Any], seq: int, tag: int) -> int:
+def object_parts(kind: Kind, obj: dict[str, Any], seq: int = 0, tag: int = 0) -> list[bytes | memoryview]:
+    """A JSON or ERROR frame as header and payload."""
     if not isinstance(obj, dict):
         raise FrameError(f"a {kind.name} frame carries a JSON object, not {type(obj).__name__}")
     payload = json.dumps(obj, separators=(",", ":")).encode()
     if len(payload) > MAX_JSON_BYTES:
         raise FrameError(f"JSON of {len(payload)} bytes exceeds the {MAX_JSON_BYTES}-byte bound")
-    header = _header(kind, seq, tag, len(payload))
-    _sendall(sock, [header, payload])
-    return len(header) + len(payload)
+    return [_header(kind, seq, tag, len(payload)), payload]
+
+
+def send_parts(sock: socket.socket, parts: list[bytes | memoryview]) -> int:
+    """Put a frame's parts on the socket; returns the bytes sent."""
+    _sendall(sock, parts)
+    return sum(memoryview(p).nbytes for p in parts)
+
+
+def send_tensor(sock: socket.socket, tensor: torch.Tensor, seq: int, tag: int) -> int:
+    """Send one tensor frame; returns the bytes put on the socket (header included)."""
+    return send_parts(sock, tensor_parts(tensor, seq, tag))
 
 
 def send_json(sock: socket.socket, obj: dict[str, Any], seq: int = 0, tag: int = 0) -> int:
-    return _send_obj(sock, Kind.JSON, obj, seq, tag)
+    return send_parts(sock, object_parts(Kind.JSON, obj, seq, tag))
 
 
 def send_error(sock: socket.socket, reason: str, seq: int = 0, tag: int = 0) -> int:
-    return _send_obj(sock, Kind.ERROR, {"reason": reason}, seq, tag)
+    return send_parts(sock, object_parts(Kind.ERROR, {"reason": reason}, seq, tag))
 
 
 def send_ack(sock: socket.socket, seq: int, tag: int = 0) -> int:
@@ -190,12 +198,16 @@ def _validate(magic: bytes, version: int, kind: int, dtype: int, ndim: int, shap
 
 
 ReadInto = Callable[[memoryview, str, bool], None]  # fill the view exactly, or raise ConnectionClosed
+Check = Callable[[bytes, memoryview], None]  # a sealed frame's MAC check: header and payload, before decoding
 
 
 def read_frame(read_into: ReadInto, max_payload: int, max_json: int = MAX_JSON_BYTES,
-               into: torch.Tensor | None = None) -> Frame:
+               into: torch.Tensor | None = None, check: Check | None = None) -> Frame:
     """Read and validate one frame through ``read_into``; the one decoder behind :func:`recv_frame` and
-    :func:`decode_frame`. Raises ``FrameError`` (bad frame) or ``ConnectionClosed`` (stream ended)."""
+    :func:`decode_frame`. Raises ``FrameError`` (bad frame) or ``ConnectionClosed`` (stream ended).
+
+    ``check`` sees the raw header and payload once both are read and before the payload is decoded (a sealed
+    connection verifies its MAC there, so nothing a MAC does not cover is ever parsed)."""
     if into is not None and not (into.dtype == torch.uint8 and into.device.type == "cpu" and into.is_contiguous()):
         raise ValueError(f"into must be a contiguous CPU uint8 tensor, got {into.dtype} on {into.device}")
     _check_byteorder()
@@ -205,18 +217,29 @@ def read_frame(read_into: ReadInto, max_payload: int, max_json: int = MAX_JSON_B
     shape, nbytes = tuple(rest[:MAX_DIMS]), rest[MAX_DIMS]
     kind = _validate(magic, version, kind, dtype, ndim, shape, nbytes, max_payload, max_json)
     if kind is Kind.ACK:
+        if check is not None:
+            check(bytes(raw), memoryview(b""))
         return Frame(kind, seq, tag)
     if kind is Kind.TENSOR:
         fits = into is not None and into.numel() >= nbytes
         flat = into.reshape(-1)[:nbytes] if fits else torch.empty(nbytes, dtype=torch.uint8)
         read_into(memoryview(flat.numpy()), "tensor payload", True)
+        if check is not None:
+            check(bytes(raw), memoryview(flat.numpy()))
         return Frame(kind, seq, tag, tensor=flat.view(DTYPES[dtype]).reshape(shape[:ndim]))
     payload = bytearray(nbytes)
     read_into(memoryview(payload), f"{kind.name} payload", True)
+    if check is not None:
+        check(bytes(raw), memoryview(payload))
     obj = parse_json(bytes(payload), kind.name)
     if kind is Kind.ERROR and not isinstance(obj.get("reason"), str):
         raise FrameError("ERROR payload has no string 'reason'")
     return Frame(kind, seq, tag, obj=obj)
+
+
+def recv_exact(sock: socket.socket) -> ReadInto:
+    """A :data:`ReadInto` over a socket."""
+    return lambda view, what, started: _recv_exact(sock, view, what, started)
 
 
 def recv_frame(sock: socket.socket, max_payload: int, max_json: int = MAX_JSON_BYTES,
@@ -227,7 +250,7 @@ def recv_frame(sock: socket.socket, max_payload: int, max_json: int = MAX_JSON_B
     allocated); the frame's tensor is then a view of it, valid until the next receive into it. At gigabit rates
     this saves faulting in fresh pages (~20 ms for 50 MB here).
     """
-    return read_frame(lambda view, what, started: _recv_exact(sock, view, what, started), max_payload, max_json, into)
+    return read_frame(recv_exact(sock), max_payload, max_json, into)
 
 
 def decode_frame(data: bytes, max_payload: int, max_json: int = MAX_JSON_BYTES) -> Frame:
