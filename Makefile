@@ -1,10 +1,11 @@
-# Two commands on a fresh machine: `make run` (set up, then the default experiment) and `make test`.
+# Two commands on a fresh machine: `make run` (set up, then the default experiment) and `make test` (the full suite,
+# as CI runs it; `make test-fast` for the inner loop).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 EXTRAS ?= test            # CI adds the scale-out launchers: make test EXTRAS=test,ray,slurm
 
-.PHONY: setup run test ui clean-net
+.PHONY: setup run test test-fast ui clean-net
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,10 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The inner loop: everything but the end-to-end tests (no workers, no run.py, no namespaces).
+test-fast: setup
+	$(PY) -m pytest -q -m "not e2e"
 
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -41,7 +41,7 @@ from partitioners.base import cut_problem
 from harness.controller.cut import CutStrategy, cut_workers
 from harness.controller.measure import max_abs_error
 from harness.controller.measurer import overrun_metrics, verdict
-from harness.controller.pipeline import calibrate_tdf
+from harness.controller.measurer import calibrate_tdf
 from harness.model.graph import ancestors, build_graph
 from harness.model.models import ModelSpec
 from harness.network.link import LinkSpec

@@ -1,4 +1,5 @@
-"""Shared fixtures: a private MLflow store per test, root detection for namespace tests, run.py as a subprocess."""
+"""Shared fixtures: a private MLflow store per test, root detection for namespace tests, run.py as a subprocess, and
+the ``e2e`` mark (``make test-fast`` leaves those tests out)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,18 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="network namespaces and kernel qdiscs need root (CI runs as root)")
+
+
+# A test is end to end when it records runs (a private MLflow store), builds namespaces (root), or says so itself.
+E2E_FIXTURES = {"tracking_uri"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        needs_namespaces = any(mark.name == "skipif" and "need root" in str(mark.kwargs.get("reason", ""))
+                               for mark in item.iter_markers())
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())) or needs_namespaces:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture

@@ -14,8 +14,11 @@ import pytest
 
 from tests.conftest import ROOT
 
-PACKAGES = ("harness", "hardware", "partitioners")
-ENTRY = {"run", "harness.config", "harness.progress"}  # the only modules that read the raw Hydra config
+PACKAGES = ("harness", "hardware", "partitioners", "benchmarks", "notebooks")
+# The only modules that read the raw Hydra config: run.py and its config module, and the other entry points (the
+# benchmarks compose configs as run.py does; the notebook composes the presets it counts).
+ENTRY = {"run", "harness.config", "harness.progress", "notebooks.paper_tables",
+         *(f"benchmarks.{p.stem}" for p in (ROOT / "benchmarks").glob("*.py"))}
 
 # Which project modules each room may import (by prefix); every room may import itself and ``harness`` (the root).
 ALLOWED = {
@@ -28,6 +31,11 @@ ALLOWED = {
     "harness.network.__main__": ("harness.network", "harness.controller.stale_runs", "harness.controller.tracking"),
     "harness.controller": ("harness.model", "harness.worker", "harness.network", "harness.controller", "hardware",
                            "partitioners"),
+    # entry points of their own: anything of the project, but never the notebooks
+    "benchmarks": ("benchmarks", "harness", "hardware", "partitioners"),
+    # the notebook reads records: the store, the config (presets), never workers, links or methods
+    "notebooks": ("notebooks", "harness.config", "harness.controller.tracking", "harness.controller.summary",
+                  "harness.controller.traces"),
 }
 
 
@@ -69,6 +77,12 @@ def test_imports_stay_in_their_layer(module):
     upward = [m for m in GRAPH[module] if m != "harness" and not any(m == a or m.startswith(a + ".")
                                                                      for a in allowed)]
     assert not upward, f"{module} imports {upward}; its room may import only {list(allowed)}"
+
+
+def test_nothing_imports_a_benchmark_or_the_notebook():
+    users = {m: sorted(d for d in deps if d.split(".")[0] in ("benchmarks", "notebooks"))
+             for m, deps in GRAPH.items() if m.split(".")[0] not in ("benchmarks", "notebooks")}
+    assert not {m: d for m, d in users.items() if d}, "benchmarks and notebooks are leaves: nothing imports them"
 
 
 def test_no_import_circles():

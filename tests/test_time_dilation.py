@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from hardware.profiles import LocalProfile
-from harness.controller.pipeline import calibrate_tdf
+from harness.controller.measurer import calibrate_tdf
 from harness.model.graph import build_graph
 from harness.model.models import ModelSpec
 from tests.conftest import needs_root, run_cli

@@ -4,6 +4,7 @@ clock, and the verdict. Workers only compute, send and report; what their report
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -200,6 +201,23 @@ def tdf_needed(spans: list[tuple[float, float]], allowed_ms: float, floor: float
         mid = (low + high) / 2
         low, high = (low, mid) if overrun_ms(spans, mid) <= allowed_ms else (mid, high)
     return high
+
+
+def cores() -> int:
+    """The cores this process may run on: what concurrent workers share."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def calibrate_tdf(ratios: dict[str, float], margin: float, concurrent: int) -> tuple[float, str | None]:
+    """The TDF the profile alone gives, and the endpoint that sets it: the warm-up runs at it, and a run records it
+    beside the TDF its workers' measured compute set (``tdf_from_profile``). ``ratios``: per endpoint, the local
+    profile's compute over emulated compute. ``concurrent`` workers computing at once on this machine's cores
+    slow each other down; that is headroom too."""
+    if not ratios:
+        return 1.0, None
+    endpoint = max(ratios, key=ratios.__getitem__)
+    contention = max(1.0, concurrent / cores())
+    return max(1.0, margin * contention * ratios[endpoint]), endpoint
 
 
 def calibrated_tdf(samples: dict[str, list[dict[str, Any]]], auto: AutoTdf) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""One experiment, end to end, for both kinds of method: model graph -> costs -> decide -> calibrate the TDF ->
-workers -> run -> verdict -> record once. Where cut and spatial methods differ, a strategy says how
-(``harness.controller.cut``, ``harness.controller.spatial``)."""
+"""One experiment, end to end, for both kinds of method: the job's steps decide -> calibrate
+(``harness.controller.job``, shared with ``mode=predict``) -> run the workers -> judge -> record once. Where cut and
+spatial methods differ, a strategy says how (``harness.controller.cut``, ``harness.controller.spatial``)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,16 @@ import torch
 from hardware.profiles import LocalProfile, write_table
 from harness.controller.experiment import Experiment
 from harness.controller.measure import latency_metrics, link_metrics, max_abs_error, throughput_ips, timeline_figure
-from harness.controller.measurer import AutoTdf, RunResult, latencies_ms, measured_seqs, overrun_metrics, verdict
+from harness.controller.job import calibrate, decide
+from harness.controller.measurer import RunResult, latencies_ms, measured_seqs, overrun_metrics, verdict
 from harness.controller import phases
-from harness.controller.predict import (DECISION_REPEATS, Prediction, calibrate_tdf, cores, predict,  # noqa: F401
-                                        strategy_for, timed)
+from harness.controller.predict import Prediction, predict
 from harness.controller.records import RunRecord, environment
 from harness.controller.session import ModelCache, WorkerPool, release_pool, worker_pool
 from harness.controller.stale_runs import end_dead_runs
 from harness.controller.runtime import RunFailed, run_workers
 from harness.worker.serve import compute_device, device_name
 from harness.model.graph import ModelGraph, build_graph
-from partitioners.base import LinkState
 
 log = logging.getLogger("splitbench")
 
@@ -47,40 +46,25 @@ def run_experiment(exp: Experiment, rec: RunRecord, graph: ModelGraph | None = N
     models = pool.models if pool is not None else ModelCache(keep=False)
     end_setup = phases.begin("setup")
     graph = graph if graph is not None else models.graph(exp.model)
-    node_ms = exp.hardware.node_ms(graph)
-    strategy = strategy_for(exp, graph, node_ms)
+    decision = decide(exp, graph)
+    strategy, plan = decision.strategy, decision.plan
     rec.set_tags(strategy.tags())
-    problem = strategy.problem()
-    prepared, offline_ms = timed(exp.method.prepare, problem)
-    link = LinkState(exp.link.spec.bandwidth_mbps, exp.link.spec.delay_ms)
-    plan, decision_ms = timed(exp.method.decide, prepared, link, repeats=DECISION_REPEATS)
-    plan_json = plan.to_json()
-    rec.artifact_json(plan_json, "plan.json")
-    metrics: dict[str, float] = {"decision_time_ms": decision_ms, "offline_time_ms": offline_ms,
-                                 "predicted_latency_ms": plan.predicted_latency_ms,
-                                 **strategy.plan_metrics(problem, plan_json)}
-    pad = strategy.pads() and not exp.runtime.remote
-    tdf, auto_tdf = 1.0, None
-    if pad and exp.runtime.tdf is not None:
-        tdf = exp.runtime.tdf
-    elif pad:
-        local_ms = models.local_ms(graph, exp.runtime.threads_per_worker)
-        tdf, endpoint = calibrate_tdf(strategy.compute_ratios(plan, local_ms), exp.runtime.tdf_margin,
-                                      strategy.concurrent(plan))
-        metrics["tdf_from_profile"] = tdf
-        rec.set_tags({"tdf_set_by": endpoint or "", "tdf_source": "profile"})
-        auto_tdf = AutoTdf(exp.runtime.overrun_tolerance_pct, exp.runtime.max_repeats, plan.predicted_latency_ms,
-                           together=strategy.concurrent(plan) > 1)
+    rec.artifact_json(plan.to_json(), "plan.json")
+    metrics = dict(decision.metrics)
+    dilation = calibrate(exp, decision, lambda: models.local_ms(graph, exp.runtime.threads_per_worker))
+    if dilation.auto is not None:  # the profile set the TDF the warm-up runs at; the workers' compute sets the rest
+        metrics["tdf_from_profile"] = dilation.tdf
+        rec.set_tags({"tdf_set_by": dilation.set_by or "", "tdf_source": "profile"})
     end_setup()
-    workers = strategy.workers(plan, tdf, pad)
-    hook = strategy.make_hook(exp.method, prepared, plan)
+    workers = strategy.workers(plan, dilation.tdf, dilation.pads)
+    hook = strategy.make_hook(exp.method, decision.prepared, plan)
     try:
         result = run_workers(strategy.endpoints, strategy.links, workers, strategy.first,
                              {"warmup": exp.scenario.warmup, "inferences": exp.scenario.inferences,
                               "in_flight": strategy.in_flight(plan)},
-                             tdf, exp.runtime.timeout_s, exp.runtime.max_payload, backend=exp.runtime.backend,
+                             dilation.tdf, exp.runtime.timeout_s, exp.runtime.max_payload, backend=exp.runtime.backend,
                              compensate_headers=exp.link.compensate_headers, make_hook=hook,
-                             remote=exp.runtime.remote, token=exp.runtime.token, auto_tdf=auto_tdf,
+                             remote=exp.runtime.remote, token=exp.runtime.token, auto_tdf=dilation.auto,
                              compute_device=exp.runtime.compute_device,
                              link_timeout_s=exp.runtime.link_timeout_s, pool=pool)
     finally:

@@ -1,7 +1,7 @@
 """What the cost model says about a job without running it: the decision, the predicted latency and throughput, and
 how long the job would take in real time on this machine (``mode=predict`` and ``runtime.max_real_minutes``).
 
-The same graph, node costs, strategy, ``prepare``/``decide`` and TDF calibration as a measured run
+The job's first two steps, decide and calibrate (``harness.controller.job``), exactly as a measured run takes them
 (``harness.controller.pipeline``), stopping before any worker starts. A prediction is as good as the cost model;
 ``benchmarks/emulation_fidelity.py`` measures how far measured runs land from it, which is what licenses reading
 predicted runs beside measured ones.
@@ -11,55 +11,19 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import statistics
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from hardware.profiles import LocalProfile
-from harness.controller.cut import CutStrategy
 from harness.controller.experiment import Experiment
-from harness.controller.spatial import SpatialStrategy
+from harness.controller.job import Strategy, calibrate, decide
 from harness.model.graph import ModelGraph, build_graph
 from harness.model.models import ModelSpec
 from partitioners.base import LinkState, Plan, device_side_of
 
-DECISION_REPEATS = 5
 # Real seconds a measured run spends outside its inferences: namespaces and shaping, spawning and loading the
 # workers (each imports torch and builds its sub-model), the link probe, the records (measured on 2 cores: 8-15 s).
 SETUP_S = 15.0
-
-
-def timed(fn: Callable[..., Any], *args: Any, repeats: int = 1) -> tuple[Any, float]:
-    """Call ``fn`` ``repeats`` times; the last result and the median time in ms."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter_ns()
-        result = fn(*args)
-        times.append((time.perf_counter_ns() - start) / 1e6)
-    return result, statistics.median(times)
-
-
-def cores() -> int:
-    """The cores this process may run on: what concurrent workers share."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def calibrate_tdf(ratios: dict[str, float], margin: float, concurrent: int) -> tuple[float, str | None]:
-    """The TDF the profile alone gives, and the endpoint that sets it: the warm-up runs at it, and a run records it
-    beside the TDF its workers' measured compute set (``tdf_from_profile``). ``ratios``: per endpoint, the local
-    profile's compute over emulated compute. ``concurrent`` workers computing at once on this machine's cores
-    slow each other down; that is headroom too."""
-    if not ratios:
-        return 1.0, None
-    endpoint = max(ratios, key=ratios.__getitem__)
-    contention = max(1.0, concurrent / cores())
-    return max(1.0, margin * contention * ratios[endpoint]), endpoint
-
-
-def strategy_for(exp: Experiment, graph: Any, node_ms: dict[str, dict[str, float]]) -> CutStrategy | SpatialStrategy:
-    return (SpatialStrategy if exp.method.kind == "spatial" else CutStrategy)(exp, graph, node_ms)
 
 
 @dataclass
@@ -75,8 +39,7 @@ class Prediction:
         return self.metrics["predicted_real_s"] / 60.0
 
 
-def predicted_throughput_ips(exp: Experiment, strategy: CutStrategy | SpatialStrategy, problem: Any,
-                             plan: Plan) -> float:
+def predicted_throughput_ips(exp: Experiment, strategy: Strategy, problem: Any, plan: Plan) -> float:
     """Inferences per second: pipelined cut plans are paced by their slowest stage, others by their latency
     (a spatial plan's latency is already its batch time per task)."""
     if exp.method.kind == "cut" and exp.scenario.in_flight > 1:
@@ -95,17 +58,6 @@ def emulated_run_ms(exp: Experiment, latency_ms: float, throughput_ips: float) -
     return total * latency_ms
 
 
-def predicted_tdf(exp: Experiment, strategy: CutStrategy | SpatialStrategy, graph: Any,
-                  plan: Plan) -> tuple[float, str | None]:
-    """The TDF a measured run would start at (before any raise after its warm-up)."""
-    if exp.runtime.remote or not strategy.pads():
-        return 1.0, None
-    if exp.runtime.tdf is not None:
-        return exp.runtime.tdf, None
-    local_ms = LocalProfile(threads=exp.runtime.threads_per_worker).node_ms(graph)
-    return calibrate_tdf(strategy.compute_ratios(plan, local_ms), exp.runtime.tdf_margin, strategy.concurrent(plan))
-
-
 @functools.lru_cache(maxsize=8)
 def _graph_of(spec_json: str) -> ModelGraph:
     return build_graph(ModelSpec.from_config(json.loads(spec_json)))
@@ -118,21 +70,14 @@ def graph_of(spec: ModelSpec) -> ModelGraph:
 
 
 def predict(exp: Experiment) -> Prediction:
-    """Decide as a measured run would, then read latency, throughput and real time off the cost model."""
+    """Decide and calibrate as a measured run would (``harness.controller.job``), then read latency, throughput and
+    real time off the cost model."""
     graph = graph_of(exp.model)
-    node_ms = exp.hardware.node_ms(graph)
-    strategy = strategy_for(exp, graph, node_ms)
-    problem = strategy.problem()
-    prepared, offline_ms = timed(exp.method.prepare, problem)
-    link = LinkState(exp.link.spec.bandwidth_mbps, exp.link.spec.delay_ms)
-    plan, decision_ms = timed(exp.method.decide, prepared, link, repeats=DECISION_REPEATS)
-    throughput = predicted_throughput_ips(exp, strategy, problem, plan)
-    emulated_ms = emulated_run_ms(exp, plan.predicted_latency_ms, throughput)
-    tdf, endpoint = predicted_tdf(exp, strategy, graph, plan)
-    metrics = {"decision_time_ms": decision_ms, "offline_time_ms": offline_ms,
-               "predicted_latency_ms": plan.predicted_latency_ms, "predicted_throughput_ips": throughput,
-               "predicted_emulated_s": emulated_ms / 1e3, "predicted_tdf": tdf,
-               "predicted_real_s": SETUP_S + tdf * emulated_ms / 1e3,
-               **strategy.plan_metrics(problem, plan.to_json())}
-    strategy.close()
-    return Prediction(plan=plan, metrics=metrics, tdf_set_by=endpoint)
+    decision = decide(exp, graph)
+    dilation = calibrate(exp, decision, lambda: LocalProfile(threads=exp.runtime.threads_per_worker).node_ms(graph))
+    throughput = predicted_throughput_ips(exp, decision.strategy, decision.problem, decision.plan)
+    emulated_ms = emulated_run_ms(exp, decision.plan.predicted_latency_ms, throughput)
+    decision.strategy.close()
+    metrics = {**decision.metrics, "predicted_throughput_ips": throughput, "predicted_emulated_s": emulated_ms / 1e3,
+               "predicted_tdf": dilation.tdf, "predicted_real_s": SETUP_S + dilation.tdf * emulated_ms / 1e3}
+    return Prediction(plan=decision.plan, metrics=metrics, tdf_set_by=dilation.set_by)
