@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import ROOT, needs_root
 
+pytestmark = pytest.mark.e2e  # runs the benchmark scripts
+
 
 def bench(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

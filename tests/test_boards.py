@@ -18,6 +18,8 @@ import pytest
 from tests.boards import TOKEN, boards, free_port, remote_override, start_board, stop_board
 from tests.conftest import IS_ROOT, ROOT, run_cli
 
+pytestmark = pytest.mark.e2e  # real board worker processes and run.py
+
 SMALL = ["model=resnet18", "model.input_shape=[1,3,64,64]", "hardware=local_pair", "method=server_only"]
 NO_BUDGET = "runtime.max_real_minutes=null"  # a run killed mid-way is predicted to last ~30 min: not to be skipped
 AHEAD_S = 100000

@@ -21,6 +21,8 @@ from harness.worker.stage import to_device, to_host
 from tests.conftest import run_cli
 from tests.test_runtime import cut_case
 
+pytestmark = pytest.mark.e2e  # runs workers and profiles
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device on this machine: the GPU path runs where a GPU exists")
 SPEC = ModelSpec(name="resnet18", target="torchvision.models.resnet18", input_shape=(1, 3, 64, 64))

@@ -31,6 +31,8 @@ from harness.worker.wire import HEADER, MAGIC, MAX_DIMS, VERSION, Kind
 from tests.boards import TOKEN, challenge_when_free, free_port, start_board, stop_board
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.e2e  # attacks real board worker processes
+
 BOARD_PAYLOAD_MB = 8
 
 

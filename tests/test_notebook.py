@@ -23,6 +23,8 @@ from harness.config import register, resolve_objective, validate
 
 from tests.conftest import ROOT, needs_root, run_cli
 
+pytestmark = pytest.mark.e2e  # executes the notebook and composes every preset's jobs
+
 NOTEBOOK = ROOT / "notebooks" / "paper_tables.ipynb"
 SCRIPT = ROOT / "notebooks" / "paper_tables.py"
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))

@@ -14,6 +14,8 @@ from harness.worker import auth, wire
 from tests.boards import TOKEN, boards, challenge_when_free, free_port, remote_override
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.e2e  # real board worker processes and run.py
+
 
 DEVICE_TOKEN = "device-secret-0b6f2d9e47a1c385"  # each board its own secret
 

@@ -20,6 +20,8 @@ import pytest
 from harness.network.namespaces import cleanup_stale
 from tests.conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.e2e  # sweeps through Hydra's launchers
+
 BIN = Path(sys.executable).parent
 JOBS = ["server_only", "neurosurgeon"]  # two, both over the link: enough to see whether they overlapped
 

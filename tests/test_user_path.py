@@ -20,6 +20,8 @@ from harness.model.models import ModelBuildError, ModelSpec, build_model
 from partitioners.base import Partitioner
 from tests.conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.e2e  # a new user's path through run.py
+
 register()
 
 
