@@ -55,7 +55,7 @@ def main(cfg: DictConfig) -> float | None:
         except (RunFailed, InvalidRun) as exc:
             print(summary(launch))
             raise SystemExit(f"run FAILED: {exc}") from None
-    if not multirun and exp.mode == "run":
+    if not multirun and exp.mode in ("run", "predict"):  # a prediction's figures are marked ~ (the cost model's)
         print(summary(launch))
     return metrics.get("latency_ms")
 

@@ -54,7 +54,7 @@ class SweepProgress(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.bar is not None:
             self.bar.close()
-        if config.get("mode") == "run" and LAUNCH_ENV in os.environ:
+        if config.get("mode") in ("run", "predict") and LAUNCH_ENV in os.environ:
             from harness.controller.summary import summary  # MLflow only when a sweep ends, not for --help
 
             print(summary(os.environ.pop(LAUNCH_ENV)), flush=True)

@@ -46,6 +46,11 @@ def test_predict_sweep_records_one_predicted_run_per_job_without_a_worker(tracki
     assert latency[("device_only", "1.0")] == latency[("device_only", "100.0")]
     for bw in ("1.0", "100.0"):  # DADS's exact min-cut is never worse than either side alone
         assert latency[("dads", bw)] <= min(latency[("device_only", bw)], latency[("server_only", bw)]) + 1e-9
+    # and it ends with the summary a measured sweep prints, each row the cost model's figures, marked ~
+    assert "6 job(s), 0 valid, 6 predicted only" in proc.stdout, proc.stdout[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.rstrip().endswith(tuple(df["run_id"]))]
+    assert len(rows) == 6 and all("predicted only" in row and "~" in row for row in rows)
+    assert all(f"~{v:.2f}" in proc.stdout for v in df["metrics.predicted_latency_ms"])
 
 
 def test_over_budget_job_is_recorded_skipped_with_its_prediction(tracking_uri: str, tmp_path) -> None:
