@@ -28,7 +28,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hardware.profiles import Profile
 from hardware.topology import MAX_SERVERS, Hardware
-from harness import PROJECT_ROOT
 from harness.controller.experiment import ESTIMATORS, Experiment, Link, Runtime, Scenario
 from harness.model.graph import TraceFailure
 from harness.model.models import ModelBuildError, ModelSpec, import_hint, import_target

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hardware.profiles import LocalProfile, measure_node_ms
-from harness.controller.runtime import WorkerSpec, run_workers
+from harness.controller.runtime import run_workers
 from harness.model.graph import build_graph
 from harness.model.models import ModelSpec, build_model, make_input
 from harness.network.link import LinkSpec

@@ -49,7 +49,6 @@ def test_a_link_down_for_seconds_mid_run_fails_with_a_clear_timeout() -> None:
         return before_issue
 
     workers, first = case.workers()
-    start = time.monotonic()
     with pytest.raises(RunFailed) as err:
         run_workers([device, server], [(device, server, LinkSpec.from_config(case.cfg.link))], workers, first,
                     OmegaConf.to_container(case.cfg.scenario), 1.0, 300, 64 << 20, make_hook=make_hook,

@@ -9,7 +9,6 @@ import errno
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ import torch
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from harness.controller.runtime import probe_link
 from harness.network import namespaces, shaping
 from harness.worker import wire
 from harness.network.link import BackendError, LinkSpec
@@ -563,3 +563,15 @@ def test_a_missing_namespace_is_refused_not_created():
     with pytest.raises(OSError, match=name):
         namespaces.ipr_in(name)
     assert name not in netns.listnetns() and own_namespace() == before
+
+
+@needs_root
+@pytest.mark.parametrize("backend, mbps, tdf", [("tbf", 1.1, 1.0), ("tbf", 18.88, 10.0), ("tbf", 100.0, 1.0),
+                                                ("userspace", 20.0, 1.0)])
+def test_the_pre_run_probe_reads_the_configured_rate(backend: str, mbps: float, tdf: float) -> None:
+    """What every local run records as its link's goodput before the workers start (undilated), within 5 %."""
+    if backend not in available_backends():
+        pytest.skip(f"{backend} is not offered here: {available_backends()}")
+    with pair(mbps, backend=backend, tdf=tdf) as topo:
+        measured = probe_link(topo, "device", "server")
+    assert 0.95 <= measured / mbps <= 1.05, f"{backend} at {mbps:g} Mbit/s, TDF {tdf:g}: probe read {measured:.3f}"

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import mlflow
-import pytest
 
 from tests.conftest import needs_root, run_cli
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from harness.controller.experiment import ESTIMATORS
-from harness.controller.measurer import BeforeIssue, RunResult, Workers, wait_all, wait_for_span
+from harness.controller.measurer import BeforeIssue, RunResult, Workers, goodput_mbps, wait_all, wait_for_span
 from harness.controller.probe import LinkProber, ProbeSample
 from harness.controller.traces import Trace, TracePlayer
 from harness.network.base import Network
@@ -150,7 +150,7 @@ class Redecider:
         seconds = sum(s["end_ns"] - s["start_ns"] for s in sends) / 1e9 / result.tdf_of(previous or 0)
         if previous is None or sent < PASSIVE_MIN_BYTES or seconds * 1e3 < min_ms:
             return None
-        return Sample(sent * 8 / seconds / 1e6, "passive", max(s["end_ns"] for s in sends))
+        return Sample(goodput_mbps(sent, seconds), "passive", max(s["end_ns"] for s in sends))
 
     def _stale(self, sample: Sample, tdf: float) -> bool:
         return (time.monotonic_ns() - sample.end_ns) / 1e6 / tdf > PASSIVE_MAX_AGE_MS

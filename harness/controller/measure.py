@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 import torch  # noqa: E402
 
-from harness.controller.measurer import RunResult, latencies_ms, measured_seqs  # noqa: E402
+from harness.controller.measurer import RunResult, goodput_mbps, latencies_ms, measured_seqs  # noqa: E402
 from harness.model.graph import ModelGraph  # noqa: E402
 from harness.model.models import make_input  # noqa: E402
 
@@ -47,10 +47,10 @@ def link_metrics(result: RunResult) -> dict[str, float]:
     big = [s for s in sends if s.get("bytes", 0) >= 64 * 1024]  # small frames measure latency, not bandwidth
     if big:
         seconds = sum((s["end_ns"] - s["start_ns"]) / 1e9 / result.tdf_of(s["seq"]) for s in big)
-        out["measured_bandwidth_mbps"] = sum(s["bytes"] for s in big) * 8 / seconds / 1e6
+        out["measured_bandwidth_mbps"] = goodput_mbps(sum(s["bytes"] for s in big), seconds)
     elif busy_s:
         seconds = sum((s["end_ns"] - s["start_ns"]) / 1e9 / result.tdf_of(s["seq"]) for s in sends)
-        out["measured_bandwidth_mbps"] = total * 8 / seconds / 1e6
+        out["measured_bandwidth_mbps"] = goodput_mbps(total, seconds)
     if result.probe_mbps:
         out["probe_bandwidth_mbps"] = min(result.probe_mbps.values())
         # A plan that sends nothing still records what its link delivered: the probe before the run.

@@ -203,6 +203,12 @@ def tdf_needed(spans: list[tuple[float, float]], allowed_ms: float, floor: float
     return high
 
 
+def goodput_mbps(nbytes: float, seconds: float) -> float:
+    """Payload delivered per second, in Mbit/s; ``seconds`` undilated (real seconds / TDF). The one goodput
+    formula: the pre-run probe, a dynamic run's estimates and a run's measured bandwidth all read it."""
+    return nbytes * 8 / seconds / 1e6
+
+
 def cores() -> int:
     """The cores this process may run on: what concurrent workers share."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

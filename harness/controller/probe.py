@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.controller.measurer import goodput_mbps
 from harness.network.shaping import MIN_BURST_BYTES
 from harness.network.topology import Topology
 from harness.worker.channel import Receiver, Sender
@@ -80,7 +81,7 @@ class LinkProber:
         try:
             while receiver.recv() is not None:
                 pass
-        except OSError:  # closed under it at the end of the run
+        except (OSError, ValueError):  # closed under it at the end of the run (select on a closed socket: ValueError)
             pass
 
     def measure(self, estimate_mbps: float) -> ProbeSample:
@@ -99,7 +100,7 @@ class LinkProber:
         seconds = sum(end - begin for begin, end, _ in spans) / 1e9 / self.tdf
         sent = sum(n for _, _, n in self.sender_spans)
         end_ns = self.sender_spans[-1][1]
-        return ProbeSample(mbps=sum(n for _, _, n in spans) * 8 / seconds / 1e6, bytes=sent,
+        return ProbeSample(mbps=goodput_mbps(sum(n for _, _, n in spans), seconds), bytes=sent,
                            emulated_ms=(end_ns - start) / 1e6 / self.tdf, end_ns=end_ns)
 
     def close(self) -> None:

@@ -28,7 +28,8 @@ import torch
 from harness.worker import auth, wire
 from harness.worker.sealed import SealedSocket
 from harness.worker.channel import Receiver, Sender
-from harness.controller.measurer import AutoTdf, Repeats, RunResult, absorb, calibrated_tdf, drive, wait_all
+from harness.controller.measurer import (AutoTdf, Repeats, RunResult, absorb, calibrated_tdf, drive, goodput_mbps,
+                                        wait_all)
 from harness.controller.phases import count, note, phase
 from harness.network.link import LinkSpec
 from harness.network.base import Network
@@ -381,7 +382,7 @@ def probe_link(topology: Topology, a: str, b: str, port: int = PROBE_PORT) -> fl
     finally:
         listener.close()
     start, end = spans[0]
-    return nbytes * 8 / ((end - start) / 1e9 / topology.tdf) / 1e6
+    return goodput_mbps(nbytes, (end - start) / 1e9 / topology.tdf)
 
 
 def retime(controller: Controller, topology: Topology, links: list[tuple[str, str, LinkSpec]], result: RunResult,

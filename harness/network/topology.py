@@ -30,7 +30,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from harness.network.link import BackendError, LinkSpec
 from harness.network.namespaces import (DEFAULT_PREFIX, PREFIX_PATTERN, cleanup_stale, create_namespace,
-                                       enter_namespace, ipr_in, remove_namespace, socket_in)
+                                       ipr_in, remove_namespace, socket_in)
 from harness.network.processes import Processes
 from harness.worker.pacer import Pacer
 from harness.network.shaping import (BACKENDS, HEADER_FACTOR, KERNEL_RATE_BACKENDS, available_backends, burst_bytes,

@@ -15,7 +15,6 @@ computes the next band while it returns the last one's rows.
 
 from __future__ import annotations
 
-import hmac
 import queue
 import socket
 import threading
@@ -25,7 +24,6 @@ from typing import Any, Callable
 
 import torch
 
-from harness.worker import wire
 from harness.worker.channel import Receiver, Sender
 from harness.model.models import ModelSpec, make_input
 from harness.worker.pacer import Pacer
