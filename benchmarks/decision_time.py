@@ -10,9 +10,10 @@ included; ``core`` is the decision without its plan (``best_cut``: the device si
 what the <= 50 us goal of CIC's envelope is about. ``x dads`` is dads-networkx's median decide time over the
 method's, measured in the same run. ``gap`` is the largest relative excess of the method's predicted latency over
 dads's optimum across the bandwidths: 0 (<= 1e-9) for the exact methods. cic-mincut cuts the splitting model with
-its default solver (``flow="dense"``), cic-mincut-nx with networkx. A second table sets each CIC variant against the
-fastest DADS of the same model and run: ``cic x fastest dads`` is that DADS's median decide time over CIC's (goal:
->= 100 for cic-mincut on resnet152 and densenet201). One thread everywhere; the garbage collector is off while
+its default solver (``flow="dense"``), cic-mincut-nx with networkx. DADS runs on three max-flow solvers: networkx,
+scipy and, with the ``flow`` extra installed, OR-tools (``dads-ortools``: the network built once, capacities set per
+decision). A second table sets each CIC variant against the fastest DADS of the same model and run: ``cic x fastest
+dads`` is that DADS's median decide time over CIC's (goal: >= 100 for cic-mincut on resnet152 and densenet201). One thread everywhere; the garbage collector is off while
 timing. Timings are from a shared machine: compare ratios, not absolute values.
 """
 
@@ -63,7 +64,7 @@ MODELS = {
 DEFAULT_MODELS = ["vgg16", "resnet50", "resnet152", "inception_v3", "densenet121", "densenet201"]
 MIN_SAMPLES, BUDGET_S = 1000, 2.0
 REFERENCE = "dads-networkx"
-DADS_LABELS = (REFERENCE, "dads-scipy")
+DADS_LABELS = (REFERENCE, "dads-scipy", "dads-ortools")
 
 
 def methods() -> dict[str, Partitioner]:
@@ -72,8 +73,10 @@ def methods() -> dict[str, Partitioner]:
     if importlib.util.find_spec("partitioners.neurosurgeon") is not None:
         from partitioners.neurosurgeon import Neurosurgeon
         found["neurosurgeon"] = Neurosurgeon()
-    found.update({"qdmp": QDMP(), REFERENCE: DADS(flow="networkx"), "dads-scipy": DADS(flow="scipy"),
-                  "cic-mincut": CIC(online="mincut"), "cic-mincut-nx": CIC(online="mincut", flow="networkx"),
+    found.update({"qdmp": QDMP(), REFERENCE: DADS(flow="networkx"), "dads-scipy": DADS(flow="scipy")})
+    if importlib.util.find_spec("ortools") is not None:  # the flow extra: the fastest DADS we know
+        found["dads-ortools"] = DADS(flow="ortools")
+    found.update({"cic-mincut": CIC(online="mincut"), "cic-mincut-nx": CIC(online="mincut", flow="networkx"),
                   "cic-envelope": CIC(online="envelope")})
     return found
 

@@ -307,7 +307,8 @@ def read_secrets(token_file: str | None, endpoints: list[str]) -> dict[str, str]
     if token_file:
         try:
             with open(token_file, encoding="utf-8") as f:
-                lines = [line.strip() for line in f.read().splitlines() if line.strip() and not line.strip().startswith("#")]
+                lines = [line.strip() for line in f.read().splitlines()
+                         if line.strip() and not line.strip().startswith("#")]
         except OSError as exc:
             raise ConfigError(f"runtime.token_file={token_file!r} cannot be read: {exc.strerror}") from None
         named = dict(line.split("=", 1) for line in lines if line.split("=", 1)[0].strip() in [*endpoints, "*"])
@@ -318,7 +319,8 @@ def read_secrets(token_file: str | None, endpoints: list[str]) -> dict[str, str]
                                            f"per board: ENDPOINT=SECRET with ENDPOINT one of {[*endpoints, '*']}")
         where = f"runtime.token_file={token_file!r}"
     else:
-        named = {e: os.environ[f"{SECRET_ENV}_{e.upper()}"] for e in endpoints if os.environ.get(f"{SECRET_ENV}_{e.upper()}")}
+        named = {e: os.environ[f"{SECRET_ENV}_{e.upper()}"] for e in endpoints
+                 if os.environ.get(f"{SECRET_ENV}_{e.upper()}")}
         named["*"] = os.environ.get(SECRET_ENV, "")
         where = f"${SECRET_ENV}_<ENDPOINT> / ${SECRET_ENV}"
     secrets = {e: named.get(e, named.get("*", "")) for e in endpoints}

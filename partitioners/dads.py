@@ -7,7 +7,8 @@ by alpha and server times by gamma over a grid, then refines the grid around the
 and keeps the cut with the smallest bottleneck. The grid holds alpha = gamma = 1 and the cut that sends nothing is
 tried too (DSL's two candidates), so DSH's bottleneck is never worse than DSL's. Each grid point is one min-cut
 (57 with the defaults): with ``flow="networkx"`` on a large model that is seconds per decision; ``flow="scipy"``
-is ~30x faster.
+is ~30x faster, and ``flow="ortools"`` (OR-tools' push-relabel, the optional extra ``flow``) faster still
+(``benchmarks/decision_time.py`` measures all three).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from partitioners.base import CutProblem, LinkState, Partitioner, Plan, cut_plan
-from partitioners.flow import (FLOWS, Cut, CutGraph, NetworkxCut, ScipyCut, check_choice, cheapest, min_cut_solver,
-                               ms_per_byte, zero_crossing_cut)
+from partitioners.flow import (FLOWS, Cut, CutGraph, NetworkxCut, OrtoolsCut, ScipyCut, check_choice, cheapest,
+                               min_cut_solver, ms_per_byte, zero_crossing_cut)
 
 OBJECTIVES = ("latency", "throughput")
 
@@ -29,7 +30,7 @@ class Network:
 
     problem: CutProblem
     graph: CutGraph
-    solver: NetworkxCut | ScipyCut
+    solver: NetworkxCut | ScipyCut | OrtoolsCut
     silent: Cut  # the best cut that sends nothing (it pays no delay)
 
 

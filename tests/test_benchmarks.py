@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_mincut import HAS_ORTOOLS
 from tests.conftest import ROOT, needs_root
 
 pytestmark = pytest.mark.e2e  # runs the benchmark scripts
@@ -34,9 +35,13 @@ def test_graph_costs_prints_a_row_per_model() -> None:
 def test_decision_time_finds_every_exact_method_optimal() -> None:
     out = bench("decision_time.py", "--models", "vgg16", "--repeats", "1").stdout
     rows = {line.split()[2]: line.split() for line in out.splitlines() if line.startswith("vgg16")}
-    assert {"neurosurgeon", "qdmp", "dads-networkx", "dads-scipy", "cic-mincut", "cic-envelope"} <= set(rows), out
-    for method in ("qdmp", "dads-scipy", "cic-mincut", "cic-envelope"):
+    exact = {"qdmp", "dads-scipy", "cic-mincut", "cic-envelope", *(["dads-ortools"] if HAS_ORTOOLS else [])}
+    assert {"neurosurgeon", "dads-networkx", *exact} <= set(rows), out
+    for method in exact:
         assert abs(float(rows[method][-3])) <= 1e-9, rows[method]  # the gap to dads's optimum
+    fastest = [line for line in out.splitlines() if line.startswith("cic-mincut ") and " vgg16 " in line]
+    assert fastest and fastest[0].split()[3] in ({"dads-networkx", "dads-scipy", "dads-ortools"} if HAS_ORTOOLS
+                                                 else {"dads-networkx", "dads-scipy"}), out
 
 
 @needs_root

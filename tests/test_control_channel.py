@@ -304,9 +304,11 @@ def test_a_second_target_field_cannot_smuggle_a_factory_past_the_allow_list(boar
 
 def test_a_path_through_an_allowed_module_is_judged_by_where_it_leads(board: tuple[int, int], tmp_path: Path) -> None:
     """``harness.model.zoo.nn.modules.module.torch.save`` matches ``harness.model.zoo.*`` but is torch's ``save``
-    (it writes files), as ``torchvision.models.resnet.torch.hub.download_url_to_file`` matches ``torchvision.models.*``."""
+    (it writes files), as ``torchvision.models.resnet.torch.hub.download_url_to_file`` matches
+    ``torchvision.models.*``."""
     port, pid = board
-    reply = authenticated_setup(port, {"model": model("harness.model.zoo.nn.modules.module.torch.save"), "max_payload": 1 << 20})
+    reply = authenticated_setup(port, {"model": model("harness.model.zoo.nn.modules.module.torch.save"),
+                                       "max_payload": 1 << 20})
     assert reply.obj["event"] == "error"
     assert "resolves to 'torch.serialization.save'" in reply.obj["reason"], reply.obj["reason"]
     assert_serving(port, pid)

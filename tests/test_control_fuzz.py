@@ -180,8 +180,8 @@ def test_hello_parser(data: bytes) -> None:
 @given(mutated(hellos), st.lists(st.integers(1, 200), min_size=1, max_size=40))
 def test_the_gate_buffers_a_hello_from_any_chunking(data: bytes, chunks: list[int]) -> None:
     """As the board's gate meets a hello: in pieces, asking only for what the frame still lacks, and bounded."""
-    pending = _Pending(sock=None, peer=None, handshake=auth.WorkerHandshake("the secret of the board"),  # type: ignore[arg-type]
-                       deadline=0.0)
+    handshake = auth.WorkerHandshake("the secret of the board")
+    pending = _Pending(sock=None, peer=None, handshake=handshake, deadline=0.0)  # type: ignore[arg-type]
     offset, sizes = 0, iter(chunks * (len(data) + 1))
     while offset < len(data):
         wanted = pending.wanted()

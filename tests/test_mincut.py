@@ -7,6 +7,7 @@ bandwidths of the brief against DADS, which the brute force vouches for.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 import math
 import random
@@ -20,12 +21,15 @@ from omegaconf import OmegaConf
 from partitioners.base import CutProblem, LinkState, cut_plan, device_side_of
 from partitioners.cic import CIC, Line, _hull, lower_envelope, merge_dominated
 from partitioners.dads import DADS
-from partitioners.flow import CutGraph, DenseCut, NetworkxCut, ScipyCut, Tensor, ms_per_byte
+from partitioners.flow import CutGraph, DenseCut, NetworkxCut, OrtoolsCut, ScipyCut, Tensor, ms_per_byte
 from partitioners.qdmp import QDMP, cut_vertices
 
 ROOT = Path(__file__).resolve().parent.parent
 BANDWIDTHS = [float(b) for b in np.logspace(-1, 3, 30)] + [0.13, 1.1, 5.85, 18.88]
 REL = 1e-9
+HAS_ORTOOLS = importlib.util.find_spec("ortools") is not None
+needs_ortools = pytest.mark.skipif(not HAS_ORTOOLS, reason="the flow extra (OR-tools) is not installed: "
+                                                           "pip install -e '.[flow]' (CI installs it)")
 
 
 # ---- small random DAGs and brute force --------------------------------------------------------------------------
@@ -93,10 +97,11 @@ def assert_optimal(problem, sides, plan, link, who):
     assert plan.predicted_latency_ms == pytest.approx(best, rel=REL), f"{who} at {link}"
 
 
-@pytest.mark.parametrize("method", [DADS(), DADS(flow="scipy"), QDMP(), CIC(), CIC(flow="networkx"),
-                                    CIC(online="envelope")],
-                         ids=["dads-networkx", "dads-scipy", "qdmp", "cic-mincut", "cic-mincut-networkx",
-                              "cic-envelope"])
+@pytest.mark.parametrize("method", [DADS(), DADS(flow="scipy"),
+                                    pytest.param(DADS(flow="ortools"), marks=needs_ortools),
+                                    QDMP(), CIC(), CIC(flow="networkx"), CIC(online="envelope")],
+                         ids=["dads-networkx", "dads-scipy", "dads-ortools", "qdmp", "cic-mincut",
+                              "cic-mincut-networkx", "cic-envelope"])
 def test_random_dags_optimal(random_cases, method):
     for problem, sides in random_cases:
         prepared = method.prepare(problem)
@@ -164,6 +169,37 @@ def test_scipy_never_beats_networkx_and_stays_within_resolution(random_cases):
             found = problem.latency_ms(set(graph.names(groups)), link)
             assert best * (1 - REL) <= found <= best + slack
             assert value == pytest.approx(found, abs=slack)
+
+
+@needs_ortools
+def test_ortools_finds_the_exact_minimum_within_its_ticks(random_cases):
+    """OR-tools' cut costs what networkx's exact minimum costs; its flow value, counted in ticks of 2**-52 of all
+    capacities together, agrees with that cost to 1e-9."""
+    for problem, _ in random_cases:
+        graph = CutGraph.from_problem(problem)
+        exact, ticks = NetworkxCut(graph), OrtoolsCut(graph)
+        for link in RANDOM_LINKS[::2]:
+            x = ms_per_byte(link)
+            best, _ = exact.minimum(x)
+            value, groups = ticks.minimum(x)
+            found = problem.latency_ms(set(graph.names(groups)), link)
+            assert found == pytest.approx(best, rel=REL)
+            assert value == pytest.approx(found, rel=REL)
+
+
+def test_ortools_missing_is_one_line_naming_the_extra(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ortools(name, *args, **kwargs):
+        if name.startswith("ortools"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ortools)
+    with pytest.raises(ValueError, match=r"flow 'ortools' needs OR-tools: pip install -e '\.\[flow\]'"):
+        DADS(flow="ortools").prepare(diamond(device_ms=1.0, server_ms=0.5))
 
 
 def random_cut_graph(seed: int) -> CutGraph:
@@ -293,7 +329,7 @@ def test_cic_plan_table_equals_cut_plan():
 
 @pytest.mark.parametrize("make, message", [
     (lambda: DADS(objective="energy"), r"objective 'energy' is not one of \['latency', 'throughput'\]"),
-    (lambda: DADS(flow="igraph"), r"flow 'igraph' is not one of \['networkx', 'scipy'\]"),
+    (lambda: DADS(flow="igraph"), r"flow 'igraph' is not one of \['networkx', 'ortools', 'scipy'\]"),
     (lambda: QDMP(objective="throughput"), r"qdmp: objective 'throughput' is not one of \['latency'\]"),
     (lambda: CIC(objective="throughput"), r"cic: objective 'throughput' is not one of \['latency'\]"),
     (lambda: CIC(online="table"), r"cic: online 'table' is not one of \['envelope', 'mincut'\]"),
@@ -349,7 +385,8 @@ def test_models_all_methods_equal_dads(model_problems, name):
     problem = model_problems[name]
     dads = DADS()
     reference = dads.prepare(problem)
-    others = [QDMP(), CIC(), CIC(flow="networkx"), CIC(online="envelope"), DADS(flow="scipy")]
+    others = [QDMP(), CIC(), CIC(flow="networkx"), CIC(online="envelope"), DADS(flow="scipy"),
+              *([DADS(flow="ortools")] if HAS_ORTOOLS else [])]
     prepared = [m.prepare(problem) for m in others]
     cic, cic_networkx = prepared[1:3]
     assert cic.extra["nodes_before"] == len(problem.order) > cic.extra["nodes_after"] >= 2

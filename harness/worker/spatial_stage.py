@@ -29,7 +29,8 @@ from harness.model.models import ModelSpec, make_input
 from harness.worker.pacer import Pacer
 from harness.model.rows import spatial_prefix
 from harness.worker.segments import join_rows, run_segment, suffix_part
-from harness.worker.stage import (Budget, DataHandshake, Timeline, accept_data_links, connect_data, guard, injected_stall,
+from harness.worker.stage import (Budget, DataHandshake, Timeline, accept_data_links, connect_data, guard,
+                                  injected_stall,
                                   link_timeouts, model_graph, now_ns, quiet_for_measurement, retime_pacer,
                                   serve_commands, time_repeats, to_device, to_host)
 

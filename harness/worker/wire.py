@@ -3,9 +3,10 @@
 Header (little-endian, ``HEADER.size`` = 88 bytes): magic ``b"SPLB"``, version (u8), kind (u8), dtype code (u8),
 ndim (u8), seq (u32, the inference index), tag (u32, which tensor or slot), shape (8 x u64, unused dims 0),
 payload length (u64). The payload follows: a tensor's bytes in C order (little-endian), a UTF-8 JSON object, or
-nothing (ACK). On a control connection each frame is followed by a MAC (``harness.worker.sealed``). Every field is checked and the payload bounded before a byte of it is allocated; a JSON payload's
-nesting depth and number lengths are bounded before it is parsed, so no frame can make the parser recurse or
-compute without bound (``FrameError`` is all that comes out).
+nothing (ACK); on a control connection each frame is followed by a MAC (``harness.worker.sealed``). Every field is
+checked and the payload bounded before a byte of it is allocated; a JSON payload's nesting depth and number lengths
+are bounded before it is parsed, so no frame can make the parser recurse or compute without bound (``FrameError`` is
+all that comes out).
 """
 
 from __future__ import annotations
