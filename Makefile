@@ -3,7 +3,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= test            # CI adds the scale-out launchers: make test EXTRAS=test,ray,slurm
+EXTRAS ?= test            # CI adds the scale-out launchers and OR-tools: make test EXTRAS=test,ray,slurm,flow
 
 .PHONY: setup run test test-fast ui clean-net
 
