@@ -30,7 +30,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -134,7 +134,7 @@ def _listen_control(address: str, backlog: int = 1) -> socket.socket:
     return server
 
 
-def control_gate(server: socket.socket, token: str, refuse: Any = lambda: None) -> Gate:
+def control_gate(server: socket.socket, token: str, refuse: Callable[[], str | None] = lambda: None) -> Gate:
     """The control port's handshakes (``auth.WorkerHandshake``), served side by side, each within the gate's
     deadline; a peer that fails in any way gets a reason (best effort) and is closed."""
     return Gate(server, lambda: auth.WorkerHandshake(token), auth.MAX_HELLO_BYTES, "control connection", refuse)
