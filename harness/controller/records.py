@@ -15,13 +15,14 @@ from typing import Any, Mapping
 
 import mlflow
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 import torch
 import yaml
 
 from harness import PROJECT_ROOT
 from harness.controller.stale_runs import controller_tags
-from harness.controller.tracking import tracking_uri  # here too: where callers have always found it
+from harness.controller.tracking import artifact_location, tracking_uri
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -103,6 +104,16 @@ def environment() -> dict[str, Any]:
             "git_commit": git_commit(), "mlflow": mlflow.__version__, "euid": os.geteuid()}
 
 
+def use_experiment(name: str, uri: str) -> None:
+    """Make ``name`` the active experiment, creating it with its artifacts beside the store if it is new."""
+    if mlflow.get_experiment_by_name(name) is None:
+        try:
+            mlflow.create_experiment(name, artifact_location=artifact_location(uri, name))
+        except MlflowException:  # created meanwhile by another job of a parallel sweep
+            pass
+    mlflow.set_experiment(name)
+
+
 class RunRecord:
     """An open MLflow run; ``with RunRecord(experiment, config) as rec:`` ends it FINISHED, or FAILED with the reason.
 
@@ -118,8 +129,9 @@ class RunRecord:
         self.run_id: str | None = None
 
     def __enter__(self) -> "RunRecord":
-        mlflow.set_tracking_uri(tracking_uri())
-        mlflow.set_experiment(self.experiment)
+        uri = tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        use_experiment(self.experiment, uri)
         # created with its controller's identity, so that a later start can tell if the controller died
         run = mlflow.start_run(run_name=self.run_name, tags=controller_tags())
         self.run_id = run.info.run_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -10,6 +11,15 @@ from urllib.parse import urlparse
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a local SQLite store (``<its folder>/mlruns/<experiment>``),
+    never in whatever directory the process happens to run in (MLflow's default); a server's own default (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)
+    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns" / folder).as_uri()
 
 
 def local_store_exists(uri: str) -> bool:
