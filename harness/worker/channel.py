@@ -2,8 +2,9 @@
 
 With a timeout on the socket (``runtime.link_timeout_s``), a link that stops moving ends the transfer with a
 ``TimeoutError`` naming the peer; the receiver waits for a frame's first byte without one (links idle between
-inferences). A transfer's span runs from the sender's first byte (after any harness-added delay) to the receiver's ACK, as
-ECOSYSTEM.md recommends; the receiver's span starts when the first byte arrives.
+inferences). A transfer's span runs from the sender's first byte (after any harness-added delay) to the receiver's
+ACK, so it ends when the peer has the tensor, not when this kernel took it; the receiver's span starts when the
+first byte arrives.
 """
 
 from __future__ import annotations
