@@ -13,8 +13,9 @@ dads's optimum across the bandwidths: 0 (<= 1e-9) for the exact methods. cic-min
 its default solver (``flow="dense"``), cic-mincut-nx with networkx. DADS runs on three max-flow solvers: networkx,
 scipy and, with the ``flow`` extra installed, OR-tools (``dads-ortools``: the network built once, capacities set per
 decision). A second table sets each CIC variant against the fastest DADS of the same model and run: ``cic x fastest
-dads`` is that DADS's median decide time over CIC's (goal: >= 100 for cic-mincut on resnet152 and densenet201). One thread everywhere; the garbage collector is off while
-timing. Timings are from a shared machine: compare ratios, not absolute values.
+dads`` is that DADS's median decide time over CIC's (goal: >= 100 for cic-mincut on resnet152 and densenet201). One
+thread everywhere; the garbage collector is off while timing. Timings are from a shared machine: compare ratios, not
+absolute values.
 """
 
 from __future__ import annotations

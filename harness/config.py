@@ -311,8 +311,9 @@ def read_secrets(token_file: str | None, endpoints: list[str]) -> dict[str, str]
                          if line.strip() and not line.strip().startswith("#")]
         except OSError as exc:
             raise ConfigError(f"runtime.token_file={token_file!r} cannot be read: {exc.strerror}") from None
-        named = dict(line.split("=", 1) for line in lines if line.split("=", 1)[0].strip() in [*endpoints, "*"])
-        named = {name.strip(): value.strip() for name, value in named.items()}
+        pairs = [line.split("=", 1) for line in lines]
+        named = {pair[0].strip(): pair[1].strip() for pair in pairs
+                 if len(pair) == 2 and pair[0].strip() in [*endpoints, "*"]}
         if len(lines) == 1 and not named:
             named = {"*": lines[0]}
         _require(len(named) == len(lines), f"runtime.token_file={token_file!r} must hold one secret, or one line "

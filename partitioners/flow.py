@@ -8,13 +8,13 @@ groups on the device (closed under predecessors); its latency is a line in x, th
     latency(S, x) = a(S) + x * b(S)    a: device time of S + server time of the rest,  b: bytes crossing the link
 
 :class:`NetworkxCut`, :class:`ScipyCut` and :class:`OrtoolsCut` find the S of least latency for one x by a minimum
-s-t cut on the network of the DADS paper (Hu et al., INFOCOM 2019) with its two fixes: source = device, sink = server; arc
-source->g costs g's server time (paid when g is on the server), g->sink g's device time; a tensor with one consumer
-is an arc producer->consumer costing x*bytes, one with several consumers goes through an auxiliary node (producer->aux
-x*bytes, aux->consumer infinite) so that it is paid once; every DAG edge u->w has an infinite reverse arc w->u (no
-data flows back to the device); pinned groups get infinite arcs from the source or to the sink. The one-way link
-delay is not a capacity: it is paid by every cut that sends something, so :func:`cheapest` weighs the min-cut
-against the cheapest cut that sends nothing.
+s-t cut on the network of the DADS paper (Hu et al., INFOCOM 2019) with its two fixes: source = device, sink =
+server; arc source->g costs g's server time (paid when g is on the server), g->sink g's device time; a tensor with
+one consumer is an arc producer->consumer costing x*bytes, one with several consumers goes through an auxiliary node
+(producer->aux x*bytes, aux->consumer infinite) so that it is paid once; every DAG edge u->w has an infinite reverse
+arc w->u (no data flows back to the device); pinned groups get infinite arcs from the source or to the sink. The
+one-way link delay is not a capacity: it is paid by every cut that sends something, so :func:`cheapest` weighs the
+min-cut against the cheapest cut that sends nothing.
 """
 
 from __future__ import annotations
@@ -186,12 +186,39 @@ def _arcs(graph: CutGraph) -> list[_Arc]:
     return arcs
 
 
+@dataclass(frozen=True)
+class _ArcCosts:
+    """The arcs' costs as arrays, in one arc order, so that a solve prices every arc at once (numpy solvers)."""
+
+    infinite: np.ndarray  # bool
+    device: np.ndarray  # ms, scaled by device_scale
+    server: np.ndarray  # ms, scaled by server_scale
+    nbytes: np.ndarray  # bytes, times x
+
+    @classmethod
+    def of(cls, arcs: Sequence[_Arc]) -> "_ArcCosts":
+        kinds = np.array([a.kind for a in arcs])
+        values = np.array([a.value for a in arcs], dtype=float)
+        return cls(kinds == "infinite", np.where(kinds == "device", values, 0.0),
+                   np.where(kinds == "server", values, 0.0), np.where(kinds == "transfer", values, 0.0))
+
+    def ms(self, x: float, device_scale: float, server_scale: float) -> np.ndarray:
+        """Each finite arc's capacity in ms (0 for the infinite ones)."""
+        return device_scale * self.device + server_scale * self.server + x * self.nbytes
+
+
 def _capacity(arc: _Arc, x: float, device_scale: float, server_scale: float) -> float:
     if arc.kind == "device":
         return device_scale * arc.value
     if arc.kind == "server":
         return server_scale * arc.value
     return x * arc.value if arc.value else 0.0  # transfer; a zero-byte tensor is free even at x = inf
+
+
+def _groups_first(graph: CutGraph, arcs: Sequence[_Arc]) -> dict[Any, int]:
+    """Each network node's index: the groups first (node g is group g), then the terminals and auxiliary nodes."""
+    nodes = dict.fromkeys([*range(len(graph)), _SOURCE, _SINK, *(n for a in arcs for n in (a.tail, a.head))])
+    return {n: i for i, n in enumerate(nodes)}
 
 
 class NetworkxCut:
@@ -268,12 +295,7 @@ class ScipyCut:
         self.group_of = np.array([n if isinstance(n, int) else -1 for n in nodes])
         self.indices = cols[order].astype(np.int32)
         self.indptr = np.searchsorted(rows[order], np.arange(self.size + 1)).astype(np.int32)
-        kinds = np.array([a.kind for a in arcs])[order]
-        values = np.array([a.value for a in arcs])[order]
-        self._infinite = kinds == "infinite"
-        self._device = np.where(kinds == "device", values, 0.0)
-        self._server = np.where(kinds == "server", values, 0.0)
-        self._bytes = np.where(kinds == "transfer", values, 0.0)
+        self._costs = _ArcCosts.of([arcs[i] for i in order])
         blocked = graph.descendants(graph.on_server)
         self._feasible = graph.stages(g for g in range(len(graph)) if g not in blocked)
 
@@ -290,9 +312,8 @@ class ScipyCut:
         ticks_per_ms = 1.0 / self.resolution_ms
         if bound_ms * ticks_per_ms > self._LIMIT:
             ticks_per_ms = self._LIMIT / bound_ms
-        ms = device_scale * self._device + server_scale * self._server + x * self._bytes
-        caps = np.minimum(np.rint(ms * ticks_per_ms), self._CEILING)
-        caps[self._infinite] = self._CEILING
+        caps = np.minimum(np.rint(self._costs.ms(x, device_scale, server_scale) * ticks_per_ms), self._CEILING)
+        caps[self._costs.infinite] = self._CEILING
         capacity = sp.csr_array((caps.astype(np.int32), self.indices, self.indptr), shape=(self.size, self.size))
         result = maximum_flow(capacity, self.source, self.sink)
         # Source side = reachable from the source through arcs with residual capacity (int64: no wrap-around).
@@ -324,21 +345,14 @@ class OrtoolsCut:
             raise ValueError("flow 'ortools' needs OR-tools: pip install -e '.[flow]'") from exc
         self.graph = graph
         arcs = _arcs(graph)
-        nodes = list(dict.fromkeys([*range(len(graph)), _SOURCE, _SINK, *(n for a in arcs for n in (a.tail, a.head))]))
-        index = {n: i for i, n in enumerate(nodes)}
+        index = _groups_first(graph, arcs)
         self.source, self.sink = index[_SOURCE], index[_SINK]
-        self.groups = len(graph)  # nodes 0..groups-1 are the groups
+        self.groups = len(graph)
         self.solver = SimpleMaxFlow()
-        kinds = np.array([a.kind for a in arcs])
-        values = np.array([a.value for a in arcs], dtype=float)
-        self._infinite = kinds == "infinite"
-        self._device = np.where(kinds == "device", values, 0.0)
-        self._server = np.where(kinds == "server", values, 0.0)
-        self._bytes = np.where(kinds == "transfer", values, 0.0)
-        self.arcs = self.solver.add_arcs_with_capacity(
-            np.array([index[a.tail] for a in arcs], dtype=np.int32), np.array([index[a.head] for a in arcs],
-                                                                             dtype=np.int32),
-            np.zeros(len(arcs), dtype=np.int64))
+        self._costs = _ArcCosts.of(arcs)
+        tails = np.array([index[a.tail] for a in arcs], dtype=np.int32)
+        heads = np.array([index[a.head] for a in arcs], dtype=np.int32)
+        self.arcs = self.solver.add_arcs_with_capacity(tails, heads, np.zeros(len(arcs), dtype=np.int64))
 
     def solve(self, x: float, device_scale: float = 1.0, server_scale: float = 1.0) -> list[int]:
         """The groups on the device in a minimum cut at ``x`` ms per byte, device and server times scaled."""
@@ -348,10 +362,10 @@ class OrtoolsCut:
         """The minimum cut's value in ms (in whole ticks) and its device groups."""
         if not math.isfinite(x):
             raise ValueError(f"ortools flow needs a finite ms per byte, got {x}")
-        ms = device_scale * self._device + server_scale * self._server + x * self._bytes
+        ms = self._costs.ms(x, device_scale, server_scale)
         ticks_per_ms = self._FINITE_SUM / max(float(ms.sum()), 1e-300)
         caps = np.rint(ms * ticks_per_ms).astype(np.int64)
-        caps[self._infinite] = self._INFINITE
+        caps[self._costs.infinite] = self._INFINITE
         self.solver.set_arcs_capacity(self.arcs, caps)
         status = self.solver.solve(self.source, self.sink)
         if status != self.solver.OPTIMAL:
@@ -375,10 +389,8 @@ class DenseCut:
     def __init__(self, graph: CutGraph) -> None:
         self.graph = graph
         arcs = _arcs(graph)
-        # Groups first, so that node g is group g; then the two terminals and the auxiliary nodes.
-        nodes = list(dict.fromkeys([*range(len(graph)), _SOURCE, _SINK, *(n for a in arcs for n in (a.tail, a.head))]))
-        index = {n: i for i, n in enumerate(nodes)}
-        size = len(nodes)
+        index = _groups_first(graph, arcs)
+        size = len(index)
         self.size, self.source, self.sink = size, index[_SOURCE], index[_SINK]
 
         def position(arc: _Arc) -> int:

@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.controller.traces import Trace, TracePlayer, load_trace
-from tests.conftest import needs_root, run_cli
+from tests.conftest import last_attempts, needs_root, run_cli
 
 # mobilenet_v2 at 64x64 on xavier_1080ti: the latency-optimal cut is in the middle (59 of 154 nodes on the device)
 # at 18.88 and 5.85 Mbit/s, with device, link and server stages of 5.8, 1.7 and 3.2 ms; at 1.1 Mbit/s it is
@@ -27,12 +27,9 @@ MIDDLE_CUT = ["model=mobilenet_v2", "model.input_shape=[1,3,64,64]", "hardware=x
 
 
 def finished_runs(uri: str) -> pd.DataFrame:
-    """Each job's run, every one finished and valid. An attempt whose real compute overran on a busy machine was
-    retried at a higher TDF by design (FAILED, tagged ``retried_as``): the job's run is its last attempt."""
+    """Each job's run (its last attempt), every one finished and valid."""
     mlflow.set_tracking_uri(uri)
-    df = mlflow.search_runs(experiment_names=["own_runs"], output_format="pandas")
-    if "tags.retried_as" in df:
-        df = df[df["tags.retried_as"].isna() | (df["tags.retried_as"] == "")]
+    df = last_attempts(mlflow.search_runs(experiment_names=["own_runs"], output_format="pandas"))
     assert (df["status"] == "FINISHED").all(), df.get("tags.invalid_reason")
     assert (df["tags.valid"] == "true").all(), df.get("tags.invalid_reason")
     return df

@@ -47,7 +47,6 @@ def strategy_for(exp: Experiment, graph: ModelGraph, node_ms: dict[str, dict[str
 class Decision:
     """What the method decided for this job, and what deciding cost."""
 
-    graph: ModelGraph
     strategy: Strategy
     problem: Any
     prepared: Any
@@ -64,7 +63,7 @@ def decide(exp: Experiment, graph: ModelGraph) -> Decision:
     plan, decision_ms = timed(exp.method.decide, prepared, link, repeats=DECISION_REPEATS)
     metrics = {"decision_time_ms": decision_ms, "offline_time_ms": offline_ms,
                "predicted_latency_ms": plan.predicted_latency_ms, **strategy.plan_metrics(problem, plan.to_json())}
-    return Decision(graph, strategy, problem, prepared, plan, metrics)
+    return Decision(strategy, problem, prepared, plan, metrics)
 
 
 @dataclass

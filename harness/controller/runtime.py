@@ -462,9 +462,10 @@ def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], wo
     """Build the topology, run the scenario's inferences through the workers, tear everything down.
 
     With ``remote`` (endpoint -> ``tcp:HOST:PORT``), the workers already run on real machines: nothing is spawned,
-    shaped or dilated, and they must have been started with ``token`` (one secret, or one per endpoint). With ``auto_tdf``, the workers calibrate the
-    TDF after the warm-up, and a measured inference that overruns is repeated at a higher TDF. With ``pool`` (a
-    sweep), the topology and the workers are the pool's: kept for the next job, reset for this one.
+    shaped or dilated, and they must have been started with ``token`` (one secret, or one per endpoint). With
+    ``auto_tdf``, the workers calibrate the TDF after the warm-up, and a measured inference that overruns is repeated
+    at a higher TDF. With ``pool`` (a sweep), the topology and the workers are the pool's: kept for the next job,
+    reset for this one.
     """
     requested = None if backend == "auto" else backend
     pooled = pool is not None and not remote

@@ -65,7 +65,8 @@ class ModelSpec:
         shape, args = model["input_shape"], model["args"]
         if not (isinstance(shape, list) and 1 <= len(shape) <= 8
                 and all(isinstance(d, int) and 0 < d <= 1 << 16 for d in shape)):
-            raise ModelBuildError(f"the setup's model.input_shape must be 1 to 8 positive integers, got {shape!r}"[:300])
+            raise ModelBuildError(f"the setup's model.input_shape must be 1 to 8 positive integers, "
+                                  f"got {str(shape)[:200]}")
         if not (isinstance(model["name"], str) and isinstance(model["target"], str) and isinstance(model["seed"], int)
                 and isinstance(args, dict)):
             raise ModelBuildError("the setup's model needs a string name and target, an integer seed and an args "

@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.worker import wire
-from harness.worker.sealed import SealedSocket
+from harness.worker.sealed import MAC_BYTES, SealedSocket
 
 PROTOCOL = "splitbench-control"
 CONTEXT = b"splitbench control channel v2"  # binds every proof and key to this use of the secret
 NONCE_BYTES = 32
-MAC_BYTES = hashlib.sha256().digest_size
 MAX_HELLO_BYTES = 4096  # a challenge or an answer is about 200 bytes
 MIN_SECRET_BYTES = 16
 MAKE_SECRET = 'python -c "import secrets; print(secrets.token_hex(32))"'
@@ -50,12 +49,6 @@ def secret_problem(secret: str) -> str | None:
     if len(secret.encode()) < MIN_SECRET_BYTES:
         return f"the secret is {len(secret.encode())} bytes; at least {MIN_SECRET_BYTES} are needed"
     return None
-
-
-def check_secret(secret: str, where: str) -> None:
-    """Refuse a weak secret with one line that says how to make a good one."""
-    if (problem := secret_problem(secret)) is not None:
-        raise ValueError(f"{where}: {problem}. Make one with: {MAKE_SECRET}")
 
 
 def _mac(secret: str, label: bytes, nonce_worker: str, nonce_controller: str) -> bytes:

@@ -205,7 +205,7 @@ def _run(setup: dict[str, Any], control: Control, allowed_models: Sequence[str],
         spec = resolve_model(setup.get("model"), allowed_models)
         device = compute_device(str(setup.get("compute_device", "auto")))
         check_payload_bound(setup, control.max_payload)
-    except (SetupRefused, ValueError) as exc:
+    except ValueError as exc:  # SetupRefused, or a compute device this worker lacks
         control.send({"event": "error", "reason": str(exc)})
         return None
     setup["device"] = str(device)
@@ -299,17 +299,20 @@ def serve_boards(address: str, token: str, max_payload: int, allowed_models: Seq
     import harness.worker.spatial_stage  # noqa: F401
 
     child: int | None = None
-    gate = control_gate(server, token, refuse=lambda: None if child is None else
-                        f"busy: this worker is serving another run (pid {child})")
+
+    def busy() -> str | None:
+        return None if child is None else f"busy: this worker is serving another run (pid {child})"
+
+    gate = control_gate(server, token, refuse=busy)
     while True:
         if child is not None and (ended := os.waitpid(child, os.WNOHANG))[0]:
             log.info("run served by pid %d ended with code %s; listening", child, os.waitstatus_to_exitcode(ended[1]))
             child = None
         for admitted in gate.poll(0.5):
             with admitted.sock:
-                if child is not None:
+                if (reason := busy()) is not None:  # two controllers got through in one poll
                     try:
-                        wire.send_error(admitted.sock, f"busy: this worker is serving another run (pid {child})")
+                        wire.send_error(admitted.sock, reason)
                     except OSError:
                         pass
                     continue

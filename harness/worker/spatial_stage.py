@@ -30,9 +30,8 @@ from harness.worker.pacer import Pacer
 from harness.model.rows import spatial_prefix
 from harness.worker.segments import join_rows, run_segment, suffix_part
 from harness.worker.stage import (Budget, DataHandshake, Timeline, accept_data_links, connect_data, guard,
-                                  injected_stall,
-                                  link_timeouts, model_graph, now_ns, quiet_for_measurement, retime_pacer,
-                                  serve_commands, time_repeats, to_device, to_host)
+                                  injected_stall, link_timeouts, model_graph, now_ns, quiet_for_measurement,
+                                  retime_pacer, serve_commands, time_repeats, to_device, to_host)
 
 DIRECTIONS = ("down", "up")  # down: host -> secondary (bands); up: secondary -> host (rows)
 
