@@ -28,6 +28,7 @@ from torch import fx
 from harness.model.graph import COSTED_KINDS, ModelGraph
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
+TIMING = "in-context"  # how node times are measured (part of a cached profile's key: a new way measures again)
 
 
 def cache_dir() -> Path:
@@ -43,6 +44,10 @@ class Profile(ABC):
     @abstractmethod
     def node_ms(self, graph: ModelGraph) -> dict[str, float]:
         """Milliseconds per node, for every node of ``graph`` (zero for inputs, outputs and pure views)."""
+
+    def measured_whole_ms(self, graph: ModelGraph) -> float | None:
+        """The whole model's real time where this profile was measured on the device, else None."""
+        return None
 
 
 @dataclass
@@ -95,58 +100,128 @@ class RooflineProfile(Profile):
 
 
 class _TimingInterpreter(fx.Interpreter):
-    """Runs the graph node by node and records each node's wall time (on a GPU: CUDA events around each node,
-    read after one synchronisation, so a node's time is what the device spent on it, not its launch)."""
+    """Runs the graph node by node on a GPU with CUDA events around each node, read after one synchronisation, so a
+    node's time is what the device spent on it, not its launch."""
 
-    def __init__(self, module: fx.GraphModule, device: torch.device) -> None:
+    def __init__(self, module: fx.GraphModule) -> None:
         super().__init__(module)
-        self.device = device
-        self.times: dict[str, float] = {}
         self.events: dict[str, tuple[Any, Any]] = {}
 
     def run_node(self, n: fx.Node) -> Any:
-        if self.device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            result = super().run_node(n)
-            end.record()
-            self.events[n.name] = (start, end)
-            return result
-        start_s = time.perf_counter()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         result = super().run_node(n)
-        self.times[n.name] = (time.perf_counter() - start_s) * 1e3
+        end.record()
+        self.events[n.name] = (start, end)
         return result
 
     def node_times(self) -> dict[str, float]:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return {name: start.elapsed_time(end) for name, (start, end) in self.events.items()}
-        return self.times
+        torch.cuda.synchronize()
+        return {name: start.elapsed_time(end) for name, (start, end) in self.events.items()}
+
+
+class _Stamps:
+    """Monotonic stamps taken by the generated code of a module between its nodes."""
+
+    def __init__(self) -> None:
+        self.ns: list[int] = []
+
+    def take(self) -> None:
+        self.ns.append(time.perf_counter_ns())
+
+
+def _stamped(module: fx.GraphModule) -> tuple[fx.GraphModule, _Stamps, list[str]]:
+    """A copy of ``module`` whose generated code takes a stamp before its first node and after each node: the nodes
+    timed in context, as the whole module really runs (one generated function, no interpreter in between), for
+    about a tenth of a microsecond per stamp. Returns the copy, its stamps and the nodes in stamp order."""
+    graph = copy.deepcopy(module.graph)
+    stamps = _Stamps()
+    nodes = [n for n in graph.nodes if n.op not in ("placeholder", "output")]
+    if nodes:
+        with graph.inserting_before(nodes[0]):
+            graph.call_function(stamps.take)
+    for node in nodes:
+        with graph.inserting_after(node):
+            graph.call_function(stamps.take)
+    return fx.GraphModule(module, graph), stamps, [n.name for n in nodes]
+
+
+@dataclass
+class NodeTimes:
+    """One model measured on one processor: each node's median time in context, and the whole model's median time
+    run as it is (no stamps), measured in the same loop."""
+
+    node_ms: dict[str, float]
+    whole_ms: float
+    node_sum_ms: float  # the medians' sum before correction
+
+    @property
+    def corrected(self) -> dict[str, float]:
+        """Node times scaled so that they add up to the whole model's real time: medians of separate nodes need
+        not add up to the median of their sum, and the stamps cost a little."""
+        scale = self.whole_ms / self.node_sum_ms if self.node_sum_ms > 0 else 1.0
+        return {n: t * scale for n, t in self.node_ms.items()}
+
+
+def _median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) if samples else 0.0
+
+
+def measure_node_times(graph: ModelGraph, warmup: int = 2, repeats: int = 7,
+                       device: torch.device | str = "cpu") -> NodeTimes:
+    """Time every node of ``graph`` and the whole model on ``device`` of this machine (the CPU with the current
+    torch thread count, or a GPU: nodes timed with CUDA events, the whole model with a synchronisation)."""
+    device = torch.device(device)
+    module = graph.module if device.type == "cpu" else copy.deepcopy(graph.module).to(device)
+    example = graph.example_input.to(device)
+    stamped, stamps, order = _stamped(module) if device.type == "cpu" else (module, _Stamps(), [])
+    samples: dict[str, list[float]] = {n: [] for n in graph.order}
+    whole: list[float] = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            times = _stamped_run(stamped, stamps, order, example) if device.type == "cpu" else _events_run(
+                module, example)
+            whole_ms = _whole_run(module, example, device)
+            if i >= warmup:
+                whole.append(whole_ms)
+                for n, t in times.items():
+                    samples[n].append(t)
+    node_ms = {n: (_median_ms(s) if graph[n].op not in ("placeholder", "output") else 0.0) for n, s in samples.items()}
+    return NodeTimes(node_ms=node_ms, whole_ms=_median_ms(whole), node_sum_ms=sum(node_ms.values()))
+
+
+def _stamped_run(module: fx.GraphModule, stamps: _Stamps, order: list[str], example: torch.Tensor
+                 ) -> dict[str, float]:
+    stamps.ns.clear()
+    module(example)
+    return {name: (stamps.ns[i + 1] - stamps.ns[i]) / 1e6 for i, name in enumerate(order)}
+
+
+def _events_run(module: fx.GraphModule, example: torch.Tensor) -> dict[str, float]:
+    interp = _TimingInterpreter(module)
+    interp.run(example)
+    return interp.node_times()
+
+
+def _whole_run(module: fx.GraphModule, example: torch.Tensor, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter_ns()
+    module(example)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter_ns() - start) / 1e6
 
 
 def measure_node_ms(graph: ModelGraph, warmup: int = 2, repeats: int = 7,
                     device: torch.device | str = "cpu") -> dict[str, float]:
-    """Median time of every node on ``device`` of this machine (the CPU with the current torch thread count, or a
-    GPU timed with CUDA events)."""
-    device = torch.device(device)
-    module = graph.module if device.type == "cpu" else copy.deepcopy(graph.module).to(device)
-    example = graph.example_input.to(device)
-    samples: dict[str, list[float]] = {n: [] for n in graph.order}
-    with torch.no_grad():
-        for i in range(warmup + repeats):
-            interp = _TimingInterpreter(module, device)
-            interp.run(example)
-            times = interp.node_times()
-            if i >= warmup:
-                for n, t in times.items():
-                    samples[n].append(t)
-    return {n: (statistics.median(s) if s and graph[n].op not in ("placeholder", "output") else 0.0)
-            for n, s in samples.items()}
+    """Every node's time on ``device`` of this machine, corrected to add up to the whole model's real time."""
+    return measure_node_times(graph, warmup, repeats, device).corrected
 
 
 def _graph_key(graph: ModelGraph, threads: int, device: str = "cpu") -> str:
     spec = graph.spec.to_dict()
-    digest = hashlib.sha1(json.dumps({**spec, "threads": threads, "torch": torch.__version__},
+    digest = hashlib.sha1(json.dumps({**spec, "threads": threads, "torch": torch.__version__, "timing": TIMING},
                                      sort_keys=True).encode()).hexdigest()[:12]
     shape = "x".join(str(d) for d in graph.spec.input_shape)
     where = "" if device == "cpu" else f"_{device}"
@@ -174,16 +249,41 @@ class LocalProfile(Profile):
         path = self.cache_path(graph)
         if self.cache and path.exists():
             return TableProfile(name=self.name, path=str(path)).node_ms(graph)
+        measured = self.measure(graph)
+        times = measured.corrected
+        if self.cache:  # decide on the times as cached, so the first run decides as every later run will
+            write_table(path, graph, times, {"threads": self.threads, **whole_model_meta(measured)})
+            return TableProfile(name=self.name, path=str(path)).node_ms(graph)
+        return times
+
+    def measure(self, graph: ModelGraph) -> NodeTimes:
+        """Measure now, with this profile's thread count, bypassing the cache."""
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            times = measure_node_ms(graph, self.warmup, self.repeats, self.device)
+            return measure_node_times(graph, self.warmup, self.repeats, self.device)
         finally:
             torch.set_num_threads(previous)
-        if self.cache:  # decide on the times as cached, so the first run decides as every later run will
-            write_table(path, graph, times, {"threads": self.threads})
-            return TableProfile(name=self.name, path=str(path)).node_ms(graph)
-        return times
+
+    def measured_whole_ms(self, graph: ModelGraph) -> float | None:
+        path = self.cache_path(graph)
+        return TableProfile(name=self.name, path=str(path)).measured_whole_ms(graph) if path.exists() else None
+
+
+def whole_model_meta(measured: NodeTimes) -> dict[str, float]:
+    """What a table records of the whole model: its real time, and the per-node medians' sum it corrected."""
+    return {"whole_ms": round(measured.whole_ms, 6), "node_sum_ms": round(measured.node_sum_ms, 6)}
+
+
+def read_meta(path: Path | str) -> dict[str, Any]:
+    """The ``# meta:`` header line of a table written by :func:`write_table` (empty when there is none)."""
+    with Path(path).open() as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            if line.startswith("# meta: "):
+                return json.loads(line[len("# meta: "):])
+    return {}
 
 
 def write_table(path: Path | str, graph: ModelGraph, times: Mapping[str, float], meta: Mapping[str, Any]) -> Path:
@@ -225,4 +325,8 @@ class TableProfile(Profile):
             raise ValueError(f"hardware profile {self.name!r}: table {path} lacks {len(missing)} nodes of model "
                              f"{graph.name!r}, e.g. {missing[:5]}")
         return times
+
+    def measured_whole_ms(self, graph: ModelGraph) -> float | None:
+        whole = read_meta(self.path).get("whole_ms") if Path(self.path).exists() else None
+        return float(whole) if whole else None
 

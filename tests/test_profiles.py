@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import statistics
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch import fx
 
 import hardware.profiles as profiles
 from harness.model.graph import ModelGraph, build_graph
@@ -176,6 +181,61 @@ def test_local_profile_cache_follows_the_environment(tmp_path: Path, monkeypatch
     profile.node_ms(graph)
     assert profile.cache_path(graph).is_relative_to(tmp_path) and profile.cache_path(graph).exists()
     assert LocalProfile(warmup=0, repeats=1, threads=2).cache_path(graph) != profile.cache_path(graph)
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        fn()
+        times.append((time.perf_counter_ns() - start) / 1e6)
+    return statistics.median(times)
+
+
+class _NodeByNode(fx.Interpreter):
+    """Each node timed alone, between interpreter steps: the way whose sum does not add up."""
+
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self.total_ms = 0.0
+
+    def run_node(self, n: fx.Node) -> object:
+        start = time.perf_counter_ns()
+        result = super().run_node(n)
+        if n.op not in ("placeholder", "output"):
+            self.total_ms += (time.perf_counter_ns() - start) / 1e6
+        return result
+
+
+def test_node_times_add_up_to_the_whole_model_as_it_really_runs(tmp_path: Path) -> None:
+    """A chain of 121 small nodes: timed one at a time, their sum overshoots the model's real time (the per-node
+    work of timing them alone weighs as much as a node); measured in context and corrected, the profile's whole
+    model is the real one within 5 %."""
+    spec = ModelSpec("many_small", "tests.user_models.build_many_small", (1, 3, 32, 32), 0, {"depth": 60})
+    graph = build_graph(spec)
+    x = graph.example_input
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for _ in range(5):
+                graph.module(x)
+            alone = []
+            for _ in range(15):
+                interpreter = _NodeByNode(graph.module)
+                interpreter.run(x)
+                alone.append(interpreter.total_ms)
+            before_ms = _median_ms(lambda: graph.module(x), 41)
+            profile = LocalProfile(warmup=3, repeats=15, cache_dir=str(tmp_path)).node_ms(graph)
+            after_ms = _median_ms(lambda: graph.module(x), 41)
+    finally:
+        torch.set_num_threads(previous)
+    real_ms = min((before_ms, after_ms), key=lambda t: abs(t - sum(profile.values())))  # the machine may drift
+    assert statistics.median(alone) > 1.15 * real_ms, "the model no longer shows the error the profile corrects"
+    assert sum(profile.values()) == pytest.approx(real_ms, rel=0.05)
+    meta = profiles.read_meta(LocalProfile(cache_dir=str(tmp_path)).cache_path(graph))
+    assert meta["whole_ms"] == pytest.approx(sum(profile.values()), rel=1e-3)
+    assert LocalProfile(cache_dir=str(tmp_path)).measured_whole_ms(graph) == meta["whole_ms"]
 
 
 # ---- measured elsewhere: TableProfile ------------------------------------------------------------------------------

@@ -53,3 +53,19 @@ def build(width: int = 8, num_classes: int = 10) -> nn.Module:
 
 def build_untraceable() -> nn.Module:
     return DataDependentCNN()
+
+
+class ManySmallLayers(nn.Module):
+    """A long chain of small convolutions: each node costs little next to the per-node work of timing it alone."""
+
+    def __init__(self, depth: int = 60, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, kernel_size=3, padding=1)
+        self.layers = nn.Sequential(*[nn.Sequential(nn.Conv2d(width, width, 1), nn.ReLU()) for _ in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.stem(x))
+
+
+def build_many_small(depth: int = 60, width: int = 16) -> nn.Module:
+    return ManySmallLayers(depth, width)
