@@ -14,9 +14,9 @@ import torch
 
 from harness.worker import wire
 from harness.worker.channel import Receiver, Sender
-from harness.model.models import ModelSpec, make_input
+from harness.model.models import ModelSpec
 from harness.worker.pacer import Pacer
-from harness.worker.stage import (Budget, Control, Timeline, accept_data, connect_data, guard, injected_stall,
+from harness.worker.stage import (Budget, Control, Inputs, Timeline, accept_data, connect_data, guard, injected_stall,
                                   link_timeouts, model_graph, now_ns, quiet_for_measurement, retime_pacer,
                                   serve_commands, time_repeats, to_device, to_host)
 from harness.model.submodels import Part, split
@@ -60,6 +60,7 @@ class CutStage:
         self.pacer = Pacer(**pacer) if pacer else None
         self.outbox: queue.Queue = queue.Queue()
         self.last_inputs: dict[str, torch.Tensor] | None = None  # what calibration replays
+        self.inputs = Inputs(spec) if self.is_first else None
 
     def make_plan(self, plan: dict[str, Any]) -> StagePlan:
         assert self.graph is not None, "a new plan needs the whole model: start the worker with keep_model"
@@ -184,10 +185,12 @@ class CutStage:
     def infer(self, command: dict[str, Any]) -> None:
         """Start an inference: make its input here, compute this part, hand the crossing tensors to the sender."""
         seq, plan = int(command["seq"]), self.plan
-        values = self.compute(seq, plan, {self.setup["input"]: make_input(self.spec, seq)})
+        assert self.inputs is not None
+        values = self.compute(seq, plan, {self.setup["input"]: self.inputs.take(seq)})
         if plan.sends:
             self.outbox.put((seq, plan.sends, values))
         self.finish(seq, plan, values)
+        self.inputs.prepare_next()
 
     def _serve_later(self, inputs: queue.Queue) -> None:
         def watch_control() -> None:

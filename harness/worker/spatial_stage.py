@@ -25,11 +25,11 @@ from typing import Any, Callable
 import torch
 
 from harness.worker.channel import Receiver, Sender
-from harness.model.models import ModelSpec, make_input
+from harness.model.models import ModelSpec
 from harness.worker.pacer import Pacer
 from harness.model.rows import spatial_prefix
 from harness.worker.segments import join_rows, run_segment, suffix_part
-from harness.worker.stage import (Budget, DataHandshake, Timeline, accept_data_links, connect_data, guard,
+from harness.worker.stage import (Budget, DataHandshake, Inputs, Timeline, accept_data_links, connect_data, guard,
                                   injected_stall, link_timeouts, model_graph, now_ns, quiet_for_measurement,
                                   retime_pacer, serve_commands, time_repeats, to_device, to_host)
 
@@ -74,6 +74,7 @@ class SpatialStage:
         self.plan = setup["plan"]
         self.endpoint = setup["endpoint"]
         self.is_host = self.endpoint == self.plan["host"]
+        self.inputs = Inputs(spec) if self.is_host else None
         self.timeline = Timeline(self.endpoint)
         self.max_payload = int(setup["max_payload"])
         self.make_budget = lambda ms: Budget(ms, setup["tdf"], setup["pad"])
@@ -236,6 +237,8 @@ class SpatialStage:
             if self.parked:
                 following = self.parked.popleft()
                 self._start_block(following, self.tasks[following])
+        if self.inputs is not None:
+            self.inputs.prepare_next()
 
     def _serve_host(self) -> None:
         """Every resource serves its work earliest-ready first, as the plan's list schedule assumes: the sender
@@ -246,7 +249,8 @@ class SpatialStage:
 
         def arrive(command: dict[str, Any]) -> None:
             seq = int(command["seq"])
-            task = _Task(make_input(self.spec, seq))
+            assert self.inputs is not None
+            task = _Task(self.inputs.take(seq))
             with self.lock:
                 self.tasks[seq] = task
                 if self.plan.get("pipelined") or len(self.tasks) == 1:

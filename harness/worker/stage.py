@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from harness.model.graph import ModelGraph, graph_from_module
-from harness.model.models import ModelSpec, build_model
+from harness.model.models import ModelSpec, build_model, make_input
 from harness.worker import wire
 from harness.worker.gate import Admitted, Gate
 from harness.worker.sealed import SealedSocket
@@ -135,6 +135,35 @@ def rss_mb() -> float:
     return _status_mb("VmRSS")
 
 
+class Inputs:
+    """The run's inputs, each drawn before the inference that takes it is issued: a camera's frame is there when
+    an inference starts, so drawing the synthetic one (half a millisecond at 224x224 here) must not count in its
+    latency. The first part draws the next input between inferences; an unexpected sequence number is drawn on
+    demand."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.lock = threading.Lock()
+        self.ready: dict[int, torch.Tensor] = {}
+        self.next_seq = 0
+        self.prepare_next()
+
+    def take(self, seq: int) -> torch.Tensor:
+        with self.lock:
+            ready = self.ready.pop(seq, None)
+            self.next_seq = max(self.next_seq, seq + 1)
+        return ready if ready is not None else make_input(self.spec, seq)
+
+    def prepare_next(self) -> None:
+        """Draw the input of the inference after the last one taken, unless it is drawn already."""
+        seq = self.next_seq
+        if seq in self.ready:
+            return
+        made = make_input(self.spec, seq)
+        with self.lock:
+            self.ready = {seq: made}
+
+
 @dataclass
 class Timeline:
     """Spans recorded by this worker for one inference: compute, pad, send, recv."""
@@ -175,8 +204,9 @@ class Budget:
             overrun = max(0.0, (real_end - deadline) / self.budget_ns)
             while (remaining := deadline - now_ns()) > 0:
                 time.sleep(remaining / 1e9 if remaining > 2_000_000 else 0)
+        # predicted_ms: the profile's time of this part, which an unpadded run (TDF 1) holds its real compute to
         timeline.add(seq, "compute", start_ns, real_end, overrun=overrun,
-                     budget_ms=self.budget_ms if self.pad else 0.0, **extra)
+                     budget_ms=self.budget_ms if self.pad else 0.0, predicted_ms=self.budget_ms, **extra)
         end = now_ns() if self.pad else real_end
         if end > real_end and self.pad:
             timeline.add(seq, "pad", real_end, end, **extra)
