@@ -48,3 +48,14 @@ class Hardware:
             out[endpoint] = by_profile[id(profile)]
         return out
 
+
+    def whole_model_metrics(self, graph: ModelGraph, node_ms: dict[str, dict[str, float]]) -> dict[str, float]:
+        """Per endpoint, the profile's whole model (its node times' sum) and, where the profile was measured on
+        that processor, how far it lies from the whole model's real time measured there (in %)."""
+        out = {}
+        for endpoint, profile in self.endpoints.items():
+            total = sum(node_ms[endpoint].values())
+            out[f"profile_whole_ms_{endpoint}"] = total
+            if real := profile.measured_whole_ms(graph):
+                out[f"profile_whole_error_pct_{endpoint}"] = 100.0 * (total / real - 1.0)
+        return out

@@ -6,6 +6,8 @@ and ``decide`` (online, for one link state) and runs the plan it returns.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
@@ -89,6 +91,12 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {"method": self.method, "kind": self.kind, "bandwidth_mbps": self.bandwidth_mbps,
                 "predicted_latency_ms": self.predicted_latency_ms, **self.detail}
+
+    def digest(self) -> str:
+        """Twelve hex digits naming what the plan runs where, not which method chose it: two methods that chose the
+        same cut share it, so their runs differ only by noise."""
+        what = sorted(device_side_of(self)) if self.kind == "cut" else self.detail
+        return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def cut_plan(method: str, problem: CutProblem, device_side: set[str], link: LinkState,

@@ -56,13 +56,15 @@ class Decision:
 
 def decide(exp: Experiment, graph: ModelGraph) -> Decision:
     """Cost the graph on the job's hardware and let the method decide at the job's link (both calls timed)."""
-    strategy = strategy_for(exp, graph, exp.hardware.node_ms(graph))
+    node_ms = exp.hardware.node_ms(graph)
+    strategy = strategy_for(exp, graph, node_ms)
     problem = strategy.problem()
     prepared, offline_ms = timed(exp.method.prepare, problem)
     link = LinkState(exp.link.spec.bandwidth_mbps, exp.link.spec.delay_ms)
     plan, decision_ms = timed(exp.method.decide, prepared, link, repeats=DECISION_REPEATS)
     metrics = {"decision_time_ms": decision_ms, "offline_time_ms": offline_ms,
-               "predicted_latency_ms": plan.predicted_latency_ms, **strategy.plan_metrics(problem, plan.to_json())}
+               "predicted_latency_ms": plan.predicted_latency_ms, **strategy.plan_metrics(problem, plan.to_json()),
+               **exp.hardware.whole_model_metrics(graph, node_ms)}
     return Decision(strategy, problem, prepared, plan, metrics)
 
 

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 
 import torch  # noqa: E402
 
+from harness.controller.intervals import median_interval, throughput_interval  # noqa: E402
 from harness.controller.measurer import RunResult, goodput_mbps, latencies_ms, measured_seqs  # noqa: E402
 from harness.model.graph import ModelGraph  # noqa: E402
 from harness.model.models import make_input  # noqa: E402
@@ -24,6 +25,32 @@ def latency_metrics(result: RunResult) -> dict[str, float]:
     return {"latency_ms": float(lat.mean()), "latency_p50_ms": float(np.percentile(lat, 50)),
             "latency_p90_ms": float(np.percentile(lat, 90)), "latency_p99_ms": float(np.percentile(lat, 99)),
             "latency_std_ms": float(lat.std())}
+
+
+def completion_gaps_s(result: RunResult) -> list[float]:
+    """Emulated seconds between consecutive completions of the measured inferences, the first from the first
+    issue: they add up to the window :func:`throughput_ips` divides by."""
+    seqs = sorted(measured_seqs(result), key=lambda s: result.ends_ns[s])
+    if not seqs:
+        return []
+    previous = min(result.starts_ns[s] for s in seqs)
+    gaps = []
+    for seq in seqs:
+        gaps.append((result.ends_ns[seq] - previous) / 1e9 / result.tdf_of(seq))
+        previous = result.ends_ns[seq]
+    return gaps
+
+
+def interval_metrics(result: RunResult) -> dict[str, float]:
+    """95 % bootstrap intervals of the median latency and of the throughput over this run's inferences."""
+    lat, gaps = latencies_ms(result), completion_gaps_s(result)
+    if not len(lat) or not gaps:
+        return {}
+    lat_low, lat_high = median_interval(list(lat))
+    ips_low, ips_high = throughput_interval(gaps)
+    return {"latency_p50_ms_ci_low": lat_low, "latency_p50_ms_ci_high": lat_high,
+            "throughput_ips_ci_low": ips_low, "throughput_ips_ci_high": ips_high,
+            "measured_inferences": float(len(lat))}
 
 
 def throughput_ips(result: RunResult) -> float:
@@ -56,6 +83,21 @@ def link_metrics(result: RunResult) -> dict[str, float]:
         # A plan that sends nothing still records what its link delivered: the probe before the run.
         out.setdefault("measured_bandwidth_mbps", out["probe_bandwidth_mbps"])
     return out
+
+
+def compute_over_profile(result: RunResult) -> dict[str, float]:
+    """Where compute ran unpadded (both endpoints this machine, or real boards): each endpoint's real compute over
+    what its profile predicted for the same operations, median over the measured inferences. 1.0 means the profile
+    holds; it is the compute half of a real run's measured / predicted latency."""
+    seqs = set(measured_seqs(result))
+    totals: dict[str, dict[int, list[float]]] = {}
+    for s in result.spans:
+        if s["kind"] == "compute" and s["seq"] in seqs and not s.get("budget_ms") and s.get("predicted_ms", 0) > 0:
+            real_predicted = totals.setdefault(s["endpoint"], {}).setdefault(s["seq"], [0.0, 0.0])
+            real_predicted[0] += (s["end_ns"] - s["start_ns"]) / 1e6
+            real_predicted[1] += s["predicted_ms"]
+    return {f"compute_over_profile_{endpoint}": float(np.median([r / p for r, p in by_seq.values()]))
+            for endpoint, by_seq in sorted(totals.items())}
 
 
 _COLORS = {"compute": "#4C72B0", "pad": "#A6BDDB", "send": "#DD8452", "recv": "#55A868"}

@@ -12,9 +12,10 @@ from typing import Any, Callable
 
 import torch
 
-from hardware.profiles import LocalProfile, write_table
+from hardware.profiles import LocalProfile, whole_model_meta, write_table
 from harness.controller.experiment import Experiment
-from harness.controller.measure import latency_metrics, link_metrics, max_abs_error, throughput_ips, timeline_figure
+from harness.controller.measure import (compute_over_profile, interval_metrics, latency_metrics, link_metrics,
+                                        max_abs_error, throughput_ips, timeline_figure)
 from harness.controller.job import calibrate, decide
 from harness.controller.measurer import RunResult, latencies_ms, measured_seqs, overrun_metrics, verdict
 from harness.controller import phases
@@ -48,7 +49,7 @@ def run_experiment(exp: Experiment, rec: RunRecord, graph: ModelGraph | None = N
     graph = graph if graph is not None else models.graph(exp.model)
     decision = decide(exp, graph)
     strategy, plan = decision.strategy, decision.plan
-    rec.set_tags(strategy.tags())
+    rec.set_tags({**strategy.tags(), "plan_digest": plan.digest()})
     rec.artifact_json(plan.to_json(), "plan.json")
     metrics = dict(decision.metrics)
     dilation = calibrate(exp, decision, lambda: models.local_ms(graph, exp.runtime.threads_per_worker))
@@ -145,7 +146,9 @@ def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult, metri
         raise InvalidRun(reason, overran_tdf=result.tdf if overran else None)
     metrics.update(latency_metrics(result))
     metrics["throughput_ips"] = throughput_ips(result)
+    metrics.update(interval_metrics(result))
     metrics.update(link_metrics(result))
+    metrics.update(compute_over_profile(result))
     lat = latencies_ms(result)
     if exp.scenario.deadline_ms:
         metrics["deadline_hit_rate"] = float((lat <= exp.scenario.deadline_ms).mean())
@@ -161,14 +164,16 @@ def profile_mode(exp: Experiment) -> dict[str, float]:
     graph = build_graph(exp.model)
     device = compute_device(exp.runtime.compute_device)
     profile = LocalProfile(threads=exp.runtime.threads_per_worker, cache=False, device=device.type)
-    times = profile.node_ms(graph)
+    measured = profile.measure(graph)
+    times = measured.corrected
     shape = "x".join(str(d) for d in exp.model.input_shape)
     path = exp.profile_out or f"profiles/{exp.model.name}_{shape}.csv"
     write_table(path, graph, times, {"threads": profile.threads, "torch": torch.__version__,
-                                     "device": device_name(device)})
+                                     "device": device_name(device), **whole_model_meta(measured)})
     total = sum(times.values())
-    print(f"wrote {path}: {len(times)} nodes, {total:.2f} ms in all on {device_name(device)}")
-    return {"profiled_total_ms": total}
+    print(f"wrote {path}: {len(times)} nodes, {total:.2f} ms in all on {device_name(device)} (per-node medians "
+          f"{measured.node_sum_ms:.2f} ms, corrected to the whole model's real time)")
+    return {"profiled_total_ms": total, "whole_model_ms": measured.whole_ms, "node_sum_ms": measured.node_sum_ms}
 
 
 def run_job(exp: Experiment, multirun: bool = False, launch: str | None = None) -> dict[str, float]:
@@ -256,5 +261,6 @@ def record_prediction(exp: Experiment, prediction: Prediction, tags: dict[str, s
         log.warning("run %s %s", exp.run_name, reason)
     with RunRecord(exp.name, exp.config, run_name=exp.run_name, tags=tags) as rec:
         rec.artifact_json(prediction.plan.to_json(), "plan.json")
+        rec.set_tags({"plan_digest": prediction.plan.digest()})
         rec.metrics(prediction.metrics)
     return prediction.metrics
