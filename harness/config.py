@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 from hardware.profiles import Profile
 from hardware.topology import MAX_SERVERS, Hardware
 from harness.controller.experiment import ESTIMATORS, Experiment, Link, Runtime, Scenario
+from harness.controller.traces import load_trace
 from harness.model.graph import TraceFailure
 from harness.model.models import ModelBuildError, ModelSpec, import_hint, import_target
 from harness.network.link import LinkSpec
@@ -250,6 +251,11 @@ def validate(cfg: DictConfig) -> None:
              f"scenario.deadline_ms must be > 0 or null, got {scenario.deadline_ms}")
     _require(scenario.name != "dynamic" or link.trace is not None,
              "scenario=dynamic needs a bandwidth trace: set link.trace (e.g. link=trace_stepped)")
+    if link.trace is not None:
+        try:
+            load_trace(link.trace)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"link.trace: {exc}") from None
     _require(runtime.compute_device in COMPUTE_DEVICES,
              f"runtime.compute_device={runtime.compute_device!r} is not one of {list(COMPUTE_DEVICES)}")
     _require(runtime.link_timeout_s >= 0, f"runtime.link_timeout_s must be >= 0 (0: never), got {runtime.link_timeout_s}")

@@ -107,6 +107,15 @@ def test_sweep_size_counts_command_line_and_preset_sweeps() -> None:
     assert sweep_size(narrowed) == 3 * 2
 
 
+def test_a_bad_trace_is_a_configuration_error_before_any_record(tmp_path: Path) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text("1 2 3\n")
+    with pytest.raises(ConfigError, match=r"link.trace: bandwidth trace .*bad.txt: first line '1 2 3'"):
+        validate(make(["link=trace_stepped", "scenario=dynamic", f"link.trace={path}"]))
+    with pytest.raises(ConfigError, match=r"link.trace: bandwidth trace 'nowhere.up' not found"):
+        validate(make(["link=trace_stepped", "scenario=dynamic", "link.trace=nowhere.up"]))
+
+
 def test_spatial_method_under_a_trace_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"method 'halp' cannot follow a bandwidth trace.*single_stream, stream"):
         validate(make(["method=halp", "scenario=dynamic", "link=trace_stepped"]))

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from harness.controller import traces
 from harness.controller.traces import Trace, TracePlayer, load_trace
 from tests.conftest import last_attempts, needs_root, run_cli
 
@@ -135,6 +136,37 @@ def test_dynamic_method_re_decides_when_the_best_cut_moves(tracking_uri: str, tm
 def test_trace_mean_is_weighted_by_time() -> None:
     # 2 s each at 18.88, 5.85, 1.1, 5.85, 18.88: the rate the fixed plan is chosen for.
     assert load_trace("stepped_3g_lte_wifi.csv").mean_mbps == pytest.approx((2 * 18.88 + 2 * 5.85 + 1.1) / 5)
+
+
+def test_a_mahimahi_trace_becomes_the_rate_its_delivery_opportunities_give(tmp_path: Path) -> None:
+    # 1 s with one 1500-byte opportunity per ms (12 Mbit/s), 0.5 s with none (an outage), 0.5 s with two per ms.
+    lines = [str(ms) for ms in range(0, 1000)] + [str(ms) for ms in range(1500, 2000) for _ in range(2)]
+    path = tmp_path / "cell.up"
+    path.write_text("\n".join(lines) + "\n")
+    trace = load_trace(path)
+    assert trace.name == "cell" and trace.period_s == pytest.approx(2.0)
+    assert trace.rate_at(0.5) == pytest.approx(12.0)
+    assert trace.rate_at(1.2) == traces.OUTAGE_MBPS
+    assert trace.rate_at(1.8) == pytest.approx(24.0)
+    assert trace.rate_at(2.5) == pytest.approx(12.0)  # it loops, as Mahimahi does
+    assert len(trace.times_s) == 3  # equal neighbouring bins merged: one step per change
+
+
+def test_time_throughput_pairs_are_read_from_their_first_time(tmp_path: Path) -> None:
+    path = tmp_path / "trace_2.log"
+    path.write_text("1608.4 3.2\n1609.4 0.0\n1610.4 5.5\n")
+    trace = load_trace(path)
+    assert trace.times_s == pytest.approx((0.0, 1.0, 2.0)) and trace.period_s == pytest.approx(3.0)
+    assert trace.mbps == pytest.approx((3.2, traces.OUTAGE_MBPS, 5.5))
+
+
+@pytest.mark.parametrize("text, needle", [("12\n9\n", "never decrease"), ("a b c\n", "none of the formats"),
+                                          ("1.5\n", "expected a time_s,mbps CSV"), ("", "empty")])
+def test_a_trace_in_no_known_format_names_the_formats(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=needle):
+        load_trace(path)
 
 
 def test_at_a_step_of_the_trace_the_link_has_its_new_rate_before_anything_starts() -> None:

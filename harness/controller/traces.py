@@ -1,8 +1,17 @@
 """Bandwidth traces: a link rate that changes over (emulated) time.
 
-A trace file is CSV with a header ``time_s,mbps``: from ``time_s`` on, the link runs at ``mbps`` until the next row;
-the trace loops after its last row's time plus the previous step's length. Shipped traces live in ``conf/traces``;
-``rayleigh`` traces are generated from a seed (block fading: per block, |h|² ~ Exp(1), Shannon rate).
+Three file formats, told apart by their content:
+
+- the project's CSV, with a header ``time_s,mbps``: from ``time_s`` on, the link runs at ``mbps`` until the next row;
+  the trace loops after its last row's time plus the previous step's length;
+- Mahimahi's, the format measured cellular traces are shared in: one line per delivery opportunity of one
+  1500-byte packet, its time in integer milliseconds; the trace loops after its last line. Opportunities are
+  counted per ``MAHIMAHI_BIN_S`` into a piecewise-constant rate (a qdisc changes rate, it does not replay packets);
+- time/throughput pairs, whitespace-separated (``seconds Mbit/s``, as in Pensieve's cooked traces), without a
+  header; times are taken from the first line's.
+
+Shipped traces live in ``conf/traces``; ``rayleigh`` traces are generated from a seed (block fading: per block,
+|h|² ~ Exp(1), Shannon rate).
 """
 
 from __future__ import annotations
@@ -20,6 +29,10 @@ import numpy as np
 from harness import PROJECT_ROOT
 
 TRACE_DIR = PROJECT_ROOT / "conf" / "traces"
+MAHIMAHI_PACKET_BYTES = 1500
+MAHIMAHI_BIN_S = 0.1  # opportunities are counted per 100 ms: ten rate changes per emulated second at most
+OUTAGE_MBPS = 0.01  # a bin without a delivery opportunity: a qdisc cannot run at 0
+FORMATS = "a time_s,mbps CSV, a Mahimahi trace (one integer ms per line) or 'seconds Mbit/s' pairs"
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,8 @@ class Trace:
 
 
 def load_trace(path: str | Path) -> Trace:
-    """Read a ``time_s,mbps`` CSV; a bare name is looked up in ``conf/traces``; ``rayleigh:<seed>`` is generated."""
+    """Read a trace file in any of the three formats; a bare name is looked up in ``conf/traces``;
+    ``rayleigh:<seed>`` is generated."""
     text = str(path)
     if text.startswith("rayleigh"):
         seed = int(text.split(":", 1)[1]) if ":" in text else 0
@@ -68,17 +82,60 @@ def load_trace(path: str | Path) -> Trace:
     if not p.exists() and (TRACE_DIR / p.name).exists():
         p = TRACE_DIR / p.name
     if not p.exists():
-        available = sorted(q.name for q in TRACE_DIR.glob("*.csv"))
+        available = sorted(q.name for q in TRACE_DIR.iterdir() if q.is_file())
         raise FileNotFoundError(f"bandwidth trace {text!r} not found; shipped traces: {available} or rayleigh:<seed>")
-    with p.open() as f:
-        rows = [r for r in csv.DictReader(line for line in f if not line.startswith("#"))]
+    lines = [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not lines:
+        raise ValueError(f"bandwidth trace {p}: empty; expected {FORMATS}")
+    if lines[0].replace(" ", "") == "time_s,mbps":
+        return _csv_trace(p, lines)
+    fields = {len(line.split()) for line in lines}
+    try:
+        if fields == {1}:
+            return mahimahi_trace(p.stem, [int(line) for line in lines])
+        if fields == {2}:
+            pairs = [line.split() for line in lines]
+            return _pairs_trace(p.stem, [float(t) for t, _ in pairs], [float(r) for _, r in pairs])
+    except ValueError as exc:
+        raise ValueError(f"bandwidth trace {p}: {exc}; expected {FORMATS}") from exc
+    raise ValueError(f"bandwidth trace {p}: first line {lines[0]!r} is none of the formats; expected {FORMATS}")
+
+
+def _csv_trace(p: Path, lines: list[str]) -> Trace:
+    rows = list(csv.DictReader(line.replace(" ", "") for line in lines))
     try:
         times = tuple(float(r["time_s"]) for r in rows)
         rates = tuple(float(r["mbps"]) for r in rows)
-    except (KeyError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"bandwidth trace {p}: expected columns time_s,mbps with numbers ({exc})") from exc
     step = times[-1] - times[-2] if len(times) > 1 else 1.0
     return Trace(p.stem, times, rates, times[-1] + step)
+
+
+def _pairs_trace(name: str, times: list[float], rates: list[float]) -> Trace:
+    """``seconds Mbit/s`` pairs: times from the first one's; a rate of 0 is an outage (``OUTAGE_MBPS``)."""
+    start = times[0]
+    times = [t - start for t in times]
+    step = times[-1] - times[-2] if len(times) > 1 else 1.0
+    return Trace(name, tuple(times), tuple(max(r, OUTAGE_MBPS) for r in rates), times[-1] + step)
+
+
+def mahimahi_trace(name: str, opportunities_ms: list[int], bin_s: float = MAHIMAHI_BIN_S) -> Trace:
+    """A Mahimahi trace as a piecewise-constant rate: 1500-byte delivery opportunities counted per ``bin_s``, over
+    one period (the last opportunity's time, as Mahimahi loops), equal neighbouring bins merged."""
+    if any(b < a for a, b in zip(opportunities_ms, opportunities_ms[1:])) or opportunities_ms[0] < 0:
+        raise ValueError("Mahimahi times must be milliseconds that never decrease")
+    bin_ms = max(1, round(bin_s * 1e3))  # whole milliseconds, as the trace counts: no float edge falls astray
+    bins = max(1, -(-opportunities_ms[-1] // bin_ms))
+    counts = np.bincount(np.minimum(np.asarray(opportunities_ms) // bin_ms, bins - 1), minlength=bins)
+    bin_s = bin_ms / 1e3
+    rates = np.maximum(counts * MAHIMAHI_PACKET_BYTES * 8 / bin_s / 1e6, OUTAGE_MBPS)
+    times, mbps = [0.0], [float(rates[0])]
+    for i, rate in enumerate(rates[1:], start=1):
+        if rate != mbps[-1]:
+            times.append(round(i * bin_s, 9))
+            mbps.append(float(rate))
+    return Trace(name, tuple(times), tuple(mbps), bins * bin_s)
 
 
 def rayleigh_trace(seed: int = 0, mean_snr_db: float = 10.0, bandwidth_mhz: float = 5.0, block_s: float = 0.5,
