@@ -134,7 +134,8 @@ class _Endpoint:
 
 
 class Controller:
-    """Starts one worker per endpoint inside ``topology`` and talks to them over Unix control sockets."""
+    """Starts one worker per endpoint inside ``topology`` (or dials the boards) and talks to each over its control
+    connection: a Unix socket to a worker it spawned, TCP to a board."""
 
     worker_args: tuple[str, ...] = ("--once",)  # a worker serves this one run and exits after ``stop``
 

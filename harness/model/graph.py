@@ -57,7 +57,6 @@ class Node:
     out_shape: tuple[int, ...] | None
     preds: tuple[str, ...]
     succs: tuple[str, ...]
-    is_tensor: bool
 
     @property
     def is_view(self) -> bool:
@@ -111,7 +110,7 @@ class ModelGraph:
 def _user_frame(exc: BaseException) -> str:
     """The innermost traceback frame outside torch: the model code whose operation fx could not trace."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if "/torch/" not in f.filename and "harness/graph.py" not in f.filename]
+              if "/torch/" not in f.filename and f.filename != __file__]
     if not frames:
         return "unknown location"
     f = frames[-1]
@@ -225,7 +224,6 @@ def graph_from_module(model: nn.Module, spec: ModelSpec, example_input: torch.Te
             in_bytes=in_bytes, param_bytes=_param_bytes(node, gm),
             out_shape=tuple(meta.shape) if isinstance(meta, TensorMetadata) else None,
             preds=preds, succs=tuple(dict.fromkeys(u.name for u in node.users)),
-            is_tensor=isinstance(meta, TensorMetadata) or node.op == "output",
         )
     return ModelGraph(spec=spec, module=gm, nodes=nodes, example_input=x)
 

@@ -110,11 +110,6 @@ def recv_hello(sock: socket.socket) -> wire.Frame:
     return wire.recv_frame(sock, max_payload=0, max_json=MAX_HELLO_BYTES)
 
 
-def decode_hello(data: bytes) -> wire.Frame:
-    """:func:`recv_hello` on bytes in memory (the same bounds)."""
-    return wire.decode_frame(data, max_payload=0, max_json=MAX_HELLO_BYTES)
-
-
 def verify(secret: str, role: str, nonce_worker: str, nonce_controller: str, mac: str) -> bool:
     return hmac.compare_digest(proof(secret, role, nonce_worker, nonce_controller), mac)
 
