@@ -312,8 +312,8 @@ def measure_loss(mbps: float, losses: Sequence[float], count: int) -> list[dict[
             received = _count_arrivals(sender, receiver, count)
             sender.close(), receiver.close()
             out.append({"backend": topo.record()["backend"], "loss_pct": loss, "sent": count, "received": received,
-                        "rcvbuf_errors": _udp_errors(topo, "server") - errors, "backlog_drops": _softnet_drops() - drops,
-                        "qdisc": qdisc_readback(topo, "device")})
+                        "rcvbuf_errors": _udp_errors(topo, "server") - errors,
+                        "backlog_drops": _softnet_drops() - drops, "qdisc": qdisc_readback(topo, "device")})
     return out
 
 
