@@ -120,6 +120,21 @@ def run_in_vm(args: Sequence[str], timeout: float = 900, cpus: int = 2, memory: 
     return {**json.loads(results[-1]), "accel": "kvm" if kvm else "tcg", "wall_s": time.monotonic() - start}
 
 
+def delay_summary(delay: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per direction of the guest's delay measurement: count, mean, sd, min, 5th, 50th and 95th percentile, max (ms),
+    and ``floor``, the median one-way time on the same link without delay (both directions)."""
+    import numpy as np
+
+    floor = float(np.median(sum(delay["floor_ms"].values(), [])))
+    out = {}
+    for way, samples in delay["one_way_ms"].items():
+        ms = np.array(samples)
+        p5, p50, p95 = np.percentile(ms, [5, 50, 95])
+        out[way] = {"count": len(ms), "mean": ms.mean(), "sd": ms.std(), "min": ms.min(), "p5": p5, "median": p50,
+                    "p95": p95, "max": ms.max(), "floor": floor, "samples": ms}
+    return out
+
+
 # -- guest side ------------------------------------------------------------------------------------------------------
 
 def _recv_exact(conn: socket.socket, view: memoryview) -> None:
