@@ -1,15 +1,17 @@
 """Netem on a real kernel, end to end: the harness's own network layer in a VM booted with a stock kernel.
 
-A kernel without ``sch_netem`` (as on the machines this was written on) checks netem only at the request level
-(test_netem_request.py). Here ``harness.network.netem_vm`` boots the newest installed kernel that has it (Debian's
-linux-image-amd64) in a small virtme-ng VM sharing this machine's user space, and builds ``Topology`` links with
-backend netem there, as a run does. One boot, one JSON result; the tests below each check a part of it:
+On a kernel without ``sch_netem`` (the 6.18.44-fc kernels the harness was developed on) netem is checked only at the
+request level (test_netem_request.py). Here ``harness.network.netem_vm`` boots the newest installed kernel that has
+it (Debian's linux-image-amd64) in a small virtme-ng VM sharing this machine's user space, and builds ``Topology``
+links with backend netem there, as a run does. One boot, one JSON result; the tests below each check a part of it:
 
-- the guest's kernel offers netem and the harness picks it (``probe_backend``, ``Topology.record``), and the qdisc
-  read back from the kernel holds what ``qdisc_request`` asked: rate, delay, jitter, loss;
+- the guest's kernel offers netem and the harness picks it (``probe_backend``, ``Topology.record``), the qdisc read
+  back from the kernel holds what ``qdisc_request`` asked (rate, delay, jitter, loss), and a stopped ``Topology``
+  leaves no namespace or veth behind;
 - TCP payload goodput within 3 % of 1.1, 18.88 and 100 Mbit/s (header-compensated, as runs are shaped). 100 Mbit/s
-  is within reach even of an emulated CPU: unshaped loopback TCP in the guest carried ~1.1 Gbit/s under TCG
-  (``capacity_mbps``, measured each boot and quoted when a rate falls short);
+  is within reach even of an emulated CPU: unshaped loopback TCP in the guest carried 1.1-1.3 Gbit/s under TCG
+  (``capacity_mbps``, measured each boot and quoted when a rate falls short). 1 Gbit/s is not checked: there netem
+  passed 0.52 of it, the emulated CPU being the bottleneck (benchmarks/RESULTS.md);
 - delay 20 ms, jitter 5 ms: one-way delays of spaced datagrams both ways (the namespaces share one clock; arrival
   time from the kernel), less the median floor measured on the same link just before, without delay. netem draws
   jitter uniformly in +-jitter when no distribution table is sent (the harness sends none, and its ``Pacer`` draws the
@@ -67,10 +69,11 @@ def expect(failures: list[str]) -> None:
     assert not failures, "\n".join(failures)
 
 
-def test_the_guest_kernel_offers_netem_and_the_harness_picks_it(vm: dict[str, Any]) -> None:
+def test_the_guest_kernel_offers_netem_and_the_harness_picks_and_removes_it(vm: dict[str, Any]) -> None:
     assert vm["probe_backend"] == "netem", f"kernel {vm['kernel']} offers {vm['backends']}"
     records = [g["backend"] for g in vm["goodput"]] + [vm["delay"]["backend"]] + [x["backend"] for x in vm["loss"]]
     assert set(records) == {"netem"}, f"Topology.record() said {records}"
+    assert vm["leftovers"] == [], f"namespaces or veths left after every Topology stopped: {vm['leftovers']}"
 
 
 def test_the_kernel_holds_the_requested_netem_qdisc(vm: dict[str, Any]) -> None:

@@ -363,6 +363,9 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
         result["delay"] = measure_delay(args.delay_mbps, args.delay_ms, args.jitter_ms, args.delay_count)
     if args.loss_count:
         result["loss"] = measure_loss(args.delay_mbps, args.losses, args.loss_count)
+    from harness.network.namespaces import leftovers
+
+    result["leftovers"] = leftovers(PREFIX)  # every Topology above was stopped: nothing of it may remain
     result["guest_s"] = time.monotonic() - start
     return result
 
