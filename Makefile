@@ -3,7 +3,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= test            # CI adds the scale-out launchers and OR-tools: make test EXTRAS=test,ray,slurm,flow
+EXTRAS ?= test            # CI adds scale-out launchers, OR-tools, virtme-ng: make test EXTRAS=test,ray,slurm,flow,vm
 
 .PHONY: setup run test test-fast ui clean-net
 

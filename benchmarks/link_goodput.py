@@ -8,8 +8,14 @@ link: the ratio of their times. Medians over repeats (5x for transfers under 0.5
 Combinations whose transfer would take longer than ``--max-seconds`` are skipped and marked so.
 Goal: >= 0.95 for tensors >= 1 MB; overhead <= 2 %.
 
+``--netem-vm``: the netem column, for a kernel without sch_netem. A VM booted with a stock kernel that has it
+(``harness.network.netem_vm``, as tests/test_netem_vm.py) times raw TCP transfers of ``--vm-seconds`` at each rate
+through netem and through tbf beside it (same kernel, same CPU; no wire protocol: torch is kept out of the VM), and
+measures netem's delay, jitter (20 ms, 5 ms) and loss (1 %, 5 %) there. Needs root, vng, QEMU and that kernel.
+
     PYTHONPATH=. .venv/bin/python benchmarks/link_goodput.py --quick     # one repeat, skip transfers > 8 s
     PYTHONPATH=. .venv/bin/python benchmarks/link_goodput.py             # three repeats, skip transfers > 20 s
+    PYTHONPATH=. .venv/bin/python benchmarks/link_goodput.py --netem-vm  # netem and tbf in the VM
 """
 
 from __future__ import annotations
@@ -152,6 +158,37 @@ def table(rates: tuple[float, ...], sizes: dict[str, int], max_seconds: float, r
         f"{platform.node()}, {platform.release()}")
 
 
+def netem_vm_table(rates: tuple[float, ...], seconds: float, repeats: int,
+                   say: Callable[[str], None] = print) -> None:
+    """Goodput / rate through netem and tbf in the stock-kernel VM, then netem's delay, jitter and loss there."""
+    from harness.network.netem_vm import delay_summary, run_in_vm
+
+    vm = run_in_vm(["--rates", *map(str, rates), "--compare", "tbf", "--seconds", str(seconds),
+                    "--repeats", str(repeats)])
+    say("| rate Mbit/s | netem goodput / rate | tbf goodput / rate (same VM) |")
+    say("| ---: | ---: | ---: |")
+    ratios = {(g["backend"], g["mbps"]): g["ratio"] for g in vm["goodput"]}
+    for mbps in rates:
+        say(f"| {mbps:g} | {ratios['netem', mbps]:.3f} | {ratios['tbf', mbps]:.3f} |")
+    delay = vm["delay"]
+    say(f"\nnetem at {delay['mbps']:g} Mbit/s, delay {delay['delay_ms']:g} ms, jitter {delay['jitter_ms']:g} ms: "
+        "one-way delay of spaced 64-byte datagrams (ms; floor: the same link without delay)\n")
+    say("| direction | received | median - floor | 5-95 % range | mean | sd | min | max | floor |")
+    say("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for way, d in delay_summary(delay).items():
+        say(f"| {way} | {d['count']}/{delay['sent_each_way']} | {d['median'] - d['floor']:.2f} | "
+            f"{d['p95'] - d['p5']:.2f} | {d['mean']:.2f} | {d['sd']:.2f} | {d['min']:.2f} | {d['max']:.2f} | "
+            f"{d['floor']:.2f} |")
+    say("\n| loss configured | lost / sent | measured |")
+    say("| ---: | ---: | ---: |")
+    for x in vm["loss"]:
+        lost = x["sent"] - x["received"]
+        say(f"| {x['loss_pct']:g} % | {lost} / {x['sent']} | {lost / x['sent']:.2%} |")
+    say(f"\nkernel {vm['kernel']} in a {vm['accel']} VM with {vm['cpus']} CPUs (unshaped loopback TCP there: "
+        f"{vm['capacity_mbps']:.0f} Mbit/s); median of {repeats} transfers of {seconds:g} s at the rate, "
+        f"header-compensated; VM wall time {vm['wall_s']:.0f} s; host {platform.node()}, {platform.release()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one repeat, skip transfers longer than 8 s")
@@ -161,7 +198,13 @@ def main() -> None:
     parser.add_argument("--backend", default=None, help="force a backend (default: the best offered)")
     parser.add_argument("--reuse-buffer", action="store_true",
                         help="the wire receiver reuses one buffer (recv_frame into=) instead of a fresh tensor each")
+    parser.add_argument("--netem-vm", action="store_true",
+                        help="netem (and tbf beside it) in a VM booted with a stock kernel that has sch_netem")
+    parser.add_argument("--vm-seconds", type=float, default=2.0, help="length of one transfer in the VM")
     args = parser.parse_args()
+    if args.netem_vm:
+        netem_vm_table(tuple(args.rates), args.vm_seconds, args.repeats or 2)
+        return
     repeats = args.repeats or (1 if args.quick else 3)
     max_seconds = args.max_seconds or (8.0 if args.quick else 20.0)
     table(tuple(args.rates), SIZES, max_seconds, repeats, args.backend, args.reuse_buffer)
