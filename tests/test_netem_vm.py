@@ -1,6 +1,6 @@
 """Netem on a real kernel, end to end: the harness's own network layer in a VM booted with a stock kernel.
 
-On a kernel without ``sch_netem`` (the 6.18.44-fc kernels the harness was developed on) netem is checked only at the
+On a kernel without ``sch_netem`` (such as the one the harness was developed on) netem is checked only at the
 request level (test_netem_request.py). Here ``harness.network.netem_vm`` boots the newest installed kernel that has
 it (Debian's linux-image-amd64) in a small virtme-ng VM sharing this machine's user space, and builds ``Topology``
 links with backend netem there, as a run does. One boot, one JSON result; the tests below each check a part of it:
