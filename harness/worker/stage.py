@@ -3,8 +3,6 @@ the dialling of data links."""
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import hmac
 import json
 import logging
@@ -20,6 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from harness.model.graph import ModelGraph, graph_from_module
+from harness.model.memory import collector_paused, keep_activations_resident
 from harness.model.models import ModelSpec, build_model, make_input
 from harness.worker import wire
 from harness.worker.gate import Admitted, Gate
@@ -54,35 +53,18 @@ def now_ns() -> int:
     return time.monotonic_ns()
 
 
-# glibc's mallopt parameters, and its largest mmap threshold on 64-bit.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX = -1, -3, 32 << 20
-
-
 @contextmanager
 def quiet_for_measurement() -> Iterator[None]:
-    """While a stage serves: keep the activations' memory resident and the garbage collector out of inferences.
+    """While a stage serves: keep the activations' memory resident and the garbage collector out of inferences
+    (``harness.model.memory``, the policy the profiler measures under).
 
-    Workers start with a small mmap threshold so that freed weights go back to the OS (an honest peak RSS). Left
-    so, every activation is a fresh mmap whose pages fault in again on each inference: 2-3x slower on MobileNetV2
-    here, and as jittery as the kernel's page allocator. Once the model is built, freed activations stay in the
-    heap for the next inference. Tensors are freed by reference counting; the cycle collector only adds pauses, and
-    runs again when the stage is done (a board's worker serves run after run).
+    Workers start with a small mmap threshold so that freed weights go back to the OS (an honest peak RSS); once
+    the model is built, freed activations stay in the heap for the next inference. The collector runs again when
+    the stage is done (a board's worker serves run after run).
     """
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
-        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
-    except (OSError, AttributeError):  # not glibc: its allocator's own policy stands
-        log.info("mallopt unavailable: activations' memory is left to the allocator")
-    try:
+    keep_activations_resident()
+    with collector_paused():
         yield
-    finally:
-        gc.unfreeze()
-        gc.enable()
-        gc.collect()
 
 
 def time_repeats(fn: Callable[[], Any], repeats: int) -> list[float]:
