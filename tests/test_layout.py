@@ -30,12 +30,15 @@ ALLOWED = {
     # the cleanup command also ends the MLflow runs of dead controllers (imported there only)
     "harness.network.__main__": ("harness.network", "harness.controller.stale_runs", "harness.controller.tracking"),
     "harness.controller": ("harness.model", "harness.worker", "harness.network", "harness.controller", "hardware",
-                           "partitioners"),
+                           "partitioners", "harness.analysis"),
+    # reading recorded runs: pure functions over MLflow's runs table, shared by the summary and the notebook; they
+    # reuse the controller's interval arithmetic and nothing else of it
+    "harness.analysis": ("harness.analysis", "harness.controller.intervals"),
     # entry points of their own: anything of the project, but never the notebooks
     "benchmarks": ("benchmarks", "harness", "hardware", "partitioners"),
     # the notebook reads records: the store, the config (presets), never workers, links or methods
     "notebooks": ("notebooks", "harness.config", "harness.controller.tracking", "harness.controller.summary",
-                  "harness.controller.traces"),
+                  "harness.controller.traces", "harness.analysis"),
 }
 
 
