@@ -17,9 +17,7 @@ from harness.analysis.labels import link_label, link_rates, method_styles, model
 from harness.analysis.runs import left_out, missing_cells, runs_table
 from harness.controller import summary
 from harness.controller.tracking import figures_dir
-
-sys.path.insert(0, str(PROJECT_ROOT / "notebooks"))
-import papers  # noqa: E402  (the papers' numbers, beside the notebook)
+from notebooks import papers  # the papers' numbers, beside the notebook
 
 BASE = {"status": "FINISHED", "tags.valid": "true", "tags.measured": "true", "params.model.name": "vgg16",
         "params.model._target_": "torchvision.models.vgg16", "params.model.input_shape": "[1, 3, 224, 224]",
