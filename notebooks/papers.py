@@ -6,6 +6,8 @@ gives no figure for a cell, the notebook prints :data:`NO_FIGURE` instead of inv
 
 from __future__ import annotations
 
+from harness.analysis.claims import Setting
+
 NO_FIGURE = "[paper gives no figure]"
 
 DADS = "DADS (Hu et al., INFOCOM 2019)"
@@ -61,3 +63,20 @@ MODNN_SPEEDUP = (2.17, 4.28)
 # HALP's service reliability study: the abstract states the study, not a number.
 HALP_RELIABILITY = NO_FIGURE
 
+
+# The setting each claim was made for, as the runs label it (model name and input size, hardware, link rates): a run
+# is at a paper's setting only when all of these match. Where a paper does not state its link rates, the rates of its
+# preset stand for them (conf/experiment), and say so.
+DADS_MODEL_LABELS = ("nin 224x224", "tiny_yolov2 416x416", "vgg16 224x224", "alexnet 224x224", "resnet18 224x224")
+DADS_LIGHT = Setting((DADS_HARDWARE,), DADS_MODEL_LABELS, tuple(DADS_UPLINKS), scenario="single_stream")
+DADS_HEAVY = Setting((DADS_HARDWARE,), DADS_MODEL_LABELS, tuple(DADS_UPLINKS), scenario="stream")
+DADS_RESNET18 = Setting((DADS_HARDWARE,), ("resnet18 224x224",), tuple(DADS_UPLINKS), scenario="single_stream")
+DADS_RESNET18_ANY_LOAD = Setting((DADS_HARDWARE,), ("resnet18 224x224",), tuple(DADS_UPLINKS))
+# CIC's models and rates are those of conf/experiment/cic_paper.yaml (DADS's uplinks and Fast Ethernet)
+CIC_SETTING = Setting((CIC_HARDWARE,), ("vgg16 224x224", "resnet50 224x224", "inception_v3 299x299",
+                                        "densenet201 224x224"), (*DADS_UPLINKS, 100.0))
+# HALP's abstract names no link rate: halp_paper's Fast Ethernet and gigabit between edge servers stand for it
+HALP_SETTING = Setting(HALP_HARDWARE, ("vgg16 224x224",), (100.0, 1000.0), num_servers=(2, 3, 4))
+# the prototype's rate is not in the stored sources either: the rates a Pi 4 reaches (conf/experiment/halp_prototype)
+HALP_PROTOTYPE_SETTING = Setting((HALP_PROTOTYPE_HARDWARE,), ("vgg16 224x224",), (64.0, 100.0, 941.0),
+                                 num_servers=(3,))

@@ -9,11 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.controller.intervals import (inferences_for, median_interval, overlaps, ranking, relative_half_width,
+from harness.analysis.intervals import (inferences_for, median_interval, overlaps, ranking, relative_half_width,
                                           throughput_interval)
 from harness.controller.measure import completion_gaps_s, interval_metrics, throughput_ips
 from harness.controller.measurer import RunResult
-from harness.controller.summary import precision_hint, rankings
+from harness.analysis.compare import rankings as ranked_lines
+from harness.analysis.runs import runs_table as prepared
+from harness.controller.summary import precision_hint
 
 
 def latencies(seed: int, median_ms: float, n: int = 30, spread: float = 0.04) -> list[float]:
@@ -87,6 +89,10 @@ def test_throughput_interval_holds_the_throughput_the_run_reports() -> None:
     assert low == high == pytest.approx(100.0)
 
 
+def rankings(df: pd.DataFrame) -> list[str]:
+    return ranked_lines(prepared(df))
+
+
 def runs_table(rows: list[dict[str, object]]) -> pd.DataFrame:
     base = {"params.model.name": "resnet18", "params.model.input_shape": "[1, 3, 224, 224]",
             "params.hardware.name": "local_pair", "params.link.bandwidth_mbps": "100.0", "params.link.delay_ms": "0",
@@ -108,7 +114,7 @@ def test_the_summary_ranks_apart_marks_noise_and_joins_one_plan() -> None:
                      run_row("dads", 3, 100.5, "d"), run_row("device_only", 4, 150.0, "x"),
                      run_row("neurosurgeon", 5, 151.0, "x")])
     [line] = rankings(df)
-    assert line.startswith("  resnet18 on local_pair at 100.0 Mbit/s: ")
+    assert line.startswith("  resnet18 224x224 on local_pair at 100 Mbit/s: ")
     order = line.split(": ", 1)[1]
     first, _ = order.split(" < ", 1)
     assert " ≈ " in first and "cic" in first and "dads" in first  # half a percent apart: within noise
@@ -127,7 +133,7 @@ def test_the_summary_says_how_many_inferences_a_precise_median_needs() -> None:
     wide = {**run_row("cic", 2, 100.0, "c"), "metrics.latency_p50_ms_ci_low": 95.0,
             "metrics.latency_p50_ms_ci_high": 105.0, "metrics.latency_p50_ms": 100.0,
             "metrics.measured_inferences": 10.0}
-    hint = precision_hint(runs_table([wide]))
+    hint = precision_hint(prepared(runs_table([wide])))
     assert hint is not None and "+-5.0 %" in hint and "scenario.inferences=63" in hint
     narrow = {**wide, "metrics.latency_p50_ms_ci_low": 99.5, "metrics.latency_p50_ms_ci_high": 100.5}
-    assert precision_hint(runs_table([narrow])) is None
+    assert precision_hint(prepared(runs_table([narrow]))) is None

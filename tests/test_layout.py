@@ -30,12 +30,14 @@ ALLOWED = {
     # the cleanup command also ends the MLflow runs of dead controllers (imported there only)
     "harness.network.__main__": ("harness.network", "harness.controller.stale_runs", "harness.controller.tracking"),
     "harness.controller": ("harness.model", "harness.worker", "harness.network", "harness.controller", "hardware",
-                           "partitioners"),
+                           "partitioners", "harness.analysis"),
+    # reading measurements: pure functions over a run's samples (confidence intervals) and over MLflow's runs
+    # table, shared by the run's record, the summary and the notebook
+    "harness.analysis": ("harness.analysis",),
     # entry points of their own: anything of the project, but never the notebooks
     "benchmarks": ("benchmarks", "harness", "hardware", "partitioners"),
     # the notebook reads records: the store, the config (presets), never workers, links or methods
-    "notebooks": ("notebooks", "harness.config", "harness.controller.tracking", "harness.controller.summary",
-                  "harness.controller.traces"),
+    "notebooks": ("notebooks", "harness.config", "harness.controller.tracking", "harness.analysis"),
 }
 
 
@@ -126,3 +128,11 @@ def third_party_closure(start: str) -> set[str]:
 def test_the_worker_imports_neither_pyroute2_nor_mlflow():
     outside = third_party_closure("harness.worker.__main__")
     assert not outside & {"pyroute2", "mlflow", "hydra", "omegaconf"}, sorted(outside)
+
+
+def test_the_notebook_only_reads_calls_and_draws() -> None:
+    """Derived figures are computed in harness.analysis (tested, shared with the end-of-run summary); the paper-tables
+    notebook reads the store, calls it and draws, with no numeric library of its own."""
+    script = ROOT / "notebooks" / "paper_tables.py"
+    assert len(script.read_text().splitlines()) < 400, "move derived figures into harness/analysis"
+    assert not {"numpy", "scipy"} & {m.split(".")[0] for m in imports_of(script)}

@@ -170,15 +170,19 @@ def test_an_overrun_emulation_is_retried_at_a_higher_tdf_and_linked(tracking_uri
     assert last["status"] == "FINISHED" and last["tags.valid"] == "true" and last["tags.attempt"] == "2"
     assert last["metrics.tdf"] == 500.0 and last["params.runtime.tdf"] == "500.0"
     assert last["tags.code_hash"] == first["tags.code_hash"] and len(last["tags.code_hash"]) == 64
+    # one name for the user's model: MLflow's tag and run name, and the summary below
+    assert last["tags.model_label"] == "tests.user_models.build 128x128"
+    assert last["tags.mlflow.runName"] == "server_only-tests.user_models.build-xavier_1080ti-1000mbps"
     # the summary shows the counted attempt only, the experiment and how to open it
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
     assert lines[header].split() == ["method", "model", "hardware", "link", "Mbit/s", "decision", "ms", "p50", "ms",
-                                     "inf/s", "valid", "run", "id"]
-    assert lines[header + 2].split()[:3] == ["server_only", "custom", "xavier_1080ti"]
+                                     "95%", "CI", "inf/s", "valid", "run", "id"]
+    assert lines[header + 2].split()[:4] == ["server_only", "tests.user_models.build", "128x128", "xavier_1080ti"]
     assert "valid (attempt 2)" in lines[header + 2] and lines[header + 2].endswith(last["run_id"])
     assert lines[header + 3].startswith("1 job(s), 1 valid; 1 INVALID attempt(s) retried at a higher TDF")
     assert "MLflow experiment 'own_runs'" in lines[header + 3]
     assert lines[header + 4] == f"UI:       mlflow ui --backend-store-uri {tracking_uri}   # then " \
                                 "http://127.0.0.1:5000, experiment own_runs"
-    assert lines[header + 5].startswith(f"notebook: MLFLOW_TRACKING_URI={tracking_uri} EXPERIMENTS=own_runs")
+    assert lines[header + 5].startswith(f"report:   MLFLOW_TRACKING_URI={tracking_uri} EXPERIMENTS=own_runs ")
+    assert lines[header + 5].endswith("notebooks/paper_tables.py") and " python " not in lines[header + 5]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hardware.topology import Hardware
+from harness.analysis.labels import model_name
 from harness.model.models import ModelSpec
 from harness.network.link import LinkSpec
 from partitioners.base import Partitioner
@@ -89,4 +90,5 @@ class Experiment:
 
     @property
     def run_name(self) -> str:
-        return f"{self.method.name}-{self.model.name}-{self.hardware.name}-{self.link.spec.bandwidth_mbps:g}mbps"
+        model = model_name(self.model.name, self.model.target)  # a command-line model by its factory, not "custom"
+        return f"{self.method.name}-{model}-{self.hardware.name}-{self.link.spec.bandwidth_mbps:g}mbps"

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 
 from hardware.profiles import LocalProfile, whole_model_meta, write_table
+from harness.analysis.labels import model_label
 from harness.controller.experiment import Experiment
 from harness.controller.measure import (compute_over_profile, interval_metrics, latency_metrics, link_metrics,
                                         max_abs_error, throughput_ips, timeline_figure)
@@ -196,6 +197,7 @@ def _record_job(exp: Experiment, pool: WorkerPool | None, multirun: bool, launch
     with phases.phase("setup"):  # a trial run: a model.input_shape that does not fit stops here, before any record
         graph = pool.models.graph(exp.model) if pool is not None else build_graph(exp.model)
     tags = {"method": exp.method.name, "method_kind": exp.method.kind, "model": exp.model.name,
+            "model_label": model_label(exp.model.name, exp.model.target, exp.model.input_shape),
             "hardware": exp.hardware.name, "scenario": exp.scenario.name, "valid": "pending",
             **({"launch": launch} if launch else {})}
     end_dead_runs()  # before this job's run opens: no record of a dead controller stays RUNNING

@@ -1,29 +1,31 @@
 """What a run or a sweep found, printed at its end: one row per job read back from MLflow (method, model, hardware,
 link, decision time, median latency with its 95 % interval, throughput, valid or why not, run id), the methods
 ranked where they ran the same model on the same hardware and link (``≈``: within noise, the intervals overlap),
-the experiments they are in and the commands that open them in the UI and in the notebook."""
+the experiments they are in and the commands that open them in the UI and as the paper-tables report. Models,
+links and rankings are named and judged by ``harness.analysis``, as the notebook does."""
 
 from __future__ import annotations
 
 import shlex
+import sys
 from typing import Any
 
 import mlflow
 import pandas as pd
 
-from harness.controller.intervals import inferences_for, ranking, relative_half_width
+from harness import PROJECT_ROOT
+from harness.analysis.compare import ranked_runs, rankings
+from harness.analysis.labels import link_label, link_rates
+from harness.analysis.runs import runs_table
+from harness.analysis.intervals import inferences_for, relative_half_width
 from harness.controller.tracking import tracking_uri
 
-COLUMNS = {"method": "params.method.name", "model": "params.model.name", "hardware": "params.hardware.name",
-           "link": "params.link.name", "Mbit/s": "params.link.bandwidth_mbps", "decision ms": "metrics.decision_time_ms",
-           "p50 ms": "metrics.latency_p50_ms", "95% CI": "metrics.latency_p50_ms_ci_low",
-           "inf/s": "metrics.throughput_ips", "valid": "tags.valid", "run id": "run_id"}
-PREDICTED_COLUMNS = {"p50 ms": "metrics.predicted_latency_ms", "inf/s": "metrics.predicted_throughput_ips"}
+COLUMNS = {"method": "method", "model": "model", "hardware": "hardware", "link": "link", "Mbit/s": "bandwidth_mbps",
+           "decision ms": "decision_ms", "p50 ms": "latency_ms", "95% CI": "latency_low",
+           "inf/s": "throughput_ips", "valid": "tags.valid", "run id": "run_id"}
 WHY_WIDTH = 70  # an invalid run's reason is cut here; the full reason is in its tags
-# Runs compared with each other: the same model and input, hardware, link and scenario.
-SAME_SETTING = ("params.model.name", "params.model.input_shape", "params.hardware.name", "params.link.bandwidth_mbps",
-                "params.link.delay_ms", "params.scenario.name")
 PRECISION = 0.02  # the summary says how many inferences a +-2 % interval of the median would take
+DEFAULT_STORE = f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"  # where `make run` records and `make report` reads
 
 
 def launch_runs(launch: str, uri: str | None = None) -> pd.DataFrame:
@@ -60,19 +62,21 @@ def verdict_cell(run: pd.Series) -> str:
     return "INVALID: " + _cut(str(run.get("tags.invalid_reason") or run.get("status")))
 
 
-def table(df: pd.DataFrame) -> str:
-    """The runs as an aligned text table; superseded attempts (retried at a higher TDF) left out."""
+def table(runs: pd.DataFrame) -> str:
+    """The runs (a :func:`runs_table`) as an aligned text table; superseded attempts (retried at a higher TDF) left
+    out; a predicted run's figures (the cost model's) marked ``~``."""
+    rates = link_rates(PROJECT_ROOT / "conf" / "link")
     rows = []
-    for _, run in df.iterrows():
+    for _, run in runs.iterrows():
         if isinstance(run.get("tags.retried_as"), str) and run.get("tags.retried_as"):
             continue
         row = {name: _cell(run.get(column)) for name, column in COLUMNS.items()}
-        row["decision ms"] = _cell(run.get(COLUMNS["decision ms"]), 3)
+        row["link"] = link_label(run.get("params.link.name"), run.get("bandwidth_mbps"), rates)
+        row["Mbit/s"] = _cell(f"{run['bandwidth_mbps']:g}" if pd.notna(run.get("bandwidth_mbps")) else None)
+        row["decision ms"] = _cell(run.get("decision_ms"), 3)
         row["95% CI"] = _interval_cell(run)
-        if predicted_only(run):  # the cost model's figures, marked as such
-            for name, metric in PREDICTED_COLUMNS.items():
-                if (value := _cell(run.get(metric))) != "-":
-                    row[name] = "~" + value
+        if predicted_only(run):
+            row.update({name: "~" + row[name] for name in ("p50 ms", "inf/s") if row[name] != "-"})
         row["valid"] = verdict_cell(run)
         if run.get("tags.attempt") not in (None, "1") and isinstance(run.get("tags.attempt"), str):
             row["valid"] += f" (attempt {run['tags.attempt']})"
@@ -85,7 +89,7 @@ def table(df: pd.DataFrame) -> str:
 
 
 def _interval(run: pd.Series) -> tuple[float, float] | None:
-    low, high = run.get("metrics.latency_p50_ms_ci_low"), run.get("metrics.latency_p50_ms_ci_high")
+    low, high = run.get("latency_low"), run.get("latency_high")
     return None if low is None or high is None or pd.isna(low) or pd.isna(high) else (float(low), float(high))
 
 
@@ -94,71 +98,36 @@ def _interval_cell(run: pd.Series) -> str:
     return "-" if interval is None else f"{interval[0]:.2f}-{interval[1]:.2f}"
 
 
-def counted_valid(df: pd.DataFrame) -> pd.DataFrame:
-    """The valid measured runs that count (not superseded by a retry), with a latency interval."""
-    if df.empty:
-        return df
-    keep = (df["tags.valid"] == "true") & (df["status"] == "FINISHED")
-    if "tags.retried_as" in df:
-        keep &= ~df["tags.retried_as"].fillna("").astype(bool)
-    if "metrics.latency_p50_ms_ci_low" not in df:
-        return df.iloc[0:0]
-    return df[keep & df["metrics.latency_p50_ms_ci_low"].notna()]
-
-
-def rankings(df: pd.DataFrame) -> list[str]:
-    """One line per setting where several methods ran: fastest median latency first, ``<`` where their 95 %
-    intervals lie apart, ``≈`` where they overlap (within noise: the data cannot order them)."""
-    runs = counted_valid(df)
-    columns = [c for c in SAME_SETTING if c in runs]
-    lines = []
-    for key, group in runs.groupby(columns, sort=False, dropna=False) if columns and not runs.empty else []:
-        if group["params.method.name"].nunique() < 2:
-            continue
-        setting = dict(zip(columns, key if isinstance(key, tuple) else (key,)))
-        label = (f"{setting.get('params.model.name')} on {setting.get('params.hardware.name')} at "
-                 f"{_cell(setting.get('params.link.bandwidth_mbps'))} Mbit/s")
-        lines.append(f"  {label}: {ranking(_by_plan(group))}")
-    return lines
-
-
-def _by_plan(group: pd.DataFrame) -> list[tuple[str, float, tuple[float, float]]]:
-    """One entry per plan: methods that chose the same plan (tag ``plan_digest``) are one result, shown with ``=``,
-    its interval the union of theirs (they differ only by noise)."""
-    entries = []
-    digests = group["tags.plan_digest"].fillna(group["run_id"]) if "tags.plan_digest" in group else group["run_id"]
-    for _, same in group.groupby(digests, sort=False):
-        names = " = ".join(f"{r['params.method.name']} {r['metrics.latency_p50_ms']:.2f}" for _, r in same.iterrows())
-        intervals = [_interval(r) for _, r in same.iterrows()]
-        entries.append((names + (" (same plan)" if len(same) > 1 else ""), float(same["metrics.latency_p50_ms"].median()),
-                        (min(i[0] for i in intervals), max(i[1] for i in intervals))))
-    return entries
-
-
-def precision_hint(df: pd.DataFrame) -> str | None:
-    """How many inferences the least precise run would need for a +-2 % interval of its median, if it has not."""
+def precision_hint(runs: pd.DataFrame) -> str | None:
+    """How many inferences the least precise run (of a :func:`runs_table`) would need for a +-2 % interval of its
+    median, if it has not."""
     worst, need = None, 0
-    for _, run in counted_valid(df).iterrows():
-        width = relative_half_width(_interval(run), run["metrics.latency_p50_ms"])
+    for _, run in ranked_runs(runs).iterrows():
+        width = relative_half_width(_interval(run), run["latency_ms"])
         count = int(run.get("metrics.measured_inferences") or 0)
         if count and width > PRECISION and (n := inferences_for(PRECISION, width, count)) > need:
             worst, need = run, n
     if worst is None:
         return None
-    width = relative_half_width(_interval(worst), worst["metrics.latency_p50_ms"])
-    return (f"precision: {worst['params.method.name']} on {worst['params.model.name']} has a +-{100 * width:.1f} % "
-            f"interval from {int(worst['metrics.measured_inferences'])} inferences; +-{100 * PRECISION:g} % would "
-            f"take about scenario.inferences={need}")
+    width = relative_half_width(_interval(worst), worst["latency_ms"])
+    return (f"precision: {worst['method']} on {worst['model']} has a +-{100 * width:.1f} % interval from "
+            f"{int(worst['metrics.measured_inferences'])} inferences; +-{100 * PRECISION:g} % would take about "
+            f"scenario.inferences={need}")
 
 
 def open_commands(experiments: list[str], uri: str) -> list[str]:
-    """How to look at these experiments: the MLflow UI and the notebook, with this store."""
+    """How to look at these experiments: the MLflow UI, and the report (the paper-tables notebook run as a script,
+    figures saved beside the store): ``make report`` for the project's own store, else the full command with this
+    interpreter (the one that has the packages; a bare ``python`` outside the venv lacks them)."""
     names = ",".join(experiments)
     store = shlex.quote(uri)
     ui = (f"open {uri} (experiments {names})" if uri.startswith(("http://", "https://"))
           else f"mlflow ui --backend-store-uri {store}   # then http://127.0.0.1:5000, experiment {names}")
-    notebook = f"MLFLOW_TRACKING_URI={store} EXPERIMENTS={shlex.quote(names)} python notebooks/paper_tables.py"
-    return [f"UI:       {ui}", f"notebook: {notebook}"]
+    script = PROJECT_ROOT / "notebooks" / "paper_tables.py"
+    report = (f"make report EXPERIMENTS={shlex.quote(names)}" if uri == DEFAULT_STORE else
+              f"MLFLOW_TRACKING_URI={store} EXPERIMENTS={shlex.quote(names)} {shlex.quote(sys.executable)} "
+              f"{shlex.quote(str(script))}")
+    return [f"UI:       {ui}", f"report:   {report}"]
 
 
 def summary(launch: str, uri: str | None = None) -> str:
@@ -178,8 +147,9 @@ def summary(launch: str, uri: str | None = None) -> str:
             + (f"; {retried} INVALID attempt(s) retried at a higher TDF (linked by tags retry_of/retried_as)"
                if retried else "")
             + f"; MLflow experiment {', '.join(repr(e) for e in experiments)} in {uri}")
-    ranked = rankings(df)
+    runs = runs_table(df)
+    ranked = rankings(runs)
     noise = (["median latency, fastest first (95 % intervals; ≈: within noise, <: apart):", *ranked]
              if ranked else [])
-    hint = precision_hint(df)
-    return "\n".join([table(df), head, *noise, *([hint] if hint else []), *open_commands(experiments, uri)])
+    hint = precision_hint(runs)
+    return "\n".join([table(runs), head, *noise, *([hint] if hint else []), *open_commands(experiments, uri)])

@@ -22,6 +22,17 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns" / folder).as_uri()
 
 
+def figures_dir(uri: str) -> Path:
+    """Where the report saves its figures: a ``figures/`` folder beside a local store (the SQLite file, or a file
+    store's folder), else (a tracking server) in the working directory."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).resolve().parent / "figures"
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path).resolve().parent / "figures"
+    return Path.cwd() / "figures"
+
+
 def local_store_exists(uri: str) -> bool:
     """False only for a local store (SQLite file or file store) that is not there yet; remote stores count as there.
 
