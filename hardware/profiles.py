@@ -14,6 +14,7 @@ import copy
 import csv
 import hashlib
 import json
+import math
 import os
 import statistics
 import time
@@ -29,7 +30,10 @@ from harness.model.graph import COSTED_KINDS, ModelGraph
 from harness.model.memory import collector_paused, keep_activations_resident
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
-TIMING = "in-context, resident"  # how node times are measured (part of a cached profile's key: a new way measures again)
+MAX_REPEATS = 200  # a measured profile's repeats, however small the model
+WAKE_IDLE_S = 0.02  # how long the processor idles before each run that measures its wake-up
+WAKE_RUNS = 7
+TIMING = "in-context, resident, wake"  # how node times are measured (part of a cached profile's key: a new way measures again)
 
 
 def cache_dir() -> Path:
@@ -49,6 +53,11 @@ class Profile(ABC):
     def measured_whole_ms(self, graph: ModelGraph) -> float | None:
         """The whole model's real time where this profile was measured on the device, else None."""
         return None
+
+    def wake_ms(self, graph: ModelGraph) -> float:
+        """What a part costs more when the device idled before it, where measured (0 for a spec sheet's roofline,
+        whose published figures are back-to-back runs)."""
+        return 0.0
 
 
 @dataclass
@@ -155,6 +164,7 @@ class NodeTimes:
     node_ms: dict[str, float]
     whole_ms: float
     node_sum_ms: float  # the medians' sum before correction
+    wake_ms: float = 0.0  # what a part costs more after the processor idled (``wake_ms``)
 
     @property
     def corrected(self) -> dict[str, float]:
@@ -168,10 +178,13 @@ def _median_ms(samples: list[float]) -> float:
     return statistics.median(samples) if samples else 0.0
 
 
-def measure_node_times(graph: ModelGraph, warmup: int = 2, repeats: int = 7,
-                       device: torch.device | str = "cpu") -> NodeTimes:
+def measure_node_times(graph: ModelGraph, warmup: int = 2, repeats: int = 7, device: torch.device | str = "cpu",
+                       min_seconds: float = 0.0, wake_runs: int = 0) -> NodeTimes:
     """Time every node of ``graph`` and the whole model on ``device`` of this machine (the CPU with the current
-    torch thread count, or a GPU: nodes timed with CUDA events, the whole model with a synchronisation)."""
+    torch thread count, or a GPU: nodes timed with CUDA events, the whole model with a synchronisation): at least
+    ``repeats`` times, and for at least ``min_seconds`` in all (a small model's few milliseconds are one moment of a
+    machine whose speed drifts). ``wake_runs``: then time the whole model that often after the processor idled
+    (:func:`wake_ms`)."""
     device = torch.device(device)
     module = graph.module if device.type == "cpu" else copy.deepcopy(graph.module).to(device)
     example = graph.example_input.to(device)
@@ -180,16 +193,33 @@ def measure_node_times(graph: ModelGraph, warmup: int = 2, repeats: int = 7,
     whole: list[float] = []
     keep_activations_resident()  # the workers' memory policy: under the default one VGG-16 ran 12 % slower here
     with torch.no_grad(), collector_paused():
-        for i in range(warmup + repeats):
+        i, total = 0, warmup + repeats
+        while i < total:
             times = _stamped_run(stamped, stamps, order, example) if device.type == "cpu" else _events_run(
                 module, example)
             whole_ms = _whole_run(module, example, device)
+            if i == max(warmup - 1, 0) and min_seconds > 0:  # enough repeats for min_seconds at this pace
+                total = max(total, warmup + min(MAX_REPEATS, math.ceil(min_seconds * 1e3 / (2 * whole_ms))))
             if i >= warmup:
                 whole.append(whole_ms)
                 for n, t in times.items():
                     samples[n].append(t)
+            i += 1
+        wake = wake_ms(module, example, device, _median_ms(whole), wake_runs) if wake_runs else 0.0
     node_ms = {n: (_median_ms(s) if graph[n].op not in ("placeholder", "output") else 0.0) for n, s in samples.items()}
-    return NodeTimes(node_ms=node_ms, whole_ms=_median_ms(whole), node_sum_ms=sum(node_ms.values()))
+    return NodeTimes(node_ms=node_ms, whole_ms=_median_ms(whole), node_sum_ms=sum(node_ms.values()), wake_ms=wake)
+
+
+def wake_ms(module: fx.GraphModule, example: torch.Tensor, device: torch.device, busy_ms: float, runs: int) -> float:
+    """What a part costs more when the processor idled before it, as every part of a single-stream run does (it
+    waits for its command or its input): the whole model's median after ``WAKE_IDLE_S`` idle, less its median
+    back to back (``busy_ms``), at least 0. The cost of an idle processor waking (frequency, caches, a virtual
+    CPU given back by its host): 0.8-1.2 ms here on a model of 1 to 11 ms, none seen on ResNet-18."""
+    idle = []
+    for _ in range(runs):
+        time.sleep(WAKE_IDLE_S)
+        idle.append(_whole_run(module, example, device))
+    return max(0.0, _median_ms(idle) - busy_ms)
 
 
 def _stamped_run(module: fx.GraphModule, stamps: _Stamps, order: list[str], example: torch.Tensor
@@ -239,6 +269,8 @@ class LocalProfile(Profile):
     threads: int = 1
     warmup: int = 2
     repeats: int = 7
+    min_seconds: float = 1.0  # and repeats for at least this long (a small model's are few ms each)
+    wake_runs: int = WAKE_RUNS  # runs after an idle pause that measure the wake-up (0: not measured)
     cache: bool = True
     cache_dir: str | None = None  # default: cache_dir()
     device: str = "cpu"
@@ -263,7 +295,8 @@ class LocalProfile(Profile):
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            return measure_node_times(graph, self.warmup, self.repeats, self.device)
+            return measure_node_times(graph, self.warmup, self.repeats, self.device, self.min_seconds,
+                                      self.wake_runs)
         finally:
             torch.set_num_threads(previous)
 
@@ -271,10 +304,16 @@ class LocalProfile(Profile):
         path = self.cache_path(graph)
         return TableProfile(name=self.name, path=str(path)).measured_whole_ms(graph) if path.exists() else None
 
+    def wake_ms(self, graph: ModelGraph) -> float:
+        path = self.cache_path(graph)
+        return TableProfile(name=self.name, path=str(path)).wake_ms(graph) if path.exists() else 0.0
+
 
 def whole_model_meta(measured: NodeTimes) -> dict[str, float]:
-    """What a table records of the whole model: its real time, and the per-node medians' sum it corrected."""
-    return {"whole_ms": round(measured.whole_ms, 6), "node_sum_ms": round(measured.node_sum_ms, 6)}
+    """What a table records of the whole model: its real time, the per-node medians' sum it corrected, and what a
+    part costs more after the processor idled."""
+    return {"whole_ms": round(measured.whole_ms, 6), "node_sum_ms": round(measured.node_sum_ms, 6),
+            "wake_ms": round(measured.wake_ms, 6)}
 
 
 def read_meta(path: Path | str) -> dict[str, Any]:
@@ -331,4 +370,7 @@ class TableProfile(Profile):
     def measured_whole_ms(self, graph: ModelGraph) -> float | None:
         whole = read_meta(self.path).get("whole_ms") if Path(self.path).exists() else None
         return float(whole) if whole else None
+
+    def wake_ms(self, graph: ModelGraph) -> float:
+        return float(read_meta(self.path).get("wake_ms", 0.0)) if Path(self.path).exists() else 0.0
 
