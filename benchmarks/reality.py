@@ -1,16 +1,15 @@
 """The cost model held against real execution: on ``hardware=local_pair`` both endpoints are this machine computing
 for real at TDF 1 (nothing padded, nothing dilated), so a run's measured median latency can be set beside the
-latency its own plan predicts from the local profile (``predicted_latency_ms``, the method's latency model) and the
-harness expects (``expected_latency_ms``: that plus each computing endpoint's measured wake-up).
+latency its own plan predicts from the local profile.
 
 Each job runs as a user runs it: ``python run.py -m model=M hardware=local_pair method=device_only,server_only,dads
 link.bandwidth_mbps=R1,R2`` (one sweep per model and repeat, workers kept alive across its jobs; device-only does not
 depend on the rate, so it runs twice per sweep), into a store and profile cache of its own, so every repeat measures
-its profiles afresh. Per job: predicted and expected ms, the measured median of each repeat, measured / expected
-(median over the repeats), the spread between repeats ((max - min) / median), and ``compute_over_profile`` (real compute over the
+its profiles afresh. Per job: predicted ms, the measured median of each repeat, measured / predicted (median over
+the repeats), the spread between repeats ((max - min) / median), and ``compute_over_profile`` (real compute over the
 profile's time for the same nodes, median over inferences and repeats), which separates the profile's error from
-the rest (link, wire, process hops). Goal on a quiet machine: median |measured / expected - 1| <= 3 %, every job
-within 10 %. Runs recorded before ``expected_latency_ms`` existed are held against ``predicted_latency_ms``.
+the rest (link, wire, process hops). Goal on a quiet machine: median |measured / predicted - 1| <= 3 %, every job
+within 10 %.
 
     PYTHONPATH=. .venv/bin/python benchmarks/reality.py                        # 8 models, 2 repeats (~25 min)
     PYTHONPATH=. .venv/bin/python benchmarks/reality.py --models resnet18 --repeats 1 --inferences 4
@@ -69,8 +68,6 @@ def runs(store: str) -> list[dict[str, Any]]:
         rows.append({"model": run["tags.model"], "method": run["params.method.name"],
                      "mbps": float(run["params.link.bandwidth_mbps"]),
                      "predicted_ms": run["metrics.predicted_latency_ms"], "measured_ms": run["metrics.latency_p50_ms"],
-                     # the method's latency plus what the harness measured it leaves out (earlier versions: none)
-                     "expected_ms": run.get("metrics.expected_latency_ms", run["metrics.predicted_latency_ms"]),
                      "ci": (run["metrics.latency_p50_ms_ci_low"], run["metrics.latency_p50_ms_ci_high"])
                      if "metrics.latency_p50_ms_ci_low" in run else None,
                      "compute": [run[c] for c in df.columns
@@ -91,14 +88,15 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[float]]:
     for (model, method, mbps), same in sorted(jobs.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
         measured = [r["measured_ms"] for r in same]
         predicted = statistics.median(r["predicted_ms"] for r in same)
-        expected = statistics.median(r["expected_ms"] for r in same)
-        ratio = statistics.median(m / r["expected_ms"] for m, r in zip(measured, same))
+        ratio = statistics.median(m / r["predicted_ms"] for m, r in zip(measured, same))
         spread = (max(measured) - min(measured)) / statistics.median(measured)
         compute = [c for r in same for c in r["compute"]]
         errors.append(abs(ratio - 1))
         lines.append(f"| {model} | {method} | {'-' if mbps is None else f'{mbps:g}'} | {predicted:.2f} | "
-                     f"{expected:.2f} | {' / '.join(f'{m:.2f}' for m in measured)} | {ratio:.3f} | "
-                     f"{100 * spread:.1f} % | {f'{statistics.median(compute):.3f}' if compute else '-'} |")
+                     f"{' / '.join(f'{m:.2f}' for m in measured)} | {ratio:.3f} | {100 * spread:.1f} % | "
+                     f"{statistics.median(compute):.3f} |" if compute else
+                     f"| {model} | {method} | {'-' if mbps is None else f'{mbps:g}'} | {predicted:.2f} | "
+                     f"{' / '.join(f'{m:.2f}' for m in measured)} | {ratio:.3f} | {100 * spread:.1f} % | - |")
     return lines, errors
 
 
@@ -126,13 +124,13 @@ def main() -> None:
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, load average {load:.2f} at the start; hardware=local_pair "
           f"(TDF 1); {args.inferences} inferences per job, {args.repeats} repeat(s); "
           f"{(time.time() - began) / 60:.1f} min")
-    print("| model | method | Mbit/s | predicted ms | expected ms | measured p50 ms (per repeat) | measured / expected | "
+    print("| model | method | Mbit/s | predicted ms | measured p50 ms (per repeat) | measured / predicted | "
           "spread between repeats | compute / profile |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     print("\n".join(lines))
     median_error, worst = statistics.median(errors), max(errors)
     verdict = "met" if median_error <= GOAL_MEDIAN and worst <= GOAL_EACH else "NOT met"
-    print(f"\nmedian |measured / expected - 1| = {100 * median_error:.1f} % (goal <= {100 * GOAL_MEDIAN:g} %), "
+    print(f"\nmedian |measured / predicted - 1| = {100 * median_error:.1f} % (goal <= {100 * GOAL_MEDIAN:g} %), "
           f"worst {100 * worst:.1f} % (goal <= {100 * GOAL_EACH:g} %), {sum(e <= GOAL_EACH for e in errors)} of "
           f"{len(errors)} jobs within {100 * GOAL_EACH:g} %: goal {verdict}")
     if args.json:

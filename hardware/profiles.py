@@ -31,9 +31,7 @@ from harness.model.memory import collector_paused, keep_activations_resident
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
 MAX_REPEATS = 200  # a measured profile's repeats, however small the model
-WAKE_IDLE_S = 0.02  # how long the processor idles before each run that measures its wake-up
-WAKE_RUNS = 7
-TIMING = "in-context, resident, wake"  # how node times are measured (part of a cached profile's key: a new way measures again)
+TIMING = "in-context, resident, 1 s"  # how node times are measured (part of a cached profile's key: a new way measures again)
 
 
 def cache_dir() -> Path:
@@ -53,11 +51,6 @@ class Profile(ABC):
     def measured_whole_ms(self, graph: ModelGraph) -> float | None:
         """The whole model's real time where this profile was measured on the device, else None."""
         return None
-
-    def wake_ms(self, graph: ModelGraph) -> float:
-        """What a part costs more when the device idled before it, where measured (0 for a spec sheet's roofline,
-        whose published figures are back-to-back runs)."""
-        return 0.0
 
 
 @dataclass
@@ -164,7 +157,6 @@ class NodeTimes:
     node_ms: dict[str, float]
     whole_ms: float
     node_sum_ms: float  # the medians' sum before correction
-    wake_ms: float = 0.0  # what a part costs more after the processor idled (``wake_ms``)
 
     @property
     def corrected(self) -> dict[str, float]:
@@ -179,12 +171,11 @@ def _median_ms(samples: list[float]) -> float:
 
 
 def measure_node_times(graph: ModelGraph, warmup: int = 2, repeats: int = 7, device: torch.device | str = "cpu",
-                       min_seconds: float = 0.0, wake_runs: int = 0) -> NodeTimes:
+                       min_seconds: float = 0.0) -> NodeTimes:
     """Time every node of ``graph`` and the whole model on ``device`` of this machine (the CPU with the current
     torch thread count, or a GPU: nodes timed with CUDA events, the whole model with a synchronisation): at least
     ``repeats`` times, and for at least ``min_seconds`` in all (a small model's few milliseconds are one moment of a
-    machine whose speed drifts). ``wake_runs``: then time the whole model that often after the processor idled
-    (:func:`wake_ms`)."""
+    machine whose speed drifts)."""
     device = torch.device(device)
     module = graph.module if device.type == "cpu" else copy.deepcopy(graph.module).to(device)
     example = graph.example_input.to(device)
@@ -205,21 +196,8 @@ def measure_node_times(graph: ModelGraph, warmup: int = 2, repeats: int = 7, dev
                 for n, t in times.items():
                     samples[n].append(t)
             i += 1
-        wake = wake_ms(module, example, device, _median_ms(whole), wake_runs) if wake_runs else 0.0
     node_ms = {n: (_median_ms(s) if graph[n].op not in ("placeholder", "output") else 0.0) for n, s in samples.items()}
-    return NodeTimes(node_ms=node_ms, whole_ms=_median_ms(whole), node_sum_ms=sum(node_ms.values()), wake_ms=wake)
-
-
-def wake_ms(module: fx.GraphModule, example: torch.Tensor, device: torch.device, busy_ms: float, runs: int) -> float:
-    """What a part costs more when the processor idled before it, as every part of a single-stream run does (it
-    waits for its command or its input): the whole model's median after ``WAKE_IDLE_S`` idle, less its median
-    back to back (``busy_ms``), at least 0. The cost of an idle processor waking (frequency, caches, a virtual
-    CPU given back by its host): 0.8-1.2 ms here on a model of 1 to 11 ms, none seen on ResNet-18."""
-    idle = []
-    for _ in range(runs):
-        time.sleep(WAKE_IDLE_S)
-        idle.append(_whole_run(module, example, device))
-    return max(0.0, _median_ms(idle) - busy_ms)
+    return NodeTimes(node_ms=node_ms, whole_ms=_median_ms(whole), node_sum_ms=sum(node_ms.values()))
 
 
 def _stamped_run(module: fx.GraphModule, stamps: _Stamps, order: list[str], example: torch.Tensor
@@ -270,7 +248,6 @@ class LocalProfile(Profile):
     warmup: int = 2
     repeats: int = 7
     min_seconds: float = 1.0  # and repeats for at least this long (a small model's are few ms each)
-    wake_runs: int = WAKE_RUNS  # runs after an idle pause that measure the wake-up (0: not measured)
     cache: bool = True
     cache_dir: str | None = None  # default: cache_dir()
     device: str = "cpu"
@@ -295,8 +272,7 @@ class LocalProfile(Profile):
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            return measure_node_times(graph, self.warmup, self.repeats, self.device, self.min_seconds,
-                                      self.wake_runs)
+            return measure_node_times(graph, self.warmup, self.repeats, self.device, self.min_seconds)
         finally:
             torch.set_num_threads(previous)
 
@@ -304,16 +280,10 @@ class LocalProfile(Profile):
         path = self.cache_path(graph)
         return TableProfile(name=self.name, path=str(path)).measured_whole_ms(graph) if path.exists() else None
 
-    def wake_ms(self, graph: ModelGraph) -> float:
-        path = self.cache_path(graph)
-        return TableProfile(name=self.name, path=str(path)).wake_ms(graph) if path.exists() else 0.0
-
 
 def whole_model_meta(measured: NodeTimes) -> dict[str, float]:
-    """What a table records of the whole model: its real time, the per-node medians' sum it corrected, and what a
-    part costs more after the processor idled."""
-    return {"whole_ms": round(measured.whole_ms, 6), "node_sum_ms": round(measured.node_sum_ms, 6),
-            "wake_ms": round(measured.wake_ms, 6)}
+    """What a table records of the whole model: its real time, and the per-node medians' sum it corrected."""
+    return {"whole_ms": round(measured.whole_ms, 6), "node_sum_ms": round(measured.node_sum_ms, 6)}
 
 
 def read_meta(path: Path | str) -> dict[str, Any]:
@@ -370,7 +340,4 @@ class TableProfile(Profile):
     def measured_whole_ms(self, graph: ModelGraph) -> float | None:
         whole = read_meta(self.path).get("whole_ms") if Path(self.path).exists() else None
         return float(whole) if whole else None
-
-    def wake_ms(self, graph: ModelGraph) -> float:
-        return float(read_meta(self.path).get("wake_ms", 0.0)) if Path(self.path).exists() else 0.0
 

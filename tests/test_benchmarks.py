@@ -99,4 +99,4 @@ def test_reality_holds_a_real_run_against_its_prediction(tmp_path: Path) -> None
     assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 and r["ci"][0] <= r["measured_ms"] <= r["ci"][1]
                for r in rows)
     assert any(r["compute"] for r in rows)  # local_pair computes unpadded: real compute over the profile
-    assert "| custom | device_only | - |" in out and "median |measured / expected - 1|" in out
+    assert "| custom | device_only | - |" in out and "median |measured / predicted - 1|" in out

@@ -12,7 +12,7 @@ from harness.controller.runtime import WorkerSpec
 from harness.model.graph import ModelGraph, crossing_tensors
 from harness.model.submodels import full_assignment
 from harness.network.link import LinkSpec
-from partitioners.base import DEVICE, SERVER, Plan, cut_problem, device_side_of
+from partitioners.base import Plan, cut_problem, device_side_of
 
 
 def stage_plans(graph: ModelGraph, plan: Plan, roles: tuple[str, str],
@@ -72,16 +72,9 @@ class CutStrategy:
         return cut_problem(self.graph, self.node_ms[self.device], self.node_ms[self.server])
 
     def plan_metrics(self, problem: Any, plan_json: dict[str, Any]) -> dict[str, float]:
-        metrics = {"nodes_before": float(len(problem.order)), "predicted_wake_ms": self.wake_ms(plan_json)}
+        metrics = {"nodes_before": float(len(problem.order))}
         metrics.update({k: float(plan_json[k]) for k in ("nodes_before", "nodes_after") if k in plan_json})
         return metrics
-
-    def wake_ms(self, plan_json: dict[str, Any]) -> float:
-        """What the plan costs beyond the methods' model: each side that computes waits for its command or its
-        input, idle, and pays its profile's wake-up once per inference (0 for a spec sheet's roofline)."""
-        computing = {n["side"] for n in plan_json["nodes"] if n["name"] != self.graph.input_name}
-        return sum(self.exp.hardware.endpoints[role].wake_ms(self.graph)
-                   for side, role in ((DEVICE, self.device), (SERVER, self.server)) if side in computing)
 
     def pads(self) -> bool:
         return not all(isinstance(self.exp.hardware.endpoints[e], LocalProfile) for e in self.endpoints)

@@ -65,8 +65,6 @@ def decide(exp: Experiment, graph: ModelGraph) -> Decision:
     metrics = {"decision_time_ms": decision_ms, "offline_time_ms": offline_ms,
                "predicted_latency_ms": plan.predicted_latency_ms, **strategy.plan_metrics(problem, plan.to_json()),
                **exp.hardware.whole_model_metrics(graph, node_ms)}
-    # the harness's own expectation: the method's latency model plus what it leaves out and the profiles measured
-    metrics["expected_latency_ms"] = plan.predicted_latency_ms + metrics.get("predicted_wake_ms", 0.0)
     return Decision(strategy, problem, prepared, plan, metrics)
 
 
