@@ -39,6 +39,25 @@ def refuse_secret_overrides(argv: list[str]) -> None:
                      "MLflow). Set $SPLITBENCH_TOKEN or runtime.token_file=PATH")
 
 
+USER_CONF_ENV = "SPLITBENCH_CONF"
+
+
+def with_user_configs(argv: list[str]) -> list[str]:
+    """``$SPLITBENCH_CONF`` (folders separated by ``:``) holds the user's own config groups (``model/``,
+    ``method/``, ``hardware/``, ...), searched after ``conf/``: their YAML files live outside the clone, so runs are
+    not marked ``-dirty`` for them (the resolved config is recorded either way). A ``hydra.searchpath`` given on the
+    command line wins."""
+    folders = [f for f in os.environ.get(USER_CONF_ENV, "").split(os.pathsep) if f]
+    if not folders or any(arg.lstrip("+").startswith("hydra.searchpath") for arg in argv):
+        return argv
+    missing = [f for f in folders if not os.path.isdir(f)]
+    if missing:
+        sys.exit(f"error: {USER_CONF_ENV}={os.environ[USER_CONF_ENV]!r}: {missing[0]!r} is not a folder; it names "
+                 "folders of your own config groups (model/, method/, ...), separated by ':'")
+    paths = ",".join("file://" + os.path.abspath(f) for f in folders)
+    return [*argv, f"hydra.searchpath=[{paths}]"]
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from harness.config import resolve  # after Hydra parsed the command line: fast --help and errors
@@ -62,4 +81,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     refuse_secret_overrides(sys.argv[1:])
+    sys.argv[1:] = with_user_configs(sys.argv[1:])
     main_with_one_line_errors(main)

@@ -186,3 +186,18 @@ def test_an_overrun_emulation_is_retried_at_a_higher_tdf_and_linked(tracking_uri
                                 "http://127.0.0.1:5000, experiment own_runs"
     assert lines[header + 5].startswith(f"report:   MLFLOW_TRACKING_URI={tracking_uri} EXPERIMENTS=own_runs ")
     assert lines[header + 5].endswith("notebooks/paper_tables.py") and " python " not in lines[header + 5]
+
+
+def test_a_users_own_config_folder_is_searched_outside_the_clone(tracking_uri: str, tmp_path: Path) -> None:
+    mine = tmp_path / "my_conf"
+    (mine / "model").mkdir(parents=True)
+    (mine / "model" / "tiny.yaml").write_text("name: tiny\n_target_: tests.user_models.build\n"
+                                              "input_shape: [1, 3, 64, 64]\nseed: 0\nargs: {width: 8}\n")
+    proc = run_cli(["mode=predict", "model=tiny", "hardware=xavier_1080ti", "method=dads"], tracking_uri, tmp_path,
+                   env={"SPLITBENCH_CONF": str(mine)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "tiny" in proc.stdout and "predicted only" in proc.stdout
+    proc = run_cli(["mode=predict", "model=tiny"], tracking_uri, tmp_path, env={"SPLITBENCH_CONF": str(tmp_path / "no")})
+    assert proc.returncode != 0 and "SPLITBENCH_CONF=" in proc.stderr and "is not a folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
