@@ -139,6 +139,19 @@ def test_provenance_counts_untracked_source_files(tmp_path: Path, monkeypatch: p
     assert records.code_hash() not in (first, clean_hash)
 
 
+def test_a_users_config_folder_is_hashed_with_the_code_and_leaves_the_project_clean(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = tmp_path / "my_conf" / "model"
+    mine.mkdir(parents=True)
+    (mine / "tiny.yaml").write_text("name: tiny\n")
+    monkeypatch.setenv("SPLITBENCH_CONF", str(tmp_path / "my_conf"))
+    assert records.user_config_files() == [(mine / "tiny.yaml").resolve()]
+    before = records.code_hash(records.user_config_files())
+    (mine / "tiny.yaml").write_text("name: tiny\nseed: 1\n")
+    assert records.code_hash(records.user_config_files()) != before
+    assert not any(p.is_relative_to(tmp_path) for p in records.source_files())  # not the project's: never -dirty
+
+
 def test_configuration_errors_print_one_line_without_traceback(tracking_uri: str, tmp_path: Path) -> None:
     cases = {"link.bandwitdh_mbps=5": "error: unknown key 'link.bandwitdh_mbps' in the command line; accepted keys:",
              "hardware.num_servers=9": "error: hardware.num_servers must be in 2..4, got 9",

@@ -91,6 +91,13 @@ def outside_code(config: Mapping[str, Any]) -> list[Path]:
     return sorted(files)
 
 
+def user_config_files() -> list[Path]:
+    """The YAML files of the user's own config folders (``$SPLITBENCH_CONF``, searched after ``conf/``): hashed
+    with the code, so that a run records them without the project being marked dirty."""
+    folders = [Path(f) for f in os.environ.get("SPLITBENCH_CONF", "").split(os.pathsep) if f]
+    return sorted(p.resolve() for folder in folders if folder.is_dir() for p in folder.rglob("*.y*ml") if p.is_file())
+
+
 def environment() -> dict[str, Any]:
     """The machine and software a result was measured on."""
     cpu = "unknown"
@@ -142,7 +149,7 @@ class RunRecord:
         mlflow.log_text(yaml.safe_dump(dict(self.config), sort_keys=False), "config.yaml")
         env = environment()
         mlflow.log_dict(env, "environment.json")
-        mlflow.set_tags({"git_commit": env["git_commit"], "code_hash": code_hash(outside_code(self.config)),
+        mlflow.set_tags({"git_commit": env["git_commit"], "code_hash": code_hash([*outside_code(self.config), *user_config_files()]),
                          **self.tags})
         return self
 
