@@ -51,3 +51,31 @@ def run_cli(args: list[str], tracking_uri: str, cwd: Path, timeout: float = 600,
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args,
                            f"hydra.run.dir={cwd}/outputs", f"hydra.sweep.dir={cwd}/multirun"],
                           cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+# Where a run records when nobody says where (ignored by git, so looked at by name): a test must never use them.
+RECORD_PLACES = ("mlflow.db", "mlruns", "mlartifacts", "outputs", "multirun", "figures")
+
+
+def _untracked_files() -> set[str] | None:
+    """Files git would add to the checkout (untracked, not ignored), and every file in the places a run records to
+    by default; None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--others", "--exclude-standard"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    recorded = {str(p.relative_to(ROOT)) for place in RECORD_PLACES for p in
+                ([ROOT / place] if (ROOT / place).is_file() else (ROOT / place).rglob("*")) if p.is_file()}
+    return set(out.splitlines()) | recorded
+
+
+@pytest.fixture(scope="session", autouse=True)
+def the_checkout_stays_clean() -> object:
+    """The suite's runs write their stores, artifacts and outputs under temporary folders, never into the checkout:
+    a file that appears there during the session fails it at the end, named."""
+    before = _untracked_files()
+    yield
+    after = _untracked_files()
+    if before is not None and after is not None and (new := sorted(after - before)):
+        pytest.fail(f"the test session left {len(new)} file(s) in the checkout: {new[:10]}", pytrace=False)
