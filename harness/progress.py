@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import uuid
 from typing import Any
 
@@ -38,6 +39,9 @@ class SweepProgress(Callback):
 
     def __init__(self) -> None:
         self.bar: tqdm | None = None
+        self.total: int | None = None
+        self.done = 0
+        self.sweeping = False  # on_job_end also ends a single run's job: only a sweep counts
 
     def __getstate__(self) -> dict[str, Any]:
         # launchers that run jobs elsewhere (Ray) pickle the callbacks with the job; the bar stays with the driver
@@ -45,11 +49,17 @@ class SweepProgress(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[LAUNCH_ENV] = uuid.uuid4().hex
-        self.bar = tqdm(total=sweep_size(config), desc="sweep", unit="job", position=1, leave=True)
+        self.total, self.done, self.sweeping = sweep_size(config), 0, True
+        if sys.stderr.isatty():  # in a log file a bar's carriage returns and escape codes garble it: plain lines
+            self.bar = tqdm(total=self.total, desc="sweep", unit="job", position=1, leave=True)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        self.done += 1
         if self.bar is not None:
             self.bar.update(1)
+        elif self.sweeping:
+            print(f"sweep: {self.done}/{self.total if self.total is not None else '?'} jobs done", file=sys.stderr,
+                  flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.bar is not None:

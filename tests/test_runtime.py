@@ -228,10 +228,10 @@ def test_sigint_to_run_py_mid_run_ends_the_mlflow_run_and_leaves_nothing(trackin
     reader = threading.Thread(target=lambda: stderr.extend(iter(lambda: proc.stderr.read(64), b"")), daemon=True)
     reader.start()
     try:
-        # Mid-run: the progress bar shows measured inferences done (each sends the 48 KiB input at 2 Mbit/s).
+        # Mid-run: the progress lines show inferences done (each sends the 48 KiB input at 2 Mbit/s).
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            done = [int(n) for n in re.findall(rb"(\d+)/\d+ \[", b"".join(stderr))]
+            done = [int(n) for n in re.findall(rb"inferences: (\d+)/\d+", b"".join(stderr))]
             if done and max(done) >= 3:
                 break
             time.sleep(0.2)

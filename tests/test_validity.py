@@ -132,3 +132,17 @@ def test_a_retimed_trace_player_keeps_its_place() -> None:
     finally:
         player.stop()
     assert rates == [10.0]
+
+
+def test_progress_in_a_log_is_plain_lines_at_the_tenths(capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.controller.measurer import ProgressLines
+
+    lines = ProgressLines(total=40)
+    for _ in range(40):
+        lines.update(1)
+    lines.close()
+    said = capsys.readouterr().err.splitlines()
+    assert said == [f"inferences: {n}/40" for n in range(0, 41, 4)]
+    assert not any("\r" in line or "\x1b" in line for line in said)
+    ProgressLines(total=8, disable=True).close()
+    assert capsys.readouterr().err == ""

@@ -5,6 +5,7 @@ clock, and the verdict. Workers only compute, send and report; what their report
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,6 +37,33 @@ CALIBRATION_HEADROOM = 1.1
 # A measured inference that overran is repeated at a TDF at least MIN_RAISE and at most MAX_RAISE times higher: a
 # one-off pause (the scheduler, another process) must not multiply the run's real time by its own size.
 MIN_RAISE, MAX_RAISE = 1.15, 2.0
+
+
+class ProgressLines:
+    """Progress where stderr is no terminal (a log file, a CI job): a plain line at the start, at each tenth and at
+    the end, where a bar's carriage returns and escape codes would garble the log. The part of tqdm's interface
+    the measurer uses."""
+
+    def __init__(self, total: int, disable: bool = False) -> None:
+        self.total, self.n, self.disable, self.said = total, 0, disable, -1
+        self._say()
+
+    def _say(self) -> None:
+        if not self.disable and self.n != self.said:
+            print(f"inferences: {self.n}/{self.total}", file=sys.stderr, flush=True)
+            self.said = self.n
+
+    def update(self, count: int = 1) -> None:
+        step = max(1, self.total // 10)
+        before, self.n = self.n, self.n + count
+        if self.n // step != before // step or self.n >= self.total:
+            self._say()
+
+    def refresh(self) -> None:
+        """A new total (repeats added): said at the next tenth."""
+
+    def close(self) -> None:
+        self._say()
 
 
 @dataclass
@@ -127,7 +155,8 @@ def drive(controller: Workers, first: str, total: int, warmup: int, in_flight: i
     """
     queue, outstanding, next_seq = deque(range(total)), set(), total
     warmed, overran = warmup == 0, None
-    bar = tqdm(total=total, desc="inferences", unit="inf", disable=not progress, leave=False)
+    bar = (tqdm(total=total, desc="inferences", unit="inf", disable=not progress, leave=False) if sys.stderr.isatty()
+           else ProgressLines(total, disable=not progress))
     if warmed and after_warmup is not None:
         after_warmup()
     while queue or outstanding:
