@@ -106,8 +106,9 @@ class _TimingInterpreter(fx.Interpreter):
     """Runs the graph node by node on a GPU with CUDA events around each node, read after one synchronisation, so a
     node's time is what the device spent on it, not its launch."""
 
-    def __init__(self, module: fx.GraphModule) -> None:
+    def __init__(self, module: fx.GraphModule, device: torch.device) -> None:
         super().__init__(module)
+        self.device = device
         self.events: dict[str, tuple[Any, Any]] = {}
 
     def run_node(self, n: fx.Node) -> Any:
@@ -119,7 +120,7 @@ class _TimingInterpreter(fx.Interpreter):
         return result
 
     def node_times(self) -> dict[str, float]:
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(self.device)
         return {name: start.elapsed_time(end) for name, (start, end) in self.events.items()}
 
 
@@ -187,7 +188,7 @@ def measure_node_times(graph: ModelGraph, warmup: int = 2, repeats: int = 7, dev
         i, total = 0, warmup + repeats
         while i < total:
             times = _stamped_run(stamped, stamps, order, example) if device.type == "cpu" else _events_run(
-                module, example)
+                module, example, device)
             whole_ms = _whole_run(module, example, device)
             if i == max(warmup - 1, 0) and min_seconds > 0:  # enough repeats for min_seconds at this pace
                 total = max(total, warmup + min(MAX_REPEATS, math.ceil(min_seconds * 1e3 / (2 * whole_ms))))
@@ -207,8 +208,8 @@ def _stamped_run(module: fx.GraphModule, stamps: _Stamps, order: list[str], exam
     return {name: (stamps.ns[i + 1] - stamps.ns[i]) / 1e6 for i, name in enumerate(order)}
 
 
-def _events_run(module: fx.GraphModule, example: torch.Tensor) -> dict[str, float]:
-    interp = _TimingInterpreter(module)
+def _events_run(module: fx.GraphModule, example: torch.Tensor, device: torch.device) -> dict[str, float]:
+    interp = _TimingInterpreter(module, device)
     interp.run(example)
     return interp.node_times()
 

@@ -42,7 +42,8 @@ def completion_gaps_s(result: RunResult) -> list[float]:
 
 
 def interval_metrics(result: RunResult) -> dict[str, float]:
-    """95 % bootstrap intervals of the median latency and of the throughput over this run's inferences."""
+    """95 % intervals over this run's inferences: the median latency's from order statistics, the throughput's by
+    bootstrap (``harness.analysis.intervals``)."""
     lat, gaps = latencies_ms(result), completion_gaps_s(result)
     if not len(lat) or not gaps:
         return {}
