@@ -39,7 +39,7 @@ from hardware.profiles import LocalProfile
 from harness.config import build_hardware, register, resolve
 from partitioners.base import cut_problem
 from harness.controller.cut import CutStrategy, cut_workers
-from harness.controller.measure import max_abs_error
+from harness.controller.measure import output_deviation
 from harness.controller.measurer import overrun_metrics, verdict
 from harness.controller.measurer import calibrate_tdf
 from harness.model.graph import ancestors, build_graph
@@ -112,7 +112,7 @@ def measure(cfg: DictConfig, cut: str, mbps: float, margin: float, retime: bool)
             "measured_link_ms": per_inference_link, "link_ratio": per_inference_link / predicted_link,
             "max_overrun_pct": overruns["max_overrun_pct"], "overrun_cost_pct": overruns["overrun_cost_pct"],
             "max_overrun_pct_by_endpoint": by_endpoint,
-            "max_overrun_cost_ms": worst_cost_ms, "max_abs_error": max_abs_error(graph, result),
+            "max_overrun_cost_ms": worst_cost_ms, **output_deviation(graph, result),
             "valid": valid, "invalid_reason": reason or "",
             "real_s": time.monotonic() - started}
 

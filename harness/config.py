@@ -31,7 +31,8 @@ from hardware.topology import MAX_SERVERS, Hardware
 from harness.controller.experiment import ESTIMATORS, Experiment, Link, Runtime, Scenario
 from harness.controller.traces import load_trace
 from harness.model.graph import TraceFailure
-from harness.model.models import ModelBuildError, ModelSpec, import_hint, import_target
+from harness.model.codecs import FEATURE_CODECS, INPUT_CODECS, Codecs
+from harness.model.models import INPUTS, ModelBuildError, ModelSpec, import_hint, import_target
 from harness.network.link import LinkSpec
 from harness.worker.auth import MAKE_SECRET, secret_problem
 from partitioners.base import Partitioner
@@ -49,6 +50,17 @@ class ModelConfig:
     input_shape: list[int] = MISSING
     seed: int = 0
     args: dict[str, Any] = field(default_factory=dict)
+    input: str = "auto"  # auto: photographs when codec.input compresses, else seeded noise; random; natural
+
+
+MODEL_INPUTS = ("auto", *INPUTS)
+
+
+@dataclass
+class CodecConfig:
+    input: str = "raw"  # how the device sends the model's input (INPUT_CODECS)
+    features: str = "raw"  # how any other tensor crosses a cut (FEATURE_CODECS)
+    jpeg_quality: int = 90
 
 
 @dataclass
@@ -119,6 +131,7 @@ class SplitbenchConfig:
     link: LinkConfig = MISSING
     method: Any = MISSING
     scenario: ScenarioConfig = MISSING
+    codec: CodecConfig = field(default_factory=CodecConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     profile_out: Optional[str] = None
@@ -280,6 +293,7 @@ def validate(cfg: DictConfig) -> None:
              f"model.input_shape must be positive dimensions [N, C, H, W, ...], got {list(cfg.model.input_shape)}")
     kind = method_kind(cfg)
     _require(kind in ("cut", "spatial"), f"method {cfg.method.name!r} has kind {kind!r}; expected 'cut' or 'spatial'")
+    validate_codec(cfg, kind)
     if kind == "spatial":
         _require(scenario.name != "dynamic",
                  f"method {cfg.method.name!r} cannot follow a bandwidth trace: scenario=dynamic re-decides cut plans "
@@ -290,6 +304,35 @@ def validate(cfg: DictConfig) -> None:
     if runtime.remote:
         bad = {e: a for e, a in runtime.remote.items() if not str(a).startswith("tcp:") or ":" not in str(a)[4:]}
         _require(not bad, f"runtime.remote addresses must look like tcp:HOST:PORT, got {bad}")
+
+
+def validate_codec(cfg: DictConfig, kind: str) -> None:
+    """The codecs and the input they are measured on: an image codec needs photographs of one RGB image."""
+    codec, model = cfg.codec, cfg.model
+    _require(codec.input in INPUT_CODECS, f"codec.input={codec.input!r} is not one of {list(INPUT_CODECS)}")
+    _require(codec.features in FEATURE_CODECS,
+             f"codec.features={codec.features!r} is not one of {list(FEATURE_CODECS)}")
+    _require(1 <= codec.jpeg_quality <= 100, f"codec.jpeg_quality must be in 1..100, got {codec.jpeg_quality}")
+    _require(model.input in MODEL_INPUTS, f"model.input={model.input!r} is not one of {list(MODEL_INPUTS)}")
+    shape = list(model.input_shape)
+    if model.input == "natural" or codec.input != "raw":
+        _require(len(shape) == 4 and shape[1] == 3,
+                 f"model.input_shape={shape} is no RGB image [N, 3, H, W]: natural inputs and image codecs need one "
+                 "(codec.input=raw and model.input=random take any shape)")
+    _require(codec.input == "raw" or model.input != "random",
+             f"codec.input={codec.input} compresses images and is measured on photographs, not noise: leave "
+             "model.input=auto (or natural)")
+    _require(codec.input not in ("png", "jpeg") or shape[0] == 1,
+             f"codec.input={codec.input} encodes one image; model.input_shape={shape} holds {shape[0]}")
+    _require(kind == "cut" or (codec.input == "raw" and codec.features == "raw"),
+             f"method {cfg.method.name!r} is spatial: its row bands cross as float32; codecs apply to device/server "
+             "cuts (accepted here: codec.input=raw codec.features=raw)")
+
+
+def resolve_model_input(cfg: DictConfig) -> None:
+    """``model.input: auto`` means photographs where the input codec compresses, else seeded noise."""
+    if cfg.model.input == "auto":
+        cfg.model.input = "natural" if cfg.codec.input != "raw" else "random"
 
 
 def resolve_objective(cfg: DictConfig) -> None:
@@ -363,6 +406,7 @@ def resolve(cfg: DictConfig) -> Experiment:
     resolve_objective(cfg)
     name_method(cfg)
     validate(cfg)
+    resolve_model_input(cfg)
     runtime = cfg.runtime
     return Experiment(
         name=str(cfg.experiment.name),
@@ -373,6 +417,7 @@ def resolve(cfg: DictConfig) -> Experiment:
                   compensate_headers=bool(cfg.link.compensate_headers)),
         method=build_method(cfg),
         scenario=Scenario(**OmegaConf.to_container(cfg.scenario)),
+        codecs=Codecs.of(str(cfg.codec.input), str(cfg.codec.features), int(cfg.codec.jpeg_quality)),
         runtime=Runtime(
             threads_per_worker=int(runtime.threads_per_worker),
             tdf=None if runtime.tdf == "auto" else float(runtime.tdf), tdf_margin=float(runtime.tdf_margin),

@@ -34,7 +34,9 @@ class CutProblem:
     """A model DAG with per-node costs on the two sides of a device/server cut.
 
     ``order`` is topological; ``input`` is pinned to the device; ``result`` is the node whose value is the output.
-    Times are milliseconds on the real (undilated) boards; ``out_bytes`` is what a node sends if it is cut.
+    Times are milliseconds on the real (undilated) boards; ``out_bytes`` is what a node sends if it is cut, as the
+    run's codec puts it on the wire, and ``encode_ms``/``decode_ms`` (absent: 0) what encoding it costs the device
+    and decoding it the server, paid once per crossing tensor.
     """
 
     order: list[str]
@@ -45,36 +47,46 @@ class CutProblem:
     server_ms: dict[str, float]
     input: str
     result: str
+    encode_ms: dict[str, float] = field(default_factory=dict)
+    decode_ms: dict[str, float] = field(default_factory=dict)
+
+    def crossing(self, device_side: set[str]) -> list[str]:
+        """The nodes whose output crosses the link: on the device, with a consumer on the server."""
+        return [n for n in device_side if any(s not in device_side for s in self.succs[n])]
 
     def latency_ms(self, device_side: set[str], link: LinkState) -> float:
         """Sequential latency of a cut: device part + every crossing tensor once + server part (+ delay)."""
-        device = sum(self.device_ms[n] for n in device_side)
-        server = sum(self.server_ms[n] for n in self.order if n not in device_side)
-        crossing = sum(self.out_bytes[n] for n in device_side if any(s not in device_side for s in self.succs[n]))
-        delay = link.delay_ms if crossing else 0.0
-        return device + link.transfer_ms(crossing) + server + delay
+        device, transfer, server = self.stage_ms(device_side, link)
+        delay = link.delay_ms if any(self.out_bytes[n] for n in self.crossing(device_side)) else 0.0
+        return device + transfer + server + delay
 
     def stage_ms(self, device_side: set[str], link: LinkState) -> tuple[float, float, float]:
-        """(device stage, link stage, server stage): the pipeline stages when inferences overlap."""
-        device = sum(self.device_ms[n] for n in device_side)
-        server = sum(self.server_ms[n] for n in self.order if n not in device_side)
-        crossing = sum(self.out_bytes[n] for n in device_side if any(s not in device_side for s in self.succs[n]))
-        return device, link.transfer_ms(crossing), server
+        """(device stage, link stage, server stage): the pipeline stages when inferences overlap; encoding is the
+        device's work, decoding the server's."""
+        crossing = self.crossing(device_side)
+        device = sum(self.device_ms[n] for n in device_side) + sum(self.encode_ms.get(n, 0.0) for n in crossing)
+        server = (sum(self.server_ms[n] for n in self.order if n not in device_side)
+                  + sum(self.decode_ms.get(n, 0.0) for n in crossing))
+        return device, link.transfer_ms(sum(self.out_bytes[n] for n in crossing)), server
 
 
-def cut_problem(graph: ModelGraph, device_ms: Mapping[str, float], server_ms: Mapping[str, float]) -> CutProblem:
-    """The device/server cut problem of ``graph``: every node but the fx ``output`` marker, in topological order."""
+def cut_problem(graph: ModelGraph, device_ms: Mapping[str, float], server_ms: Mapping[str, float],
+                wire: Any = None) -> CutProblem:
+    """The device/server cut problem of ``graph``: every node but the fx ``output`` marker, in topological order.
+    ``wire`` (``hardware.codec_costs.WireCosts``): the bytes and codec times of the run's codecs; None: float32."""
     order = [n for n in graph.order if graph[n].op != "output"]
     keep = set(order)
     return CutProblem(
         order=order,
         preds={n: tuple(p for p in graph[n].preds if p in keep) for n in order},
         succs={n: tuple(s for s in graph[n].succs if s in keep) for n in order},
-        out_bytes={n: graph[n].out_bytes for n in order},
+        out_bytes={n: wire.out_bytes[n] if wire else graph[n].out_bytes for n in order},
         device_ms={n: float(device_ms[n]) for n in order},
         server_ms={n: float(server_ms[n]) for n in order},
         input=graph.input_name,
         result=graph.result_name,
+        encode_ms={n: float(wire.encode_ms[n]) for n in order} if wire else {},
+        decode_ms={n: float(wire.decode_ms[n]) for n in order} if wire else {},
     )
 
 

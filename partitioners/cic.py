@@ -8,10 +8,13 @@ ms per byte, so the best latency over all bandwidths is the lower envelope of fi
 1. Merges what no optimal cut needs to separate, by two exchange rules that hold at every x >= 0
    (:func:`merge_dominated`). For an edge u->v where v is u's only successor:
    * *forward*: v's only predecessor is u, v is no slower on the device (d(v) <= s(v)) and v sends no more than u
-     (out(v) <= out(u)): a cut between u and v is never better than the cut right after v (zero-cost views);
-   * *backward*: u is no faster on the device (s(u) <= d(u)) and sends at least what it reads (in(u) <= out(u)):
-     a device side that ends at u is never better than the same side without u (batch norms, activations,
-     widening convolutions).
+     (out(v) <= out(u), in bytes and in codec time): a cut between u and v is never better than the cut right
+     after v (zero-cost views);
+   * *backward*: u is no faster on the device (s(u) <= d(u)) and sends at least what it reads (in(u) <= out(u),
+     in bytes and in codec time): a device side that ends at u is never better than the same side without u
+     (batch norms, activations, widening convolutions).
+   A codec's time to encode and decode a crossing tensor is paid once per cut that sends it, like its bytes but
+   whatever the bandwidth: it is part of a(S), so every line, and the exactness, stay as they are.
 2. Finds the envelope exactly by parametric min-cut (Eisner & Severance): the optimal cuts at x = 0 and x = inf; where
    the lines of two neighbouring optimal cuts meet, one more min-cut either finds a cheaper cut (a new line: recurse
    on both sides) or proves the meeting point a breakpoint of the envelope (:func:`lower_envelope`).
@@ -65,12 +68,15 @@ def _mergeable_pairs(graph: CutGraph) -> list[tuple[int, int]]:
     preds: list[set[int]] = [set() for _ in range(n)]
     succs: list[set[int]] = [set() for _ in range(n)]
     out_bytes, in_bytes = [0] * n, [0] * n
+    out_codec, in_codec = [0.0] * n, [0.0] * n
     for t in graph.tensors:
         out_bytes[t.producer] += t.nbytes
+        out_codec[t.producer] += t.codec_ms
         for c in t.consumers:
             preds[c].add(t.producer)
             succs[t.producer].add(c)
             in_bytes[c] += t.nbytes
+            in_codec[c] += t.codec_ms
     pairs, used = [], set()
     for u in range(n):
         if len(succs[u]) != 1 or u in used:
@@ -79,9 +85,9 @@ def _mergeable_pairs(graph: CutGraph) -> list[tuple[int, int]]:
         if v in used:
             continue
         forward = (preds[v] == {u} and v not in graph.on_server and graph.device_ms[v] <= graph.server_ms[v]
-                   and out_bytes[v] <= out_bytes[u])
+                   and out_bytes[v] <= out_bytes[u] and out_codec[v] <= out_codec[u])
         backward = (u not in graph.on_device and graph.server_ms[u] <= graph.device_ms[u]
-                    and in_bytes[u] <= out_bytes[u])
+                    and in_bytes[u] <= out_bytes[u] and in_codec[u] <= out_codec[u])
         if forward or backward:
             pairs.append((u, v))
             used.update((u, v))

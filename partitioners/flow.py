@@ -5,13 +5,14 @@ the server, and each tensor is one value leaving a group for one or more consume
 case of one node per group; QDMP's blocks and CIC's splitting model are contractions of it. A cut is the set of
 groups on the device (closed under predecessors); its latency is a line in x, the link's milliseconds per byte::
 
-    latency(S, x) = a(S) + x * b(S)    a: device time of S + server time of the rest,  b: bytes crossing the link
+    latency(S, x) = a(S) + x * b(S)    a: device time of S + server time of the rest (+ the codec's time to encode
+                                          and decode each crossing tensor),  b: bytes crossing the link
 
 :class:`NetworkxCut`, :class:`ScipyCut` and :class:`OrtoolsCut` find the S of least latency for one x by a minimum
 s-t cut on the network of the DADS paper (Hu et al., INFOCOM 2019) with its two fixes: source = device, sink =
 server; arc source->g costs g's server time (paid when g is on the server), g->sink g's device time; a tensor with
-one consumer is an arc producer->consumer costing x*bytes, one with several consumers goes through an auxiliary node
-(producer->aux x*bytes, aux->consumer infinite) so that it is paid once; every DAG edge u->w has an infinite reverse
+one consumer is an arc producer->consumer costing x*bytes (+ its codec time), one with several consumers goes
+through an auxiliary node (producer->aux x*bytes + codec time, aux->consumer infinite) so that it is paid once; every DAG edge u->w has an infinite reverse
 arc w->u (no data flows back to the device); pinned groups get infinite arcs from the source or to the sink. The
 one-way link delay is not a capacity: it is paid by every cut that sends something, so :func:`cheapest` weighs the
 min-cut against the cheapest cut that sends nothing.
@@ -42,6 +43,12 @@ class Tensor:
     producer: int
     consumers: tuple[int, ...]
     nbytes: int
+    encode_ms: float = 0.0  # the device's time to encode it, paid when it crosses
+    decode_ms: float = 0.0  # the server's time to decode it
+
+    @property
+    def codec_ms(self) -> float:
+        return self.encode_ms + self.decode_ms
 
 
 @dataclass
@@ -59,7 +66,8 @@ class CutGraph:
     def from_problem(cls, problem: CutProblem) -> "CutGraph":
         """One group per model node, in the problem's topological order."""
         index = {n: i for i, n in enumerate(problem.order)}
-        tensors = [Tensor(index[n], tuple(sorted(index[s] for s in problem.succs[n])), problem.out_bytes[n])
+        tensors = [Tensor(index[n], tuple(sorted(index[s] for s in problem.succs[n])), problem.out_bytes[n],
+                          problem.encode_ms.get(n, 0.0), problem.decode_ms.get(n, 0.0))
                    for n in problem.order if problem.succs[n]]
         return cls(members=[(n,) for n in problem.order],
                    device_ms=[problem.device_ms[n] for n in problem.order],
@@ -83,18 +91,19 @@ class CutGraph:
             members[new].extend(self.members[g])
             device[new] += self.device_ms[g]
             server[new] += self.server_ms[g]
-        merged: dict[tuple[int, tuple[int, ...]], int] = {}
+        merged: dict[tuple[int, tuple[int, ...]], tuple[int, float, float]] = {}
         for t in self.tensors:
             producer = label[t.producer]
             consumers = tuple(sorted({label[c] for c in t.consumers} - {producer}))
             if consumers:  # a tensor inside one group never crosses
-                merged[(producer, consumers)] = merged.get((producer, consumers), 0) + t.nbytes
+                nbytes, encode, decode = merged.get((producer, consumers), (0, 0.0, 0.0))
+                merged[(producer, consumers)] = (nbytes + t.nbytes, encode + t.encode_ms, decode + t.decode_ms)
         on_device = frozenset(label[g] for g in self.on_device)
         on_server = frozenset(label[g] for g in self.on_server)
         if on_device & on_server:
             raise ValueError(f"contract: groups {sorted(on_device & on_server)} would be pinned to both sides")
         graph = CutGraph([tuple(m) for m in members], device, server,
-                         [Tensor(p, c, b) for (p, c), b in merged.items()], on_device, on_server)
+                         [Tensor(p, c, *costs) for (p, c), costs in merged.items()], on_device, on_server)
         graph.topological_order()
         return graph
 
@@ -117,16 +126,23 @@ class CutGraph:
         on = [False] * len(self)
         for g in device:
             on[g] = True
-        a = math.fsum(d if o else s for d, s, o in zip(self.device_ms, self.server_ms, on))
-        b = sum(t.nbytes for t in self.tensors if on[t.producer] and not all(on[c] for c in t.consumers))
-        return a, b
+        crossing = self._crossing(on)
+        a = math.fsum([*(d if o else s for d, s, o in zip(self.device_ms, self.server_ms, on)),
+                       *(t.codec_ms for t in crossing if t.codec_ms)])
+        return a, sum(t.nbytes for t in crossing)
+
+    def _crossing(self, on: list[bool]) -> list[Tensor]:
+        return [t for t in self.tensors if on[t.producer] and not all(on[c] for c in t.consumers)]
 
     def stages(self, device: Iterable[int]) -> tuple[float, int, float]:
-        """(device ms, crossing bytes, server ms) of a cut: the pipeline stages of the throughput objective."""
+        """(device ms, crossing bytes, server ms) of a cut: the pipeline stages of the throughput objective
+        (encoding is the device's work, decoding the server's)."""
         side = set(device)
-        dev = math.fsum(self.device_ms[g] for g in side)
-        srv = math.fsum(self.server_ms[g] for g in range(len(self)) if g not in side)
-        return dev, self.line(side)[1], srv
+        crossing = self._crossing([g in side for g in range(len(self))])
+        dev = math.fsum([*(self.device_ms[g] for g in side), *(t.encode_ms for t in crossing if t.encode_ms)])
+        srv = math.fsum([*(self.server_ms[g] for g in range(len(self)) if g not in side),
+                         *(t.decode_ms for t in crossing if t.decode_ms)])
+        return dev, sum(t.nbytes for t in crossing), srv
 
     def names(self, groups: Iterable[int]) -> frozenset[str]:
         """The model nodes of ``groups``."""
@@ -166,6 +182,8 @@ class _Arc:
     head: Any
     kind: str  # "device" (ms, scaled), "server" (ms, scaled), "transfer" (bytes, times x) or "infinite"
     value: float = 0.0
+    encode_ms: float = 0.0  # transfer: the codec's time, device (scaled as the device's) and server
+    decode_ms: float = 0.0
 
 
 def _arcs(graph: CutGraph) -> list[_Arc]:
@@ -177,10 +195,10 @@ def _arcs(graph: CutGraph) -> list[_Arc]:
                     _Arc(g, _SINK, "device", graph.device_ms[g]))
     for k, t in enumerate(graph.tensors):
         if len(t.consumers) == 1:
-            arcs.append(_Arc(t.producer, t.consumers[0], "transfer", t.nbytes))
+            arcs.append(_Arc(t.producer, t.consumers[0], "transfer", t.nbytes, t.encode_ms, t.decode_ms))
         else:
             aux = ("aux", k)
-            arcs.append(_Arc(t.producer, aux, "transfer", t.nbytes))
+            arcs.append(_Arc(t.producer, aux, "transfer", t.nbytes, t.encode_ms, t.decode_ms))
             arcs.extend(_Arc(aux, c, "infinite") for c in t.consumers)
     arcs.extend(_Arc(c, p, "infinite") for p, c in sorted(graph.edges()))
     return arcs
@@ -199,8 +217,10 @@ class _ArcCosts:
     def of(cls, arcs: Sequence[_Arc]) -> "_ArcCosts":
         kinds = np.array([a.kind for a in arcs])
         values = np.array([a.value for a in arcs], dtype=float)
-        return cls(kinds == "infinite", np.where(kinds == "device", values, 0.0),
-                   np.where(kinds == "server", values, 0.0), np.where(kinds == "transfer", values, 0.0))
+        encode = np.array([a.encode_ms for a in arcs], dtype=float)
+        decode = np.array([a.decode_ms for a in arcs], dtype=float)
+        return cls(kinds == "infinite", np.where(kinds == "device", values, 0.0) + encode,
+                   np.where(kinds == "server", values, 0.0) + decode, np.where(kinds == "transfer", values, 0.0))
 
     def ms(self, x: float, device_scale: float, server_scale: float) -> np.ndarray:
         """Each finite arc's capacity in ms (0 for the infinite ones)."""
@@ -212,7 +232,8 @@ def _capacity(arc: _Arc, x: float, device_scale: float, server_scale: float) -> 
         return device_scale * arc.value
     if arc.kind == "server":
         return server_scale * arc.value
-    return x * arc.value if arc.value else 0.0  # transfer; a zero-byte tensor is free even at x = inf
+    codec = device_scale * arc.encode_ms + server_scale * arc.decode_ms
+    return (x * arc.value if arc.value else 0.0) + codec  # transfer; a zero-byte tensor is free even at x = inf
 
 
 def _groups_first(graph: CutGraph, arcs: Sequence[_Arc]) -> dict[Any, int]:
@@ -404,7 +425,7 @@ class DenseCut:
         for arc in arcs:
             if arc.kind == "infinite":
                 residual[position(arc)] = math.inf
-        self._transfer = [(position(a), a.value) for a in arcs if a.kind == "transfer"]
+        self._transfer = [(position(a), a.value, a.encode_ms + a.decode_ms) for a in arcs if a.kind == "transfer"]
         # Arcs that can carry residual capacity into each node: every arc and its reverse.
         into: list[set[int]] = [set() for _ in range(size)]
         for arc in arcs:
@@ -432,8 +453,8 @@ class DenseCut:
     def minimum(self, x: float) -> tuple[float, list[int]]:
         """The minimum cut's value in ms and its device groups (see :meth:`solve`)."""
         shift, flow, residual = self._shift, self._flow, self._residual[:]
-        for pos, nbytes in self._transfer:
-            cap = x * nbytes if nbytes else 0.0  # as _capacity: a zero-byte tensor is free even at x = inf
+        for pos, nbytes, codec_ms in self._transfer:
+            cap = (x * nbytes if nbytes else 0.0) + codec_ms  # as _capacity: a zero-byte tensor is free at x = inf
             if cap == math.inf:
                 residual[pos] = math.inf
                 continue

@@ -18,8 +18,9 @@ from partitioners.base import CutProblem, LinkState, Partitioner, Plan, cut_plan
 class Boundaries:
     problem: CutProblem
     prefix_len: np.ndarray  # device side = problem.order[:prefix_len]
-    compute_ms: np.ndarray  # device prefix + server suffix
+    compute_ms: np.ndarray  # device prefix + server suffix + encoding and decoding what crosses
     crossing_bytes: np.ndarray
+    device_ms: np.ndarray  # device prefix + encoding what crosses (the throughput objective's first stage)
 
 
 class Neurosurgeon(Partitioner):
@@ -37,7 +38,7 @@ class Neurosurgeon(Partitioner):
         server_total = sum(problem.server_ms.values())
         server_prefix = np.cumsum([problem.server_ms[n] for n in order])
         open_tensors: set[str] = set()
-        lengths, compute, crossing = [], [], []
+        lengths, compute, crossing, device_stage = [], [], [], []
         for i, node in enumerate(order):
             for p in problem.preds[node]:
                 remaining[p] -= 1
@@ -46,18 +47,21 @@ class Neurosurgeon(Partitioner):
             if remaining[node]:
                 open_tensors.add(node)
             if len(open_tensors) <= 1:  # one tensor crosses (or none: device-only)
+                encode = sum(problem.encode_ms.get(t, 0.0) for t in open_tensors)
+                decode = sum(problem.decode_ms.get(t, 0.0) for t in open_tensors)
                 lengths.append(i + 1)
-                compute.append(device[i] + server_total - server_prefix[i])
+                compute.append(device[i] + server_total - server_prefix[i] + encode + decode)
                 crossing.append(sum(problem.out_bytes[t] for t in open_tensors))
-        return Boundaries(problem, np.array(lengths), np.array(compute), np.array(crossing, dtype=float))
+                device_stage.append(device[i] + encode)
+        return Boundaries(problem, np.array(lengths), np.array(compute), np.array(crossing, dtype=float),
+                          np.array(device_stage))
 
     def decide(self, prepared: Boundaries, link: LinkState) -> Plan:
         transfer = prepared.crossing_bytes * 8.0 / (link.bandwidth_mbps * 1e3)
         if self.objective == "latency":
             cost = prepared.compute_ms + transfer
         else:  # throughput: the slowest pipeline stage
-            problem = prepared.problem
-            device = np.cumsum([problem.device_ms[n] for n in problem.order])[prepared.prefix_len - 1]
+            device = prepared.device_ms
             cost = np.maximum(np.maximum(device, transfer), prepared.compute_ms - device)
         best = int(np.argmin(cost))
         device_side = set(prepared.problem.order[: prepared.prefix_len[best]])

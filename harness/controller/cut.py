@@ -4,35 +4,43 @@ from __future__ import annotations
 
 from typing import Any
 
+from hardware.codec_costs import WireCosts
 from hardware.profiles import LocalProfile
 from harness.controller.dynamic import Redecider
 from harness.controller.experiment import Experiment
 from harness.controller.traces import load_trace
 from harness.controller.runtime import WorkerSpec
+from harness.model.codecs import Codecs
 from harness.model.graph import ModelGraph, crossing_tensors
 from harness.model.submodels import full_assignment
 from harness.network.link import LinkSpec
 from partitioners.base import Plan, cut_problem, device_side_of
 
 
-def stage_plans(graph: ModelGraph, plan: Plan, roles: tuple[str, str],
-                node_ms: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    """What each side needs of a cut plan: the assignment, the tensors crossing, its emulated compute budget."""
+def stage_plans(graph: ModelGraph, plan: Plan, roles: tuple[str, str], node_ms: dict[str, dict[str, float]],
+                codecs: Codecs = Codecs(), wire: WireCosts | None = None) -> list[dict[str, Any]]:
+    """What each side needs of a cut plan: the assignment, the tensors crossing with the codec and shape of each,
+    its emulated budget (its nodes, and encoding what it sends or decoding what it receives)."""
     device_side = device_side_of(plan)
     assignment = full_assignment(graph, {n: 0 if n in device_side else 1 for n in graph.order
                                          if graph[n].op != "output"})
     crossing = [name for name, src, dst in crossing_tensors(graph, assignment) if (src, dst) == (0, 1)]
-    return [{"assignment": assignment, "send": crossing, "recv": crossing,
+    codec_ms = [wire.encode_ms if wire else {}, wire.decode_ms if wire else {}]
+    tensors = {n: {"codec": codecs.for_node(graph, n).name, "shape": list(graph[n].out_shape or ())}
+               for n in crossing}
+    return [{"assignment": assignment, "send": crossing, "recv": crossing, "tensors": tensors,
+             "jpeg_quality": codecs.input.quality,
              "budget_ms": sum(node_ms[endpoint][n] for n, p in assignment.items()
-                              if p == index and graph[n].op != "output")}
+                              if p == index and graph[n].op != "output")
+             + sum(codec_ms[index].get(n, 0.0) for n in crossing)}
             for index, endpoint in enumerate(roles)]
 
 
 def cut_workers(exp: Experiment, graph: ModelGraph, plan: Plan, node_ms: dict[str, dict[str, float]], tdf: float,
-                pad: bool, keep_model: bool = False) -> list[WorkerSpec]:
+                pad: bool, keep_model: bool = False, wire: WireCosts | None = None) -> list[WorkerSpec]:
     """One worker per side of the cut (the server only if it computes, unless plans can change)."""
     roles = exp.hardware.cut_roles
-    plans = stage_plans(graph, plan, roles, node_ms)
+    plans = stage_plans(graph, plan, roles, node_ms, exp.codecs, wire)
     server_needed = keep_model or max(plans[0]["assignment"].values()) == 1
     port = exp.runtime.base_port + 1  # the server listens; distinct ports let real workers share a host
     workers = []
@@ -53,8 +61,10 @@ def cut_workers(exp: Experiment, graph: ModelGraph, plan: Plan, node_ms: dict[st
 class CutStrategy:
     """Device/server methods (DADS, QDMP, CIC, Neurosurgeon, one side only); re-decides under scenario=dynamic."""
 
-    def __init__(self, exp: Experiment, graph: ModelGraph, node_ms: dict[str, dict[str, float]]) -> None:
+    def __init__(self, exp: Experiment, graph: ModelGraph, node_ms: dict[str, dict[str, float]],
+                 wire: WireCosts | None = None) -> None:
         self.exp, self.graph, self.node_ms = exp, graph, node_ms
+        self.wire = wire  # the codecs' bytes and times (None: every tensor crosses as float32)
         self.device, self.server = exp.hardware.cut_roles
         self.endpoints = [self.device, self.server]
         self.first = self.device
@@ -69,7 +79,7 @@ class CutStrategy:
                 "endpoints_note": f"device-server method on a star: host {self.device} and one server {self.server}"}
 
     def problem(self) -> Any:
-        return cut_problem(self.graph, self.node_ms[self.device], self.node_ms[self.server])
+        return cut_problem(self.graph, self.node_ms[self.device], self.node_ms[self.server], self.wire)
 
     def plan_metrics(self, problem: Any, plan_json: dict[str, Any]) -> dict[str, float]:
         metrics = {"nodes_before": float(len(problem.order))}
@@ -96,7 +106,7 @@ class CutStrategy:
         return 2 if self.exp.scenario.in_flight > 1 else 1
 
     def workers(self, plan: Plan, tdf: float, pad: bool) -> list[WorkerSpec]:
-        return cut_workers(self.exp, self.graph, plan, self.node_ms, tdf, pad, keep_model=self.dynamic)
+        return cut_workers(self.exp, self.graph, plan, self.node_ms, tdf, pad, keep_model=self.dynamic, wire=self.wire)
 
     def in_flight(self, plan: Plan) -> int:
         return self.exp.scenario.in_flight
@@ -106,12 +116,13 @@ class CutStrategy:
         if not self.dynamic:
             return None
         exp = self.exp
-        first_plans = stage_plans(self.graph, plan, exp.hardware.cut_roles, self.node_ms)
+        first_plans = stage_plans(self.graph, plan, exp.hardware.cut_roles, self.node_ms, exp.codecs, self.wire)
         self.redecider = Redecider(
             method=method, prepared=prepared, trace=load_trace(exp.link.trace), estimator=exp.scenario.estimator,
             initial_mbps=exp.link.spec.bandwidth_mbps, interval_ms=exp.scenario.interval_ms,
             delay_ms=exp.link.spec.delay_ms,
-            make_stage_plans=lambda p: stage_plans(self.graph, p, exp.hardware.cut_roles, self.node_ms),
+            make_stage_plans=lambda p: stage_plans(self.graph, p, exp.hardware.cut_roles, self.node_ms, exp.codecs,
+                                                   self.wire),
             current=frozenset(device_side_of(plan)),
             sends_data=bool(first_plans[0]["send"]) and max(first_plans[0]["assignment"].values()) == 1)
         return self.redecider.hook

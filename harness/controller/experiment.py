@@ -10,6 +10,7 @@ from typing import Any
 
 from hardware.topology import Hardware
 from harness.analysis.labels import model_name
+from harness.model.codecs import Codecs
 from harness.model.models import ModelSpec
 from harness.network.link import LinkSpec
 from partitioners.base import Partitioner
@@ -84,6 +85,7 @@ class Experiment:
     link: Link
     method: Partitioner
     scenario: Scenario
+    codecs: Codecs = field(default_factory=Codecs)  # what crosses a cut: the input's codec, the features'
     runtime: Runtime = field(default_factory=Runtime)
     profile_out: str | None = None
     config: dict[str, Any] = field(default_factory=dict)  # the resolved config, as recorded

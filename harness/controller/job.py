@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from hardware.codec_costs import WireCosts, endpoint_scale, wire_costs
+from hardware.profiles import LocalProfile
 from harness.controller.cut import CutStrategy
 from harness.controller.experiment import Experiment
 from harness.controller.measurer import AutoTdf, calibrate_tdf
@@ -39,8 +41,22 @@ def timed(fn: Callable[..., Any], *args: Any, repeats: int = 1) -> tuple[Any, fl
     return result, statistics.median(times)
 
 
-def strategy_for(exp: Experiment, graph: ModelGraph, node_ms: dict[str, dict[str, float]]) -> Strategy:
-    return (SpatialStrategy if exp.method.kind == "spatial" else CutStrategy)(exp, graph, node_ms)
+def strategy_for(exp: Experiment, graph: ModelGraph, node_ms: dict[str, dict[str, float]],
+                 wire: WireCosts | None = None) -> Strategy:
+    if exp.method.kind == "spatial":
+        return SpatialStrategy(exp, graph, node_ms)
+    return CutStrategy(exp, graph, node_ms, wire)
+
+
+def cut_wire_costs(exp: Experiment, graph: ModelGraph, node_ms: dict[str, dict[str, float]],
+                   local_ms: Callable[[], dict[str, float]]) -> WireCosts | None:
+    """What each tensor costs to cross a cut under the job's codecs (None: float32, no codec time): codec times
+    measured here and scaled to the device and the server like their nodes (``local_ms()`` asked only then)."""
+    if exp.method.kind != "cut" or not exp.codecs.compresses:
+        return None
+    scales = [1.0 if isinstance(exp.hardware.endpoints[e], LocalProfile) else endpoint_scale(node_ms[e], local_ms())
+              for e in exp.hardware.cut_roles]
+    return wire_costs(graph, exp.codecs, *scales, threads=exp.runtime.threads_per_worker)
 
 
 @dataclass
@@ -54,10 +70,11 @@ class Decision:
     metrics: dict[str, float] = field(default_factory=dict)  # decision and offline time, predicted latency, plan facts
 
 
-def decide(exp: Experiment, graph: ModelGraph) -> Decision:
-    """Cost the graph on the job's hardware and let the method decide at the job's link (both calls timed)."""
+def decide(exp: Experiment, graph: ModelGraph, local_ms: Callable[[], dict[str, float]]) -> Decision:
+    """Cost the graph on the job's hardware and let the method decide at the job's link (both calls timed);
+    ``local_ms()``: this machine's node times, asked only where a codec's time is scaled to an emulated board."""
     node_ms = exp.hardware.node_ms(graph)
-    strategy = strategy_for(exp, graph, node_ms)
+    strategy = strategy_for(exp, graph, node_ms, cut_wire_costs(exp, graph, node_ms, local_ms))
     problem = strategy.problem()
     prepared, offline_ms = timed(exp.method.prepare, problem)
     link = LinkState(exp.link.spec.bandwidth_mbps, exp.link.spec.delay_ms)

@@ -130,13 +130,20 @@ def timeline_figure(result: RunResult, seq: int | None = None, title: str = "") 
     return fig
 
 
-def max_abs_error(graph: ModelGraph, result: RunResult,
-                  reference: Callable[[ModelGraph, int], torch.Tensor] | None = None) -> float:
-    """The split outputs against the whole model run here on the same inputs (``reference(graph, seq)``: that
-    output, e.g. kept from an earlier job of a sweep on the same model)."""
-    worst = 0.0
+def output_deviation(graph: ModelGraph, result: RunResult,
+                     reference: Callable[[ModelGraph, int], torch.Tensor] | None = None) -> dict[str, float]:
+    """The split outputs against the whole float32 model run here on the same inputs (``reference(graph, seq)``:
+    that output, e.g. kept from an earlier job of a sweep on the same model): the largest absolute difference and,
+    for a classifier's [N, classes] output, the share of inferences whose top-1 class agrees."""
+    worst, agree, classified = 0.0, 0, 0
     with torch.no_grad():
         for seq, out in sorted(result.outputs.items()):
             ref = reference(graph, seq) if reference is not None else graph.module(make_input(graph.spec, seq))
             worst = max(worst, float((out - ref).abs().max()))
-    return worst
+            if out.dim() == 2 and out.shape == ref.shape:
+                classified += 1
+                agree += bool(torch.equal(out.argmax(dim=1), ref.argmax(dim=1)))
+    metrics = {"max_abs_error": worst}
+    if classified:
+        metrics["top1_agreement"] = agree / classified
+    return metrics

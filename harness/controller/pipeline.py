@@ -16,7 +16,7 @@ from hardware.profiles import LocalProfile, whole_model_meta, write_table
 from harness.analysis.labels import model_label
 from harness.controller.experiment import Experiment
 from harness.controller.measure import (compute_over_profile, interval_metrics, latency_metrics, link_metrics,
-                                        max_abs_error, throughput_ips, timeline_figure)
+                                        output_deviation, throughput_ips, timeline_figure)
 from harness.controller.job import calibrate, decide
 from harness.controller.measurer import RunResult, latencies_ms, measured_seqs, overrun_metrics, verdict
 from harness.controller import phases
@@ -48,12 +48,13 @@ def run_experiment(exp: Experiment, rec: RunRecord, graph: ModelGraph | None = N
     models = pool.models if pool is not None else ModelCache(keep=False)
     end_setup = phases.begin("setup")
     graph = graph if graph is not None else models.graph(exp.model)
-    decision = decide(exp, graph)
+    local_ms = lambda: models.local_ms(graph, exp.runtime.threads_per_worker)  # noqa: E731
+    decision = decide(exp, graph, local_ms)
     strategy, plan = decision.strategy, decision.plan
     rec.set_tags({**strategy.tags(), "plan_digest": plan.digest()})
     rec.artifact_json(plan.to_json(), "plan.json")
     metrics = dict(decision.metrics)
-    dilation = calibrate(exp, decision, lambda: models.local_ms(graph, exp.runtime.threads_per_worker))
+    dilation = calibrate(exp, decision, local_ms)
     if dilation.auto is not None:  # the profile set the TDF the warm-up runs at; the workers' compute sets the rest
         metrics["tdf_from_profile"] = dilation.tdf
         rec.set_tags({"tdf_set_by": dilation.set_by or "", "tdf_source": "profile"})
@@ -127,7 +128,7 @@ def record_calibration(rec: RunRecord, result: RunResult, metrics: dict[str, flo
 def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult, metrics: dict[str, float],
            reference: Callable[[Any, int], Any] | None = None) -> dict[str, float]:
     """Turn the observed run into metrics, artifacts and the verdict."""
-    metrics.update({"tdf": result.tdf, "max_abs_error": max_abs_error(graph, result, reference)})
+    metrics.update({"tdf": result.tdf, **output_deviation(graph, result, reference)})
     record_calibration(rec, result, metrics)
     metrics.update({f"peak_rss_mb_{e}": v for e, v in result.peak_rss_mb.items()})
     metrics.update({f"model_rss_mb_{e}": v for e, v in result.model_rss_mb.items()})
@@ -199,6 +200,7 @@ def _record_job(exp: Experiment, pool: WorkerPool | None, multirun: bool, launch
     tags = {"method": exp.method.name, "method_kind": exp.method.kind, "model": exp.model.name,
             "model_label": model_label(exp.model.name, exp.model.target, exp.model.input_shape),
             "hardware": exp.hardware.name, "scenario": exp.scenario.name, "valid": "pending",
+            "codec": exp.codecs.label, "model_input": exp.model.input,
             **({"launch": launch} if launch else {})}
     end_dead_runs()  # before this job's run opens: no record of a dead controller stays RUNNING
     budget = exp.runtime.max_real_minutes

@@ -73,8 +73,9 @@ def predict(exp: Experiment) -> Prediction:
     """Decide and calibrate as a measured run would (``harness.controller.job``), then read latency, throughput and
     real time off the cost model."""
     graph = graph_of(exp.model)
-    decision = decide(exp, graph)
-    dilation = calibrate(exp, decision, lambda: LocalProfile(threads=exp.runtime.threads_per_worker).node_ms(graph))
+    local_ms = lambda: LocalProfile(threads=exp.runtime.threads_per_worker).node_ms(graph)  # noqa: E731
+    decision = decide(exp, graph, local_ms)
+    dilation = calibrate(exp, decision, local_ms)
     throughput = predicted_throughput_ips(exp, decision.strategy, decision.problem, decision.plan)
     emulated_ms = emulated_run_ms(exp, decision.plan.predicted_latency_ms, throughput)
     decision.strategy.close()

@@ -19,6 +19,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from harness.model.images import natural_batch, normalise
+
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -31,6 +33,7 @@ class ModelSpec:
     input_shape: tuple[int, ...]
     seed: int = 0
     args: dict[str, Any] = field(default_factory=dict)
+    input: str = "random"  # "random": seeded noise; "natural": photographs (harness.model.images)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ModelSpec":
@@ -49,6 +52,7 @@ class ModelSpec:
             input_shape=tuple(int(d) for d in get("input_shape")),
             seed=int(get("seed", 0) or 0),
             args=dict(args),
+            input=_input_kind(get("input")),
         )
 
     @classmethod
@@ -71,15 +75,23 @@ class ModelSpec:
                 and isinstance(args, dict)):
             raise ModelBuildError("the setup's model needs a string name and target, an integer seed and an args "
                                   "object")
+        if model["input"] not in INPUTS:
+            raise ModelBuildError(f"the setup's model.input {str(model['input'])[:40]!r} is not one of {list(INPUTS)}")
         return cls(name=model["name"], target=model["target"], input_shape=tuple(shape), seed=model["seed"],
-                   args=dict(args))
+                   args=dict(args), input=model["input"])
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "target": self.target, "input_shape": list(self.input_shape),
-                "seed": self.seed, "args": dict(self.args)}
+                "seed": self.seed, "args": dict(self.args), "input": self.input}
 
 
-SETUP_KEYS = frozenset({"name", "target", "input_shape", "seed", "args"})
+def _input_kind(value: Any) -> str:
+    """A config's ``model.input``: 'auto' (resolved by the config from the codec before this) reads as noise."""
+    return "random" if value in (None, "", "auto") else str(value)
+
+
+SETUP_KEYS = frozenset({"name", "target", "input_shape", "seed", "args", "input"})
+INPUTS = ("random", "natural")
 
 
 class ModelBuildError(ValueError):
@@ -98,7 +110,9 @@ def _single_thread() -> Iterator[None]:
 
 
 def make_input(spec: ModelSpec, index: int = 0) -> torch.Tensor:
-    """The ``index``-th input of a run: deterministic from the spec's seed."""
+    """The ``index``-th input of a run: deterministic from the spec's seed, or the photographs in turn."""
+    if spec.input == "natural":
+        return normalise(natural_batch(spec.input_shape, index))
     gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + index)
     return torch.randn(spec.input_shape, generator=gen)
 

@@ -19,7 +19,28 @@ from harness.worker.pacer import Pacer
 from harness.worker.stage import (Budget, Control, Inputs, Timeline, accept_data, connect_data, guard, injected_stall,
                                   link_timeouts, model_graph, now_ns, quiet_for_measurement, retime_pacer,
                                   serve_commands, time_repeats, to_device, to_host)
+from harness.model.codecs import Codec, CodecError
 from harness.model.submodels import Part, split
+
+MAX_WIRE_DIMS = 8
+
+
+def crossing_codecs(plan: dict[str, Any]) -> dict[str, tuple[Codec, tuple[int, ...]]]:
+    """Each crossing tensor's codec and decoded shape, as the plan names them (checked: an unknown codec or a shape
+    that is not a few positive integers ends the run); a plan without them sends float32."""
+    tensors, quality = plan.get("tensors") or {}, plan.get("jpeg_quality", 90)
+    out = {}
+    for name in {*plan["send"], *plan["recv"]}:
+        entry = tensors.get(name, {"codec": "raw", "shape": []})
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not (isinstance(shape, list) and len(shape) <= MAX_WIRE_DIMS
+                and all(isinstance(d, int) and 0 < d <= 1 << 30 for d in shape)):
+            raise CodecError(f"plan: tensor {name!r} has no valid shape ({str(shape)[:100]})")
+        try:
+            out[name] = (Codec(str(entry.get("codec")), int(quality)), tuple(shape))
+        except (TypeError, ValueError) as exc:
+            raise CodecError(f"plan: tensor {name!r}: {exc}") from exc
+    return out
 
 
 @dataclass
@@ -31,6 +52,23 @@ class StagePlan:
     recvs: list[str]
     budget: Budget
     is_last: bool
+    codecs: dict[str, tuple[Codec, tuple[int, ...]]]  # each crossing tensor's codec and its decoded shape
+
+    def work(self, values: dict[str, torch.Tensor], device: torch.device
+             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Decode what arrived, run this part, encode what leaves: all of it this endpoint's budgeted work.
+        Returns every value it holds (decoded and computed) and the wire tensors it sends."""
+        held = dict(values)
+        for name in self.recvs:
+            codec, shape = self.codecs[name]
+            held[name] = codec.decode(values[name], shape) if codec.compresses else values[name]
+        if self.part is not None:
+            held.update(to_host(self.part.run(to_device(held, device)), device))
+        leaving = {}
+        for name in self.sends:
+            codec, _ = self.codecs[name]
+            leaving[name] = codec.encode(held[name]) if codec.compresses else held[name]
+        return held, leaving
 
 
 class CutStage:
@@ -71,7 +109,8 @@ class CutStage:
         return StagePlan(part=part, sends=list(plan["send"]) if self.is_first else [],
                          recvs=[] if self.is_first else list(plan["recv"]),
                          budget=Budget(plan["budget_ms"], self.setup["tdf"], self.setup["pad"]),
-                         is_last=self.part_index == max(plan["assignment"].values()))
+                         is_last=self.part_index == max(plan["assignment"].values()),
+                         codecs=crossing_codecs(plan))
 
     def connect(self) -> None:
         token = self.setup["token"]
@@ -87,15 +126,17 @@ class CutStage:
         """The run's data links (released when the run ends, by a worker that serves the next one)."""
         return [self.data] if self.data is not None else []
 
-    def compute(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def compute(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """This endpoint's work on one inference, padded to its budget: (values held, wire tensors to send)."""
         assert plan.part is not None
-        self.last_inputs = {name: values[name] for name in plan.part.inputs}
+        self.last_inputs = {name: values[name] for name in {*plan.part.inputs, *plan.recvs}}
         start = now_ns()
         with torch.no_grad():
-            out = to_host(plan.part.run(to_device(values, self.device)), self.device)
+            held, leaving = plan.work(values, self.device)
         injected_stall(self.setup, seq)
         plan.budget.finish(self.timeline, seq, start)
-        return out
+        return held, leaving
 
     def calibrate(self, command: dict[str, Any]) -> None:
         """Time this endpoint's part, in this process, on the last inference's inputs: the controller sets the TDF
@@ -104,8 +145,7 @@ class CutStage:
         if plan.part is not None and self.last_inputs is not None and plan.budget.budget_ms > 0:
             inputs = self.last_inputs
             samples.append({"budget_ms": plan.budget.budget_ms,
-                            "real_ms": time_repeats(lambda: to_host(plan.part.run(to_device(inputs, self.device)),
-                                                                     self.device), int(command["repeats"]))})
+                            "real_ms": time_repeats(lambda: plan.work(inputs, self.device), int(command["repeats"]))})
         self.control.send({"event": "calibrated", "samples": samples})
 
     def finish(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]) -> None:
@@ -161,8 +201,11 @@ class CutStage:
         assert self.graph is not None
         metas = {n.name: n.meta.get("tensor_meta") for n in self.graph.module.graph.nodes}
         values = {name: torch.zeros(metas[name].shape, dtype=metas[name].dtype) for name in plan.part.inputs}
+        for name in plan.recvs:  # as they arrive: encoded
+            codec, _ = plan.codecs[name]
+            values[name] = codec.encode(values[name]) if codec.compresses else values[name]
         with torch.no_grad():
-            to_host(plan.part.run(to_device(values, self.device)), self.device)
+            plan.work(values, self.device)
         self.last_inputs = values  # what calibration replays until an inference brings real ones
 
     def serve(self) -> None:
@@ -186,9 +229,9 @@ class CutStage:
         """Start an inference: make its input here, compute this part, hand the crossing tensors to the sender."""
         seq, plan = int(command["seq"]), self.plan
         assert self.inputs is not None
-        values = self.compute(seq, plan, {self.setup["input"]: self.inputs.take(seq)})
+        values, leaving = self.compute(seq, plan, {self.setup["input"]: self.inputs.take(seq)})
         if plan.sends:
-            self.outbox.put((seq, plan.sends, values))
+            self.outbox.put((seq, plan.sends, leaving))
         self.finish(seq, plan, values)
         self.inputs.prepare_next()
 
@@ -201,5 +244,5 @@ class CutStage:
         threading.Thread(target=guard(watch_control, self.control), daemon=True).start()
         while (item := inputs.get()) is not None:
             seq, plan, values = item
-            values.update(self.compute(seq, plan, values))
-            self.finish(seq, plan, values)
+            held, _ = self.compute(seq, plan, values)
+            self.finish(seq, plan, held)
