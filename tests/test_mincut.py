@@ -22,7 +22,10 @@ from partitioners.base import CutProblem, LinkState, cut_plan, device_side_of
 from partitioners.cic import CIC, Line, _hull, lower_envelope, merge_dominated
 from partitioners.dads import DADS
 from partitioners.flow import CutGraph, DenseCut, NetworkxCut, OrtoolsCut, ScipyCut, Tensor, ms_per_byte
+from partitioners.neurosurgeon import Neurosurgeon
 from partitioners.qdmp import QDMP, cut_vertices
+from hardware.codec_costs import wire_costs
+from harness.model.codecs import Codecs
 
 ROOT = Path(__file__).resolve().parent.parent
 BANDWIDTHS = [float(b) for b in np.logspace(-1, 3, 30)] + [0.13, 1.1, 5.85, 18.88]
@@ -35,8 +38,10 @@ needs_ortools = pytest.mark.skipif(not HAS_ORTOOLS, reason="the flow extra (OR-t
 # ---- small random DAGs and brute force --------------------------------------------------------------------------
 
 
-def random_problem(seed: int) -> CutProblem:
-    """A seeded DAG of 6-12 nodes: several successors per node, some zero-cost views, some zero-byte tensors."""
+def random_problem(seed: int, codec: bool = False) -> CutProblem:
+    """A seeded DAG of 6-12 nodes: several successors per node, some zero-cost views, some zero-byte tensors; with
+    ``codec``, each tensor also costs a codec time to encode on the device and decode on the server when it crosses
+    (bandwidth-independent, as an image codec's or a quantiser's)."""
     rng = random.Random(seed)
     n = rng.randint(6, 12)
     names = [f"n{i}" for i in range(n)]
@@ -56,9 +61,11 @@ def random_problem(seed: int) -> CutProblem:
         out_bytes[m] = 0 if rng.random() < 0.05 else rng.randint(1_000, 300_000)
         device_ms[m] = rng.uniform(0.0, 5.0)
         server_ms[m] = device_ms[m] * rng.uniform(0.05, 2.0)
+    encode = {m: rng.uniform(0.0, 2.0) if codec and out_bytes[m] else 0.0 for m in names}
+    decode = {m: rng.uniform(0.0, 1.0) if codec and out_bytes[m] else 0.0 for m in names}
     return CutProblem(order=names, preds={m: tuple(sorted(preds[m])) for m in names}, succs=succs,
                       out_bytes=out_bytes, device_ms=device_ms, server_ms=server_ms, input=names[0],
-                      result=names[-1])
+                      result=names[-1], encode_ms=encode, decode_ms=decode)
 
 
 def closed_sides(problem: CutProblem) -> list[set[str]]:
@@ -85,6 +92,11 @@ def random_cases() -> list[tuple[CutProblem, list[set[str]]]]:
     return [(p, closed_sides(p)) for p in map(random_problem, SEEDS)]
 
 
+@pytest.fixture(scope="module")
+def random_codec_cases() -> list[tuple[CutProblem, list[set[str]]]]:
+    return [(p, closed_sides(p)) for p in (random_problem(seed, codec=True) for seed in SEEDS)]
+
+
 def brute_latency(problem: CutProblem, sides: list[set[str]], link: LinkState) -> float:
     return min(problem.latency_ms(s, link) for s in sides)
 
@@ -102,11 +114,29 @@ def assert_optimal(problem, sides, plan, link, who):
                                     QDMP(), CIC(), CIC(flow="networkx"), CIC(online="envelope")],
                          ids=["dads-networkx", "dads-scipy", "dads-ortools", "qdmp", "cic-mincut",
                               "cic-mincut-networkx", "cic-envelope"])
-def test_random_dags_optimal(random_cases, method):
-    for problem, sides in random_cases:
+def test_random_dags_optimal(random_cases, random_codec_cases, method):
+    """Optimal against brute force, with tensors that cross as float32 and with tensors whose codec costs time."""
+    for problem, sides in [*random_cases, *random_codec_cases]:
         prepared = method.prepare(problem)
         for link in RANDOM_LINKS:
             assert_optimal(problem, sides, method.decide(prepared, link), link, method.name)
+
+
+def test_codec_time_counts_once_per_crossing_tensor_on_its_side(random_codec_cases):
+    """The latency of a cut pays each crossing tensor's encoding on the device and decoding on the server."""
+    problem, sides = random_codec_cases[0]
+    link = LinkState(10.0)
+    for side in sides:
+        crossing = [n for n in side if any(s not in side for s in problem.succs[n])]
+        device, _, server = problem.stage_ms(side, link)
+        assert device == pytest.approx(sum(problem.device_ms[n] for n in side)
+                                       + sum(problem.encode_ms[n] for n in crossing))
+        assert server == pytest.approx(sum(problem.server_ms[n] for n in problem.order if n not in side)
+                                       + sum(problem.decode_ms[n] for n in crossing))
+        graph = CutGraph.from_problem(problem)
+        index = {n: i for i, n in enumerate(problem.order)}
+        a, b = graph.line([index[n] for n in side])
+        assert a + ms_per_byte(link) * b == pytest.approx(problem.latency_ms(side, link))
 
 
 def test_random_dags_have_shared_tensors_and_views(random_cases):
@@ -359,6 +389,9 @@ MODELS = {
 }
 
 
+CODEC_MODELS = {"googlenet": "int8", "densenet121": "fp16"}  # shared tensors, concatenations
+
+
 @pytest.fixture(scope="module")
 def model_problems() -> dict[str, CutProblem]:
     from partitioners.base import cut_problem
@@ -369,8 +402,13 @@ def model_problems() -> dict[str, CutProblem]:
     server = instantiate(OmegaConf.load(ROOT / "conf" / "profile" / "gtx1080ti.yaml"))
     problems = {}
     for name, (target, size, args) in MODELS.items():
-        graph = build_graph(ModelSpec(name, target, (1, 3, size, size), 0, {"weights": None, **args}))
+        graph = build_graph(ModelSpec(name, target, (1, 3, size, size), 0, {"weights": None, **args},
+                                      input="natural"))
         problems[name] = cut_problem(graph, device.node_ms(graph), server.node_ms(graph))
+        if name in CODEC_MODELS:  # the codecs' real bytes and times here (a Xavier CPU taken as 4x slower)
+            wire = wire_costs(graph, Codecs.of("jpeg", CODEC_MODELS[name]), 4.0, 1.0)
+            problems[f"{name}_jpeg_{CODEC_MODELS[name]}"] = cut_problem(graph, device.node_ms(graph),
+                                                                         server.node_ms(graph), wire)
     # The roofline server is faster at every node; a copy with a server sometimes slower has a richer envelope.
     rng = random.Random(0)
     resnet = problems["resnet50"]
@@ -380,7 +418,7 @@ def model_problems() -> dict[str, CutProblem]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [*MODELS, "resnet50_mixed"])
+@pytest.mark.parametrize("name", [*MODELS, "resnet50_mixed", *(f"{m}_jpeg_{c}" for m, c in CODEC_MODELS.items())])
 def test_models_all_methods_equal_dads(model_problems, name):
     problem = model_problems[name]
     dads = DADS()
@@ -427,3 +465,23 @@ def test_delay_prefers_sending_nothing_when_it_pays():
         assert device_side_of(plan) == set(problem.order), method.name
         assert plan.predicted_latency_ms == pytest.approx(6.0)
         assert math.isfinite(plan.predicted_latency_ms)
+
+
+def test_a_codec_that_shrinks_the_input_moves_every_method_to_offload():
+    """A constructed case: the input is 602 KB as float32 and 16 KB as a JPEG; the device is slow. At 5.85 Mbit/s
+    raw offload takes 823 ms, so every method keeps the model on the device; with the JPEG's bytes and codec times
+    offload takes ~28 ms and every method sends the input."""
+    order = ["x", "conv", "fc"]
+    raw = CutProblem(order=order, preds={"x": (), "conv": ("x",), "fc": ("conv",)},
+                     succs={"x": ("conv",), "conv": ("fc",), "fc": ()},
+                     out_bytes={"x": 602_112, "conv": 3_211_264, "fc": 4_000},
+                     device_ms={"x": 0.0, "conv": 90.0, "fc": 10.0}, server_ms={"x": 0.0, "conv": 4.5, "fc": 0.5},
+                     input="x", result="fc")
+    jpeg = dataclasses.replace(raw, out_bytes={**raw.out_bytes, "x": 16_490},
+                               encode_ms={"x": 1.9, "conv": 0.0, "fc": 0.0}, decode_ms={"x": 0.5, "conv": 0.0, "fc": 0.0})
+    link = LinkState(5.85)
+    for method in (DADS(), DADS(flow="scipy"), QDMP(), CIC(), CIC(online="envelope"), Neurosurgeon()):
+        assert device_side_of(method.decide(method.prepare(raw), link)) == set(order), method.name
+        plan = method.decide(method.prepare(jpeg), link)
+        assert device_side_of(plan) == {"x"}, method.name
+        assert plan.predicted_latency_ms == pytest.approx(16_490 * 8 / 5850 + 1.9 + 0.5 + 5.0)
