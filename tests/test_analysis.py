@@ -203,3 +203,18 @@ def test_the_summary_points_at_make_report_or_the_full_command() -> None:
     [_, report] = summary.open_commands(["own_runs"], "sqlite:///elsewhere/mlflow.db")
     assert report.startswith(f"report:   MLFLOW_TRACKING_URI=sqlite:///elsewhere/mlflow.db EXPERIMENTS=own_runs "
                              f"{sys.executable} ") and report.endswith("notebooks/paper_tables.py")
+
+
+def test_a_method_with_a_codec_is_its_own_entry_and_compressed_offload_a_baseline() -> None:
+    """Offload of the float32 input and of the camera's JPEG are two entries of one setting; gains over the JPEG
+    offload are read like any baseline's, and runs recorded before codecs read as raw."""
+    from harness.analysis.runs import COMPRESSED_OFFLOAD
+
+    runs = table(run("server_only", 800.0), run("server_only", 40.0, **{"tags.codec": "jpeg90"}),
+                 run("dads", 200.0, **{"tags.codec": "raw"}))
+    assert list(runs["method"]) == ["server_only", COMPRESSED_OFFLOAD, "dads"]
+    gains = compare.gain_table(runs, ["server_only", COMPRESSED_OFFLOAD])
+    dads = compare.gains_over(gains, "dads", COMPRESSED_OFFLOAD)
+    assert dads["lat_x"].iloc[0] == pytest.approx(40.0 / 200.0)  # DADS is 5x slower than JPEG offload
+    assert compare.gains_over(gains, "dads", "server_only")["lat_x"].iloc[0] == pytest.approx(4.0)
+    assert len(compare.rankings(runs)) == 1 and COMPRESSED_OFFLOAD in compare.rankings(runs)[0]

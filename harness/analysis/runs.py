@@ -17,6 +17,16 @@ PARAMS = {"method": "params.method.name", "hardware": "params.hardware.name", "s
           "topology": "params.hardware.topology", "experiment": "params.experiment.name"}
 
 
+RAW = "raw"  # every tensor crosses as float32: the papers' setting, and runs recorded before codecs
+COMPRESSED_OFFLOAD = "server_only+jpeg90"  # the naive baseline split methods must beat: the camera's JPEG offloaded
+
+
+def with_codec(method: str, codec: str) -> str:
+    """A method as the tables name it: with its codec where one compresses (``server_only+jpeg90``), so that a
+    method run with and without a codec are two entries of one setting."""
+    return method if codec in (RAW, "", None) or pd.isna(codec) else f"{method}+{codec}"
+
+
 def column(df: pd.DataFrame, name: str) -> pd.Series:
     """A column of the table, all NaN where no run recorded it (MLflow leaves a never-logged name out)."""
     return df[name] if name in df else pd.Series(np.nan, index=df.index, dtype=object)
@@ -32,7 +42,8 @@ def counts(df: pd.DataFrame) -> pd.Series:
 
 
 def runs_table(df: pd.DataFrame, experiments: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """``mlflow.search_runs``'s table with short columns: model (its label), method, hardware, topology, scenario,
+    """``mlflow.search_runs``'s table with short columns: model (its label), method (with its codec where one
+    compresses: :func:`with_codec`), codec, hardware, topology, scenario,
     experiment, bandwidth_mbps, num_servers, tasks, kind (cut or spatial), source (measured or predicted), counts,
     and latency_ms, latency_low/high (95 % interval of the median), throughput_ips, decision_ms, oldest first.
     ``experiments`` (experiment id -> name) names the experiment of a run that did not record it.
@@ -41,6 +52,8 @@ def runs_table(df: pd.DataFrame, experiments: Mapping[str, str] | None = None) -
     out = df.copy()
     for short, name in PARAMS.items():
         out[short] = column(df, name)
+    out["codec"] = column(df, "tags.codec").fillna(RAW)
+    out["method"] = [with_codec(m, c) for m, c in zip(out["method"], out["codec"])]
     if experiments:
         out["experiment"] = out["experiment"].fillna(column(df, "experiment_id").map(experiments))
     out["model"] = [model_label(n, t, s) for n, t, s in zip(column(df, "params.model.name"),
