@@ -76,13 +76,15 @@ class LinkConfig:
 
 @dataclass
 class ScenarioConfig:
+    """The scenario group's schema: its defaults are :class:`Scenario`'s."""
+
     name: str = MISSING
-    warmup: int = 1
-    inferences: int = 5
-    in_flight: int = 1
-    deadline_ms: Optional[float] = None
-    estimator: str = "probe"  # dynamic: how the runtime estimates bandwidth before each decision
-    interval_ms: float = 500.0  # dynamic: emulated time between inference arrivals
+    warmup: int = Scenario.warmup
+    inferences: int = Scenario.inferences
+    in_flight: int = Scenario.in_flight
+    deadline_ms: Optional[float] = Scenario.deadline_ms
+    estimator: str = Scenario.estimator
+    interval_ms: float = Scenario.interval_ms
 
 
 @dataclass
@@ -104,23 +106,32 @@ class ExperimentConfig:
 
 @dataclass
 class RuntimeConfig:
-    threads_per_worker: int = 1
+    """The ``runtime`` node's schema: every option that :class:`Runtime` holds as it is (:data:`SHARED_RUNTIME`) has
+    its default there, written once; ``tdf`` reads ``auto`` as None, and the boards' secrets are read from
+    ``token_file`` or the environment, never from the config."""
+
+    threads_per_worker: int = Runtime.threads_per_worker
     tdf: Any = "auto"
-    tdf_margin: float = 1.5
-    overrun_tolerance_pct: float = 5.0
-    max_repeats: int = 3
-    timeout_s: float = 900.0
-    base_port: int = 47000
-    max_payload_mb: int = 1024
-    backend: str = "auto"
+    tdf_margin: float = Runtime.tdf_margin
+    overrun_tolerance_pct: float = Runtime.overrun_tolerance_pct
+    max_repeats: int = Runtime.max_repeats
+    timeout_s: float = Runtime.timeout_s
+    base_port: int = Runtime.base_port
+    max_payload_mb: int = Runtime.max_payload_mb
+    backend: str = Runtime.backend
     remote: Any = None  # endpoint -> tcp:HOST:PORT of workers already running on real boards
     token_file: Optional[str] = None  # a file holding their shared secret (else $SPLITBENCH_TOKEN); never the secret
-    compute_device: str = "auto"  # what the workers compute on: auto (cuda when present), cpu, cuda
-    link_timeout_s: float = 60.0  # a data link stalled this long mid-transfer fails the run (0: never)
-    reuse: bool = True  # in a sweep: keep the topology, workers and model across jobs that allow it
-    max_real_minutes: Optional[float] = 10.0  # a job predicted to take longer here is recorded skipped, not run
-    retries: int = 2  # an INVALID emulation is run again at a higher TDF up to this many times
-    retry_tdf_factor: float = 1.5  # each retry multiplies the TDF margin (or a fixed TDF) by this
+    compute_device: str = Runtime.compute_device
+    link_timeout_s: float = Runtime.link_timeout_s
+    reuse: bool = Runtime.reuse
+    max_real_minutes: Optional[float] = Runtime.max_real_minutes
+    retries: int = Runtime.retries
+    retry_tdf_factor: float = Runtime.retry_tdf_factor
+
+
+# The runtime options the typed Runtime takes as they are written (the rest: tdf, remote, token_file/token).
+SHARED_RUNTIME = tuple(f.name for f in dataclasses.fields(RuntimeConfig)
+                       if f.name not in ("tdf", "remote", "token_file"))
 
 
 @dataclass
@@ -419,17 +430,10 @@ def resolve(cfg: DictConfig) -> Experiment:
         scenario=Scenario(**OmegaConf.to_container(cfg.scenario)),
         codecs=Codecs.of(str(cfg.codec.input), str(cfg.codec.features), int(cfg.codec.jpeg_quality)),
         runtime=Runtime(
-            threads_per_worker=int(runtime.threads_per_worker),
-            tdf=None if runtime.tdf == "auto" else float(runtime.tdf), tdf_margin=float(runtime.tdf_margin),
-            overrun_tolerance_pct=float(runtime.overrun_tolerance_pct), max_repeats=int(runtime.max_repeats),
-            timeout_s=float(runtime.timeout_s),
-            base_port=int(runtime.base_port), max_payload_mb=int(runtime.max_payload_mb), backend=str(runtime.backend),
+            **{name: runtime[name] for name in SHARED_RUNTIME},
+            tdf=None if runtime.tdf == "auto" else float(runtime.tdf),
             remote={str(e): str(a) for e, a in runtime.remote.items()} if runtime.remote else None,
-            token=read_secrets(runtime.token_file, list(runtime.remote)) if runtime.remote else None,
-            compute_device=str(runtime.compute_device), link_timeout_s=float(runtime.link_timeout_s),
-            reuse=bool(runtime.reuse),
-            max_real_minutes=None if runtime.max_real_minutes is None else float(runtime.max_real_minutes),
-            retries=int(runtime.retries), retry_tdf_factor=float(runtime.retry_tdf_factor)),
+            token=read_secrets(runtime.token_file, list(runtime.remote)) if runtime.remote else None),
         profile_out=cfg.profile_out,
         config=redacted(OmegaConf.to_container(cfg, resolve=True)))
 

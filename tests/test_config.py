@@ -119,3 +119,15 @@ def test_a_bad_trace_is_a_configuration_error_before_any_record(tmp_path: Path) 
 def test_spatial_method_under_a_trace_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"method 'halp' cannot follow a bandwidth trace.*single_stream, stream"):
         validate(make(["method=halp", "scenario=dynamic", "link=trace_stepped"]))
+
+
+def test_the_default_config_resolves_to_the_typed_defaults() -> None:
+    """Defaults are written once, in the typed experiment: the composed default config (schema and YAML files
+    together) resolves to exactly them, so no copy can drift (max_real_minutes once said 10 in one and None in the
+    other)."""
+    from harness.config import resolve
+    from harness.controller.experiment import Runtime, Scenario
+
+    exp = resolve(make([]))
+    assert exp.runtime == Runtime()
+    assert exp.scenario == Scenario(name="single_stream")

@@ -32,7 +32,8 @@ ESTIMATORS = ("probe", "smoothed", "last", "oracle", "fixed")
 
 @dataclass(frozen=True)
 class Scenario:
-    """How inferences are issued (after MLPerf LoadGen's scenarios)."""
+    """How inferences are issued (after MLPerf LoadGen's scenarios). The defaults here are the config's
+    (``harness.config.ScenarioConfig`` reads them); a scenario YAML holds only what differs."""
 
     name: str
     warmup: int = 1
@@ -49,25 +50,26 @@ class Scenario:
 
 @dataclass(frozen=True)
 class Runtime:
-    """How the harness runs the workers."""
+    """How the harness runs the workers. The defaults here are the config's (``harness.config.RuntimeConfig``
+    reads them), written once."""
 
-    threads_per_worker: int = 1
-    tdf: float | None = None  # None: calibrated per run
-    tdf_margin: float = 1.5
-    overrun_tolerance_pct: float = 5.0
+    threads_per_worker: int = 1  # torch threads in each worker (the local profile is measured with the same count)
+    tdf: float | None = None  # None (runtime.tdf=auto): the workers time their own parts after the warm-up
+    tdf_margin: float = 1.5  # the warm-up's TDF: headroom over the slowest part's local/emulated time ratio
+    overrun_tolerance_pct: float = 5.0  # overruns delaying an inference by more than this: repeat it
     max_repeats: int = 3  # measured inferences a run may repeat at a raised TDF before it is INVALID
-    timeout_s: float = 900.0
-    base_port: int = 47000
-    max_payload_mb: int = 1024
-    backend: str = "auto"
+    timeout_s: float = 900.0  # a run that takes longer is recorded FAILED
+    base_port: int = 47000  # data ports of the workers (one per endpoint)
+    max_payload_mb: int = 1024  # frames announcing more are rejected before any allocation
+    backend: str = "auto"  # link shaping: auto (probe: netem, tbf, htb, userspace) or one of them
     remote: dict[str, str] | None = None  # endpoint -> tcp:HOST:PORT of workers running on real boards
     token: dict[str, str] | None = None  # each board's secret (read from the environment or a file; never recorded)
     compute_device: str = "auto"  # auto | cpu | cuda: what the workers compute on
     link_timeout_s: float = 60.0  # a data link that makes no progress this long fails the run (0: never)
     reuse: bool = True  # in a sweep: keep topology, workers and model across jobs (harness.controller.session)
-    max_real_minutes: float | None = None  # skip (record predicted only) a job predicted to take longer here
-    retries: int = 2  # an INVALID emulation is run again, at a higher TDF, up to this many times
-    retry_tdf_factor: float = 1.5  # each retry multiplies the TDF margin (or the fixed TDF) by this
+    max_real_minutes: float | None = 10.0  # a job predicted to take longer here is recorded predicted only
+    retries: int = 2  # an INVALID emulation is run again, each time at a fixed TDF, up to this many times
+    retry_tdf_factor: float = 1.5  # a retry runs at this times the TDF whose budgets real compute overran
 
     @property
     def max_payload(self) -> int:
