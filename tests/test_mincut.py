@@ -485,3 +485,23 @@ def test_a_codec_that_shrinks_the_input_moves_every_method_to_offload():
         plan = method.decide(method.prepare(jpeg), link)
         assert device_side_of(plan) == {"x"}, method.name
         assert plan.predicted_latency_ms == pytest.approx(16_490 * 8 / 5850 + 1.9 + 0.5 + 5.0)
+
+
+def test_a_fixed_cut_runs_the_named_nodes_and_their_ancestors_on_the_device():
+    from partitioners.fixed_cut import FixedCut
+
+    problem = random_problem(3)
+    last = problem.order[len(problem.order) // 2]
+    plan = FixedCut(after=last).decide(FixedCut(after=last).prepare(problem), LinkState(10.0))
+    side = device_side_of(plan)
+    ancestors, todo = set(), [last]
+    while todo:
+        node = todo.pop()
+        ancestors.add(node)
+        todo.extend(problem.preds[node])
+    assert side == ancestors | {problem.input} and is_closed(problem, side)
+    assert len(side) < len(problem.order)  # the rest runs on the server
+    with pytest.raises(ValueError, match=r"method.after names \['nope'\], which are not nodes of the model"):
+        FixedCut(after="nope").prepare(problem)
+    with pytest.raises(ValueError, match="must name at least one node"):
+        FixedCut(after=" , ")
