@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from harness.config import build_hardware, resolve
@@ -146,3 +147,25 @@ def test_progress_in_a_log_is_plain_lines_at_the_tenths(capsys: pytest.CaptureFi
     assert not any("\r" in line or "\x1b" in line for line in said)
     ProgressLines(total=8, disable=True).close()
     assert capsys.readouterr().err == ""
+
+
+def test_the_verdict_is_named_checks_and_only_some_invalidate() -> None:
+    """Outputs and overruns decide validity; whether the percentiles are supported and whose clock stamped the
+    completions are recorded beside it (tags check_<name>) without invalidating the run."""
+    from harness.controller.measurer import RunResult, checks
+
+    result = RunResult(tdf=1.0, backend="tbf", warmup=1)
+    for seq in range(12):
+        result.starts_ns[seq], result.ends_ns[seq] = seq * 10**7, seq * 10**7 + 5 * 10**6
+        result.outputs[seq] = torch.zeros(1)
+    judged = {c.name: c for c in checks(result, 12, TOLERANCE_PCT)}
+    assert list(judged) == ["outputs", "overrun", "percentiles", "stamps"]
+    assert judged["outputs"].passed and judged["overrun"].passed and verdict(result, 12, TOLERANCE_PCT) is None
+    assert not judged["percentiles"].passed and not judged["percentiles"].invalidates
+    assert judged["percentiles"].detail.startswith("11 measured inferences; p99 needs 100")
+    assert judged["stamps"].tag() == "pass: completions stamped by this machine's clock"
+    result.clocks = {"server": {"offset_ms": 3.0, "uncertainty_ms": 2.5, "completion_stamp": "controller"}}
+    assert checks(result, 12, TOLERANCE_PCT)[-1].tag().startswith("fail: completions stamped on arrival for server")
+    del result.outputs[5]
+    assert verdict(result, 12, TOLERANCE_PCT) == "11 of 12 outputs received"
+    assert [c.name for c in checks(result, 12, TOLERANCE_PCT)] == ["outputs", "percentiles", "stamps"]

@@ -18,7 +18,7 @@ from harness.controller.experiment import Experiment
 from harness.controller.measure import (compute_over_profile, interval_metrics, latency_metrics, link_metrics,
                                         output_deviation, throughput_ips, timeline_figure)
 from harness.controller.job import calibrate, decide
-from harness.controller.measurer import RunResult, latencies_ms, measured_seqs, overrun_metrics, verdict
+from harness.controller.measurer import RunResult, checks, latencies_ms, measured_seqs, overrun_metrics, verdict
 from harness.controller import phases
 from harness.controller.predict import Prediction, predict
 from harness.controller.records import RunRecord, environment
@@ -136,6 +136,8 @@ def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult, metri
     crossed = any(s["kind"] == "send" and s["seq"] >= result.warmup for s in result.spans)
     rec.set_tags({"link_backend": result.backend, "measured_bandwidth_source": "transfers" if crossed else "probe"})
     metrics.update(overrun_metrics(result))
+    judged = checks(result, exp.scenario.total, exp.runtime.overrun_tolerance_pct)
+    rec.set_tags({f"check_{c.name}": c.tag() for c in judged})
     reason = verdict(result, exp.scenario.total, exp.runtime.overrun_tolerance_pct)
     rec.artifact_json(result.spans, "spans.json")
     rec.artifact_json(result.link_record, "link.json")
