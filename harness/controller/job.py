@@ -1,7 +1,8 @@
 """One job in explicit steps: decide -> calibrate -> run -> judge -> record.
 
 The first two steps are the same whether the job is measured (``harness.controller.pipeline``) or only predicted
-(``mode=predict`` and the real-time budget, ``harness.controller.predict``), and are written once, here:
+(``mode=predict`` and the real-time budget, ``harness.controller.predict``), and are written once, here, behind one
+call (:func:`plan_job`):
 
 - :func:`decide`: the model's node costs on the hardware, the strategy of the method's kind (cut or spatial: the only
   place that branches on it), the method's ``prepare`` (offline) and ``decide`` (online) timed by the harness;
@@ -60,14 +61,33 @@ def cut_wire_costs(exp: Experiment, graph: ModelGraph, node_ms: dict[str, dict[s
 
 
 @dataclass
+class Dilation:
+    """The TDF a job starts at, and who sets it from there."""
+
+    tdf: float = 1.0
+    pads: bool = False  # compute is padded to the profile's time x TDF (emulated boards)
+    set_by: str | None = None  # the endpoint whose part needs the most headroom, when the profile set the TDF
+    auto: AutoTdf | None = None  # the workers calibrate after the warm-up and raise it on an overrun
+
+
+@dataclass
 class Decision:
-    """What the method decided for this job, and what deciding cost."""
+    """What the method decided for this job, what deciding cost, and the TDF the job starts at."""
 
     strategy: Strategy
     problem: Any
     prepared: Any
     plan: Plan
     metrics: dict[str, float] = field(default_factory=dict)  # decision and offline time, predicted latency, plan facts
+    dilation: Dilation = field(default_factory=Dilation)
+
+
+def plan_job(exp: Experiment, graph: ModelGraph, local_ms: Callable[[], dict[str, float]]) -> Decision:
+    """Decide, then calibrate: what runs where, and at which TDF (``local_ms()``: this machine's node times, asked
+    only where a codec's time or the TDF needs them)."""
+    decision = decide(exp, graph, local_ms)
+    decision.dilation = calibrate(exp, decision, local_ms)
+    return decision
 
 
 def decide(exp: Experiment, graph: ModelGraph, local_ms: Callable[[], dict[str, float]]) -> Decision:
@@ -83,16 +103,6 @@ def decide(exp: Experiment, graph: ModelGraph, local_ms: Callable[[], dict[str, 
                "predicted_latency_ms": plan.predicted_latency_ms, **strategy.plan_metrics(problem, plan.to_json()),
                **exp.hardware.whole_model_metrics(graph, node_ms)}
     return Decision(strategy, problem, prepared, plan, metrics)
-
-
-@dataclass
-class Dilation:
-    """The TDF a job starts at, and who sets it from there."""
-
-    tdf: float = 1.0
-    pads: bool = False  # compute is padded to the profile's time x TDF (emulated boards)
-    set_by: str | None = None  # the endpoint whose part needs the most headroom, when the profile set the TDF
-    auto: AutoTdf | None = None  # the workers calibrate after the warm-up and raise it on an overrun
 
 
 def calibrate(exp: Experiment, decision: Decision, local_ms: Callable[[], dict[str, float]]) -> Dilation:

@@ -17,7 +17,7 @@ from harness.analysis.labels import model_label
 from harness.controller.experiment import Experiment
 from harness.controller.measure import (compute_over_profile, interval_metrics, latency_metrics, link_metrics,
                                         output_deviation, throughput_ips, timeline_figure)
-from harness.controller.job import calibrate, decide
+from harness.controller.job import plan_job
 from harness.controller.measurer import RunResult, checks, latencies_ms, measured_seqs, overrun_metrics, verdict
 from harness.controller import phases
 from harness.controller.predict import Prediction, predict
@@ -49,12 +49,11 @@ def run_experiment(exp: Experiment, rec: RunRecord, graph: ModelGraph | None = N
     end_setup = phases.begin("setup")
     graph = graph if graph is not None else models.graph(exp.model)
     local_ms = lambda: models.local_ms(graph, exp.runtime.threads_per_worker)  # noqa: E731
-    decision = decide(exp, graph, local_ms)
-    strategy, plan = decision.strategy, decision.plan
+    decision = plan_job(exp, graph, local_ms)
+    strategy, plan, dilation = decision.strategy, decision.plan, decision.dilation
     rec.set_tags({**strategy.tags(), "plan_digest": plan.digest()})
     rec.artifact_json(plan.to_json(), "plan.json")
     metrics = dict(decision.metrics)
-    dilation = calibrate(exp, decision, local_ms)
     if dilation.auto is not None:  # the profile set the TDF the warm-up runs at; the workers' compute sets the rest
         metrics["tdf_from_profile"] = dilation.tdf
         rec.set_tags({"tdf_set_by": dilation.set_by or "", "tdf_source": "profile"})

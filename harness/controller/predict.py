@@ -16,7 +16,7 @@ from typing import Any
 
 from hardware.profiles import LocalProfile
 from harness.controller.experiment import Experiment
-from harness.controller.job import Strategy, calibrate, decide
+from harness.controller.job import Strategy, plan_job
 from harness.model.graph import ModelGraph, build_graph
 from harness.model.models import ModelSpec
 from partitioners.base import LinkState, Plan, device_side_of
@@ -74,8 +74,8 @@ def predict(exp: Experiment) -> Prediction:
     real time off the cost model."""
     graph = graph_of(exp.model)
     local_ms = lambda: LocalProfile(threads=exp.runtime.threads_per_worker).node_ms(graph)  # noqa: E731
-    decision = decide(exp, graph, local_ms)
-    dilation = calibrate(exp, decision, local_ms)
+    decision = plan_job(exp, graph, local_ms)
+    dilation = decision.dilation
     throughput = predicted_throughput_ips(exp, decision.strategy, decision.problem, decision.plan)
     emulated_ms = emulated_run_ms(exp, decision.plan.predicted_latency_ms, throughput)
     decision.strategy.close()
