@@ -13,6 +13,9 @@ import yaml
 
 RUN = ".venv/bin/python run.py"  # the project's interpreter: a bare `python` outside the venv lacks the packages
 CUSTOM = "custom"  # the name conf/model/custom.yaml gives every model set on the command line
+# The report's own MLflow runs: one per `make report` in this experiment, its figures as artifacts, tagged so that
+# no reader takes it for a measurement (it has no params, metrics or verdict of its own).
+REPORTS, REPORT_TAG = "reports", "report"
 MARKERS = "osD^v<>pPX*h"
 
 
