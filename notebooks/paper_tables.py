@@ -58,7 +58,7 @@ import papers
 
 from harness.analysis import claims, compare, links, spatial
 from harness.analysis import runs as R
-from harness.analysis.labels import REPORTS, RUN, command, method_styles
+from harness.analysis.labels import REPORT_EXPERIMENTS, REPORTS, RUN, command, method_styles
 from harness.config import register
 from harness.controller.tracking import figures_dir, local_store_exists, log_report
 
@@ -66,7 +66,7 @@ pd.set_option("display.width", 250, "display.max_columns", 40, "display.max_colw
 TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
 mlflow.set_tracking_uri(TRACKING_URI)
 STORED = {e.experiment_id: e.name for e in mlflow.MlflowClient().search_experiments()
-          if e.name not in ("Default", REPORTS)} if local_store_exists(TRACKING_URI) else {}
+          if e.name not in ("Default", *REPORT_EXPERIMENTS)} if local_store_exists(TRACKING_URI) else {}
 SELECTED = [n.strip() for n in os.environ.get("EXPERIMENTS", ",".join(STORED.values())).split(",") if n.strip()]
 SECTIONS = {var: [n.strip() for n in os.environ.get(var, ",".join(SELECTED)).split(",") if n.strip()]
             for var in ("CIC_EXPERIMENT", "HALP_EXPERIMENT", "RELIABILITY_EXPERIMENT", "DYNAMIC_EXPERIMENT")}
@@ -98,7 +98,7 @@ def preset_sweeps() -> dict[str, dict]:
 
 SWEEPS, PRESETS = preset_sweeps(), {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")}
 WANTED = sorted(set(SELECTED).union(*SECTIONS.values()))
-for name in sorted(set(WANTED) - set(STORED.values()) - {REPORTS}):  # the report's own figures: no runs
+for name in sorted(set(WANTED) - set(STORED.values()) - set(REPORT_EXPERIMENTS)):  # figures, not runs
     quick = f" (a taste in minutes: `{RUN} -m experiment={name}_quick`)" if f"{name}_quick" in PRESETS else ""
     print(f"MISSING experiment {name!r} in {TRACKING_URI}: run " + (
         f"`{RUN} -m experiment={name}`{quick}" if name in PRESETS else f"a sweep with experiment.name={name}"))

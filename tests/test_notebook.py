@@ -371,8 +371,11 @@ def test_a_store_of_cic_runs_on_one_board_is_shown_and_each_report_logs_a_run_of
     for bw, ms in (("1.1", 61.25), ("18.88", 23.75)):
         make_run(client, cic_only, "FINISHED", "true", {**setting, "link.bandwidth_mbps": bw},
                  {"latency_p50_ms": ms, "throughput_ips": 1000 / ms, "decision_time_ms": 0.0125})
+    legacy = client.create_run(client.create_experiment("paper_figures"), tags={"measured": "false"})  # an earlier
+    client.set_terminated(legacy.info.run_id, "FINISHED")  # report's figures, logged when asked to: not a prediction
 
     first = run_script(uri, tmp_path)
+    assert "reading experiments: cic_only\n" in first
     assert "cic_only: 2 valid measured runs, 0 predicted, 0 left out" in first
     sections = {part.split(")")[0]: part for part in first.split("\n=== ")[1:]}
     assert "0.0125" in sections["(a1"] and "61.25" in sections["(a2"] and "23.75" in sections["(a2"]
