@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hardware.profiles import Profile
 from hardware.topology import MAX_SERVERS, Hardware
+from harness.analysis.labels import REPORTS
 from harness.controller.experiment import ESTIMATORS, Experiment, Link, Runtime, Scenario
 from harness.controller.traces import load_trace
 from harness.model.graph import TraceFailure
@@ -259,6 +260,8 @@ def build_profile(node: DictConfig, slot: str) -> Profile:
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first value that cannot run."""
     _require(cfg.mode in MODES, f"mode={cfg.mode!r} is not one of {list(MODES)}")
+    _require(cfg.experiment.name != REPORTS, f"experiment.name={REPORTS!r} holds the report's figures (make report), "
+                                             "never runs: name your experiment otherwise")
     link, scenario, runtime, hw = cfg.link, cfg.scenario, cfg.runtime, cfg.hardware
     _require(link.bandwidth_mbps > 0, f"link.bandwidth_mbps must be > 0 Mbit/s, got {link.bandwidth_mbps}")
     _require(link.delay_ms >= 0, f"link.delay_ms must be >= 0, got {link.delay_ms}")

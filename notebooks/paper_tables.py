@@ -17,11 +17,11 @@
 # # Your runs, beside the papers' tables
 #
 # `make report` runs this notebook on the store your runs went to (`MLFLOW_TRACKING_URI`, default `sqlite:///mlflow.db`
-# at the repository root) and saves its figures in `figures/` beside that store. Every number comes from recorded
-# runs through `harness.analysis` (shared with the end-of-run summary): this notebook reads, calls it and draws. Each
-# section shows what the store has, whatever the methods, boards and topologies, and names the command that records
-# what it lacks: (a) cut methods (a device and a server, or the host es0 and one server es1 of a star), (b) spatial
-# methods against the host alone, (c) deadline hit rates, (d) dynamic links, (e) DADS's setting, (f) the claims.
+# at the repository root); its figures go to `figures/` beside that store and to MLflow (experiment `reports`, one run
+# per report, tagged `report=true`: never counted as a result). Every number comes from runs through `harness.analysis`
+# (as in the end-of-run summary). Each section shows what the store has and names the command that records what it
+# lacks: (a) cut methods (a device and a server, or the host es0 and one server es1 of a star), (b) spatial methods
+# against the host alone, (c) deadline hit rates, (d) dynamic links, (e) DADS's setting, (f) the claims.
 #
 # **Rules.** Tables count FINISHED runs tagged valid (the latest of a cell); the others are listed with why and counted
 # ("left out"). Predicted runs (`tags.measured == "false"`: `mode=predict`, jobs over the real-time budget) carry the
@@ -58,15 +58,15 @@ import papers
 
 from harness.analysis import claims, compare, links, spatial
 from harness.analysis import runs as R
-from harness.analysis.labels import RUN, command, method_styles
+from harness.analysis.labels import REPORT_EXPERIMENTS, REPORTS, RUN, command, method_styles
 from harness.config import register
-from harness.controller.tracking import figures_dir, local_store_exists
+from harness.controller.tracking import figures_dir, local_store_exists, log_report
 
 pd.set_option("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 100)
 TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
 mlflow.set_tracking_uri(TRACKING_URI)
 STORED = {e.experiment_id: e.name for e in mlflow.MlflowClient().search_experiments()
-          if e.name not in ("Default", "paper_figures")} if local_store_exists(TRACKING_URI) else {}
+          if e.name not in ("Default", *REPORT_EXPERIMENTS)} if local_store_exists(TRACKING_URI) else {}
 SELECTED = [n.strip() for n in os.environ.get("EXPERIMENTS", ",".join(STORED.values())).split(",") if n.strip()]
 SECTIONS = {var: [n.strip() for n in os.environ.get(var, ",".join(SELECTED)).split(",") if n.strip()]
             for var in ("CIC_EXPERIMENT", "HALP_EXPERIMENT", "RELIABILITY_EXPERIMENT", "DYNAMIC_EXPERIMENT")}
@@ -98,7 +98,7 @@ def preset_sweeps() -> dict[str, dict]:
 
 SWEEPS, PRESETS = preset_sweeps(), {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")}
 WANTED = sorted(set(SELECTED).union(*SECTIONS.values()))
-for name in sorted(set(WANTED) - set(STORED.values())):
+for name in sorted(set(WANTED) - set(STORED.values()) - set(REPORT_EXPERIMENTS)):  # figures, not runs
     quick = f" (a taste in minutes: `{RUN} -m experiment={name}_quick`)" if f"{name}_quick" in PRESETS else ""
     print(f"MISSING experiment {name!r} in {TRACKING_URI}: run " + (
         f"`{RUN} -m experiment={name}`{quick}" if name in PRESETS else f"a sweep with experiment.name={name}"))
@@ -116,7 +116,7 @@ STYLE = method_styles([*sorted(p.stem for p in (ROOT / "conf" / "method").glob("
                        *sorted(ALL["method"].dropna().unique())])
 LEFT_OUT: dict[str, int] = {}
 DECIMALS = {"decision_ms": 4, "offline_ms": 3, "nodes": 0, "nodes_after": 0, "uplinks": 0, "hit_rate": 3}
-SAVED: list[str] = []
+SAVED: list[Path] = []
 
 
 def section(var: str, what: str, keep) -> pd.DataFrame:
@@ -180,7 +180,7 @@ def save(fig: plt.Figure, axes: list[plt.Axes], name: str) -> None:
     fig.tight_layout()
     FIGURES_DIR.mkdir(parents=True, exist_ok=True)
     fig.savefig(FIGURES_DIR / name, dpi=120, bbox_inches="tight")
-    SAVED.append(name)
+    SAVED.append(FIGURES_DIR / name)
     plt.show()
     plt.close(fig)
 
@@ -391,4 +391,9 @@ show("(f) where each headline claim holds: measured runs in its range, or the ra
      "would; reproduced only at the paper's setting (model, input size, hardware and link rate all match)",
      regions.set_index(["claim", "setting"]), left_out="cut run",
      empty=f"`{RUN} -m experiment=cut_claims_predicted` and `experiment=halp_claims_predicted` (minutes)")
-print(f"\nfigures saved in {FIGURES_DIR}: {', '.join(SAVED)}" if SAVED else "\nno figures: no section had runs to draw")
+try:  # the figures also in MLflow, beside the runs they show; a store that cannot take them is one line
+    LOGGED = SAVED and f"logged to MLflow: experiment {REPORTS!r}, run {log_report(TRACKING_URI, SAVED, SELECTED)}"
+except (mlflow.exceptions.MlflowException, OSError) as exc:
+    LOGGED = f"not logged to MLflow ({type(exc).__name__}: {str(exc)[:200]})"
+print(f"\nfigures saved in {FIGURES_DIR}: {', '.join(p.name for p in SAVED)}\n{LOGGED}" if SAVED else
+      "\nno figures: no section had runs to draw")

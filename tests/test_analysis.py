@@ -14,7 +14,7 @@ import pytest
 from harness import PROJECT_ROOT
 from harness.analysis import claims, compare, spatial
 from harness.analysis.labels import link_label, link_rates, method_styles, model_label
-from harness.analysis.runs import left_out, missing_cells, runs_table
+from harness.analysis.runs import experiment_line, left_out, missing_cells, runs_table
 from harness.controller import summary
 from harness.controller.tracking import figures_dir
 from notebooks import papers  # the papers' numbers, beside the notebook
@@ -159,6 +159,14 @@ def test_invalid_runs_are_left_out_with_why_and_a_retried_attempt_is_not_counted
                  run("cic", 3.0, **{"status": "KILLED"}), run("cic", 4.0))
     assert list(left_out(runs)["why"]) == ["crashed", "KILLED"]
     assert list(runs[runs["counts"]]["latency_ms"]) == [4.0]
+
+
+def test_a_reports_own_run_is_no_run_of_the_table() -> None:
+    """The run that holds a report's figures (tag report=true, no params, no verdict), even in an experiment read:
+    neither counted nor left out, so the next report says what the one before it said."""
+    runs = table(run("cic", 4.0), {"run_id": "figures", "status": "FINISHED", "tags.report": "true"})
+    assert list(runs["run_id"]) == ["cic-0-4.0"] and left_out(runs).empty
+    assert experiment_line(runs, "own_runs") == "own_runs: 1 valid measured runs, 0 predicted, 0 left out"
 
 
 def test_missing_cells_stay_within_what_each_sweep_launched() -> None:

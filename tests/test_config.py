@@ -63,6 +63,11 @@ def test_negative_bandwidth_is_refused_with_its_value() -> None:
         validate(make(["link.bandwidth_mbps=-5"]))
 
 
+def test_the_reports_experiment_is_kept_for_the_reports_figures() -> None:
+    with pytest.raises(ConfigError, match=r"experiment.name='reports' holds the report's figures"):
+        validate(make(["experiment.name=reports"]))
+
+
 def test_non_numeric_bandwidth_fails_at_composition() -> None:
     with pytest.raises(ConfigCompositionException, match="bandwidth_mbps"):
         make(["link.bandwidth_mbps=fast"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from pathlib import Path
 
 import jupytext
@@ -18,10 +19,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from mlflow.tracking import MlflowClient
 
 from harness.config import register, resolve_objective, validate
 
-from tests.conftest import ROOT, needs_root, run_cli
+from tests.conftest import ROOT, last_attempts, needs_root, run_cli
 
 pytestmark = pytest.mark.e2e  # executes the notebook and composes every preset's jobs
 
@@ -108,6 +110,19 @@ def execute_notebook(env: dict[str, str]) -> str:
                    for out in cell.get("outputs", []) if out.get("output_type") == "stream")
 
 
+def logged_figures(uri: str, out: str, folder: Path) -> str:
+    """The report's own run, as the notebook names it: in the experiment ``reports``, tagged ``report=true``,
+    FINISHED, holding (under ``figures/``) exactly the figures saved in ``folder``, byte for byte; its id."""
+    run_id = re.search(r"^logged to MLflow: experiment 'reports', run (\w+)$", out, re.M).group(1)
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "reports" and run.info.status == "FINISHED"
+    assert run.data.tags["report"] == "true" and not run.data.params and not run.data.metrics
+    logged = {Path(a.path).name: a.file_size for a in client.list_artifacts(run_id, "figures")}
+    assert logged == {p.name: p.stat().st_size for p in folder.iterdir()} and logged
+    return run_id
+
+
 @pytest.fixture(scope="module")
 def paper_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """A small sweep of the quick presets on local hardware, in a private MLflow store."""
@@ -170,6 +185,7 @@ def test_notebook_prints_the_runs_values_beside_the_papers(paper_store: tuple[st
     assert {p.name for p in (tmp / "figures").iterdir()} == {
         "cut_latency_vs_bandwidth.png", "cut_decision_time.png", "spatial_speedup_vs_n.png",
         "dynamic_latency_over_time.png", "where_halp_holds.png", "where_cut_claims_hold.png"}
+    logged_figures(uri, out, tmp / "figures")  # and logged, from a Jupyter kernel as from the script
 
 
 def test_notebook_names_what_is_missing_instead_of_failing(tmp_path: Path) -> None:
@@ -179,7 +195,9 @@ def test_notebook_names_what_is_missing_instead_of_failing(tmp_path: Path) -> No
     for name in ("cic_paper", "halp_paper", "halp_reliability", "dynamic_payoff"):
         assert f"MISSING experiment '{name}'" in out and f"experiment={name}" in out
     assert out.count("(no valid runs for this table)") == 9  # (a1-3), (b), (c), (d), (e1-2), (f)
+    assert "MISSING: no runs. `make run` records the default experiment" in out
     assert "no figures" in out and not (tmp_path / "figures").exists() and not (tmp_path / "empty.db").exists()
+    assert "logged to MLflow" not in out  # nothing to log: no report run, and no store made to hold one
 
 
 def test_only_finished_valid_runs_count(tmp_path: Path) -> None:
@@ -337,3 +355,65 @@ def test_the_default_run_and_a_prediction_are_shown_and_drawn_beside_the_store(t
     assert f"figures saved in {figures}" in out
     assert {"cut_latency_vs_bandwidth.png", "cut_decision_time.png", "where_cut_claims_hold.png"} <= {
         p.name for p in figures.iterdir()}
+    logged_figures(uri, out, figures)
+
+
+def test_a_store_of_cic_runs_on_one_board_is_shown_and_each_report_logs_a_run_of_its_own(tmp_path: Path) -> None:
+    """(b) Only CIC, on one board (once a KeyError: no DADS run to set its decision time against): its tables are
+    filled and the baselines it lacks named. A second report reads the store as the first did (the first report's
+    run is no result) and logs its figures in a run of its own."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    cic_only = client.create_experiment("cic_only")
+    setting = {"model.name": "vgg16", "model._target_": "torchvision.models.vgg16", "method.name": "cic",
+               "model.input_shape": "[1, 3, 224, 224]", "hardware.name": "xavier_1080ti", "hardware.topology": "pair",
+               "scenario.name": "single_stream"}
+    for bw, ms in (("1.1", 61.25), ("18.88", 23.75)):
+        make_run(client, cic_only, "FINISHED", "true", {**setting, "link.bandwidth_mbps": bw},
+                 {"latency_p50_ms": ms, "throughput_ips": 1000 / ms, "decision_time_ms": 0.0125})
+    legacy = client.create_run(client.create_experiment("paper_figures"), tags={"measured": "false"})  # an earlier
+    client.set_terminated(legacy.info.run_id, "FINISHED")  # report's figures, logged when asked to: not a prediction
+
+    first = run_script(uri, tmp_path)
+    assert "reading experiments: cic_only\n" in first
+    assert "cic_only: 2 valid measured runs, 0 predicted, 0 left out" in first
+    sections = {part.split(")")[0]: part for part in first.split("\n=== ")[1:]}
+    assert "0.0125" in sections["(a1"] and "61.25" in sections["(a2"] and "23.75" in sections["(a2"]
+    assert "MISSING baseline device_only, server_only, dads: .venv/bin/python run.py -m model=vgg16 " in first
+    report = logged_figures(uri, first, tmp_path / "figures")
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == {"cut_latency_vs_bandwidth.png", "cut_decision_time.png"}
+
+    second = run_script(uri, tmp_path)
+    assert "reading experiments: cic_only\n" in second
+    assert second.split("\nfigures saved in")[0] == first.split("\nfigures saved in")[0]  # the same report...
+    assert logged_figures(uri, second, tmp_path / "figures") != report  # ...in a run of its own
+
+
+def test_a_users_model_and_method_beside_a_spatial_method_are_shown_and_drawn(tmp_path: Path) -> None:
+    """(c) A model of the user's (set on the command line: named by its factory), a method of the user's (its YAML in
+    a config folder outside the clone) and HALP beside the host alone, on a two-server star of this machine."""
+    methods = tmp_path / "my_conf" / "method"
+    methods.mkdir(parents=True)
+    (methods / "half.yaml").write_text("_target_: tests.user_methods.Half\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_cli(["-m", "method=half,halp,device_only", "hardware=4x_local", "hardware.num_servers=2", "model=custom",
+                    "model._target_=tests.user_models.build", "model.input_shape=[1,3,64,64]", "scenario.inferences=2"],
+                   uri, tmp_path, env={"SPLITBENCH_CONF": str(tmp_path / "my_conf")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mlflow.set_tracking_uri(uri)
+    runs = last_attempts(mlflow.search_runs(experiment_names=["own_runs"])).set_index("params.method.name")
+
+    out = run_script(uri, tmp_path)
+    assert "own_runs: 3 valid measured runs, 0 predicted, 0 left out" in out
+    sections = {part.split(")")[0]: part for part in out.split("\n=== ")[1:]}
+    label = "tests.user_models.build 64x64"
+    for name in ("(a1", "(a2"):  # the user's method, a cut method, on the host and one server of the star
+        assert label in sections[name] and "half" in sections[name] and "halp" not in sections[name]
+    assert f"{runs.loc['half', 'metrics.latency_p50_ms']:.2f}" in sections["(a2"]
+    host, task = runs.loc["device_only", "metrics.latency_p50_ms"], runs.loc["halp", "metrics.task_time_ms"]
+    assert label in sections["(b"] and f"{task:.2f}" in sections["(b"] and f"{host / task:.2f}" in sections["(b"]
+    halp = next(line for line in out.splitlines() if line.startswith("HALP 1.7-2.0x, 1 task/batch"))
+    assert f"4x_local · {label} · N=2" in halp and " no " in halp  # not HALP's setting
+    logged_figures(uri, out, tmp_path / "figures")
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == {
+        "cut_latency_vs_bandwidth.png", "cut_decision_time.png", "spatial_speedup_vs_n.png", "where_halp_holds.png"}

@@ -77,7 +77,7 @@ def healthy(uri: str) -> bool:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(Ray address, MLflow tracking URI), both started together and stopped even on failure: a local Ray cluster,
-    its head started as the README says (one splitbench_node slot on this node, and more CPUs than one job needs,
+    its head started as docs/reference.md says (one splitbench_node slot on this node, and more CPUs than one job needs,
     so that only that slot keeps two jobs apart), and one tracking server, as conf/hydra/launcher/ray_cluster.yaml
     asks every job to record to."""
     pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")

@@ -13,6 +13,11 @@ import yaml
 
 RUN = ".venv/bin/python run.py"  # the project's interpreter: a bare `python` outside the venv lacks the packages
 CUSTOM = "custom"  # the name conf/model/custom.yaml gives every model set on the command line
+# The report's own MLflow runs: one per `make report` in the experiment REPORTS, its figures as artifacts, tagged so
+# that no reader takes one for a measurement (it has no params, metrics or verdict); earlier reports logged theirs,
+# when asked to, in paper_figures. Neither experiment holds runs to read.
+REPORTS, REPORT_TAG = "reports", "report"
+REPORT_EXPERIMENTS = (REPORTS, "paper_figures")
 MARKERS = "osD^v<>pPX*h"
 
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from harness.analysis.labels import CUSTOM, command, model_label
+from harness.analysis.labels import CUSTOM, REPORT_TAG, command, model_label
 
 SPATIAL = ("halp", "modnn")  # methods of kind "spatial" in runs recorded before the tag method_kind
 # the MLflow columns read into short ones as they are
@@ -48,7 +48,9 @@ def runs_table(df: pd.DataFrame, experiments: Mapping[str, str] | None = None) -
     and latency_ms, latency_low/high (95 % interval of the median), throughput_ips, decision_ms, oldest first.
     ``experiments`` (experiment id -> name) names the experiment of a run that did not record it.
     Latency is the median (``latency_p50_ms``, whose interval is recorded; the mean where a run has no median);
-    a predicted run (``tags.measured == "false"``) carries the cost model's figures, never counted as measured."""
+    a predicted run (``tags.measured == "false"``) carries the cost model's figures, never counted as measured.
+    The report's own runs (tag ``report``: figures, no measurement) are not runs of this table at all."""
+    df = df[~column(df, f"tags.{REPORT_TAG}").eq("true")]
     out = df.copy()
     for short, name in PARAMS.items():
         out[short] = column(df, name)

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
+from harness.analysis.labels import REPORT_TAG, REPORTS
+
 
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working directory."""
@@ -44,3 +46,33 @@ def local_store_exists(uri: str) -> bool:
     if parsed.scheme in ("", "file"):
         return Path(parsed.path).exists()
     return True
+
+
+def log_report(uri: str, figures: list[Path], experiments: list[str]) -> str:
+    """Log a report's figures as the artifacts (``figures/``) of a new run in the experiment ``reports`` (made beside
+    a local store, as a run's experiment is), tagged ``report=true`` and with the experiments it read; its run id.
+
+    One run per report, so an earlier report's figures stay as they were; the analysis never counts such a run."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(REPORTS)
+    if experiment is None:
+        try:
+            client.create_experiment(REPORTS, artifact_location=artifact_location(uri, REPORTS))
+        except MlflowException:  # made meanwhile by another report
+            pass
+        experiment = client.get_experiment_by_name(REPORTS)
+    read = ", ".join(experiments)
+    run = client.create_run(experiment.experiment_id, run_name=f"report of {read}"[:250], tags={
+        REPORT_TAG: "true", "experiments": read, "figures_dir": str(figures[0].parent) if figures else "",
+        "mlflow.note.content": f"The figures of notebooks/paper_tables.py over the experiments {read}."})
+    try:
+        for path in figures:
+            client.log_artifact(run.info.run_id, str(path), "figures")
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
