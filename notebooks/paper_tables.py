@@ -21,25 +21,24 @@
 # per report, tagged `report=true`: never counted as a result). Every number comes from runs through `harness.analysis`
 # (as in the end-of-run summary). Each section shows what the store has and names the command that records what it
 # lacks: (a) cut methods (a device and a server, or the host es0 and one server es1 of a star), (b) spatial methods
-# against the host alone, (c) deadline hit rates, (d) dynamic links, (e) DADS's setting, (f) the claims.
+# against the host alone, (c) deadline hit rates, (d) dynamic links, (e) DADS's setting, (f) the claims, (g) the cut
+# methods against compressed offload (the camera's JPEG sent as it is).
 #
 # **Rules.** Tables count FINISHED runs tagged valid (the latest of a cell); the others are listed with why and counted
 # ("left out"). Predicted runs (`tags.measured == "false"`: `mode=predict`, jobs over the real-time budget) carry the
 # cost model's figures, marked "predicted" everywhere. Latency is a run's median with its 95 % interval: methods whose
-# intervals overlap are within noise, not ranked. A claim stands beside runs only where model, input size, hardware
-# and link rate match the paper's setting (`notebooks/papers.py`). One name per model (as in the summary and the
-# MLflow tag `model_label`), one colour and marker per method.
+# intervals overlap are within noise, not ranked. A claim stands beside runs only where model, input size, hardware and
+# link rate match the paper's setting (`notebooks/papers.py`). One name per model (as in the summary and the MLflow tag
+# `model_label`), one colour and marker per method.
 #
 # **Settings** (environment): `EXPERIMENTS` (comma-separated; default: all); `CIC_EXPERIMENT`, `HALP_EXPERIMENT`,
-# `RELIABILITY_EXPERIMENT`, `DYNAMIC_EXPERIMENT` narrow a section; `PAPER_FIGURES_DIR` saves figures elsewhere. A
-# jupytext pair with `paper_tables.ipynb`: after editing one, `.venv/bin/jupytext --sync notebooks/paper_tables.py`.
+# `RELIABILITY_EXPERIMENT`, `DYNAMIC_EXPERIMENT` narrow a section; `PAPER_FIGURES_DIR` saves figures elsewhere. Paired
+# with `paper_tables.ipynb` (jupytext): after editing one, `.venv/bin/jupytext --sync notebooks/paper_tables.py`.
 
 # %%
-import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -60,7 +59,7 @@ from harness.analysis import claims, compare, links, spatial
 from harness.analysis import runs as R
 from harness.analysis.labels import REPORT_EXPERIMENTS, REPORTS, RUN, command, method_styles
 from harness.config import register
-from harness.controller.tracking import figures_dir, local_store_exists, log_report
+from harness.controller.tracking import dynamic_record, figures_dir, local_store_exists, log_report
 
 pd.set_option("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 100)
 TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
@@ -71,7 +70,7 @@ SELECTED = [n.strip() for n in os.environ.get("EXPERIMENTS", ",".join(STORED.val
 SECTIONS = {var: [n.strip() for n in os.environ.get(var, ",".join(SELECTED)).split(",") if n.strip()]
             for var in ("CIC_EXPERIMENT", "HALP_EXPERIMENT", "RELIABILITY_EXPERIMENT", "DYNAMIC_EXPERIMENT")}
 FIGURES_DIR = Path(os.environ.get("PAPER_FIGURES_DIR") or figures_dir(TRACKING_URI))
-BASELINES = ("device_only", "server_only", "dads")
+BASELINES = ("device_only", "server_only", R.COMPRESSED_OFFLOAD, "dads")  # the camera's JPEG offloaded, too
 print(f"MLflow store: {TRACKING_URI}\nreading experiments: {', '.join(SELECTED) or '(none)'}")
 
 # %% [markdown]
@@ -130,8 +129,7 @@ def section(var: str, what: str, keep) -> pd.DataFrame:
     return runs
 
 
-def show(title: str, table: pd.DataFrame | None, note: str = "", left_out: str | None = None,
-         empty: str = "") -> None:
+def show(title: str, table: pd.DataFrame | None, note: str = "", left_out: str | None = None, empty: str = "") -> None:
     """Print a table (fixed decimals, "-": no value), how many runs it leaves out, or the command to fill it."""
     print(f"\n=== {title} ===" + (f"\n{note}" if note else "") + (f"\nleft out: {LEFT_OUT.get(left_out, 0)} invalid "
           f"or failed {left_out}s (listed above as INVALID)" if left_out else ""))
@@ -295,22 +293,14 @@ show("(d) re-deciding under a changing link: mean latency (ms) per estimator, it
      empty=f"`{RUN} -m experiment=dynamic_payoff` records CIC under two traces, once per estimator")
 
 
-def recorded(run_id: str) -> tuple[list[dict], list[float]]:
-    """A dynamic run's decisions.json and its per-inference latencies, as recorded."""
-    client = mlflow.MlflowClient()
-    with tempfile.TemporaryDirectory() as tmp:
-        decisions = json.loads(Path(client.download_artifacts(run_id, "decisions.json", tmp)).read_text())
-    return decisions, [m.value for m in sorted(client.get_metric_history(run_id, "inference_latency_ms"),
-                                               key=lambda m: m.step)]
-
-
 shown = R.latest(dyn_runs[dyn_runs["source"] == "measured"], links.DYNAMIC_CELL)
 if not shown.empty:
     fig, axes = plt.subplots(shown["trace"].nunique(), 1, figsize=(8, 3.2 * shown["trace"].nunique()), squeeze=False)
     for ax, (trace, runs) in zip(axes[:, 0], shown.groupby("trace")):
         rate_ax = ax.twinx()
         for i, (_, run) in enumerate(runs.sort_values("estimator").iterrows()):
-            points, rates = links.timeline(*recorded(run["run_id"]), int(float(run["params.scenario.warmup"])))
+            warmup = int(float(run["params.scenario.warmup"]))
+            points, rates = links.timeline(*dynamic_record(TRACKING_URI, run["run_id"]), warmup)
             draw(ax, points["t_s"], points["latency_ms"], run["method"], "measured",
                  f"{run['method']} · {run['estimator']}", ls=["-", "--", ":", "-."][i % 4])
             switched = points[points["switched"]]
@@ -367,10 +357,11 @@ def cut_bands(ax: plt.Axes, key: dict) -> None:
                f"{papers.CIC_CLAIMS['latency_speedup']}x'")
 
 
-line_panels(pd.concat([c.reset_index().assign(method=m) for m, c in curves.items() if not c.empty] or [pd.DataFrame()]),
-            ["hardware"], ["method", "model", "scenario", "source"], "bandwidth_mbps", "lat_x",
-            "where_cut_claims_hold.png", "DADS, CIC · {hardware}", cut_bands, xscale="log",
-            xlabel="link (Mbit/s)", ylabel="latency gain over device-only")
+for base, name in (("device_only", ""), (R.COMPRESSED_OFFLOAD, "_vs_compressed_offload")):
+    drawn = [compare.gains_over(gains, m, base).reset_index().assign(method=m) for m in ("dads", "cic")]
+    line_panels(pd.concat([d for d in drawn if not d.empty] or [pd.DataFrame()]), ["hardware"], ["method", "model",
+                "scenario", "source"], "bandwidth_mbps", "lat_x", f"where_cut_claims_hold{name}.png", "DADS, CIC · "
+                "{hardware}", cut_bands, xscale="log", xlabel="link (Mbit/s)", ylabel=f"latency gain over {base}")
 
 # %%
 cic_lat, cic_tput = papers.CIC_CLAIMS["latency_speedup"], papers.CIC_CLAIMS["throughput_speedup"]
@@ -391,6 +382,11 @@ show("(f) where each headline claim holds: measured runs in its range, or the ra
      "would; reproduced only at the paper's setting (model, input size, hardware and link rate all match)",
      regions.set_index(["claim", "setting"]), left_out="cut run",
      empty=f"`{RUN} -m experiment=cut_claims_predicted` and `experiment=halp_claims_predicted` (minutes)")
+offload = pd.DataFrame([claims.against_offload(compare.gains_over(gains, m, R.COMPRESSED_OFFLOAD)["lat_x"], m, where)
+                        for m, where in (("dads", papers.DADS_LIGHT), ("cic", papers.CIC_SETTING))])
+show("(g) each cut method against compressed offload (the camera's JPEG: server_only+jpeg90) on its paper's hardware: "
+     "latency gain over it", offload.set_index("claim"), left_out="cut run", empty=f"`{RUN} -m experiment="
+     "dads_paper_quick method=server_only codec=jpeg` (cic_paper_quick likewise)")
 try:  # the figures also in MLflow, beside the runs they show; a store that cannot take them is one line
     LOGGED = SAVED and f"logged to MLflow: experiment {REPORTS!r}, run {log_report(TRACKING_URI, SAVED, SELECTED)}"
 except (mlflow.exceptions.MlflowException, OSError) as exc:

@@ -12,10 +12,10 @@ groups on the device (closed under predecessors); its latency is a line in x, th
 s-t cut on the network of the DADS paper (Hu et al., INFOCOM 2019) with its two fixes: source = device, sink =
 server; arc source->g costs g's server time (paid when g is on the server), g->sink g's device time; a tensor with
 one consumer is an arc producer->consumer costing x*bytes (+ its codec time), one with several consumers goes
-through an auxiliary node (producer->aux x*bytes + codec time, aux->consumer infinite) so that it is paid once; every DAG edge u->w has an infinite reverse
-arc w->u (no data flows back to the device); pinned groups get infinite arcs from the source or to the sink. The
-one-way link delay is not a capacity: it is paid by every cut that sends something, so :func:`cheapest` weighs the
-min-cut against the cheapest cut that sends nothing.
+through an auxiliary node (producer->aux x*bytes + codec time, aux->consumer infinite) so that it is paid once;
+every DAG edge u->w has an infinite reverse arc w->u (no data flows back to the device); pinned groups get infinite
+arcs from the source or to the sink. The one-way link delay is not a capacity: it is paid by every cut that sends
+something, so :func:`cheapest` weighs the min-cut against the cheapest cut that sends nothing.
 """
 
 from __future__ import annotations

@@ -226,3 +226,36 @@ def test_a_method_with_a_codec_is_its_own_entry_and_compressed_offload_a_baselin
     assert dads["lat_x"].iloc[0] == pytest.approx(40.0 / 200.0)  # DADS is 5x slower than JPEG offload
     assert compare.gains_over(gains, "dads", "server_only")["lat_x"].iloc[0] == pytest.approx(4.0)
     assert len(compare.rankings(runs)) == 1 and COMPRESSED_OFFLOAD in compare.rankings(runs)[0]
+
+
+def test_a_missing_compressed_offload_is_named_with_its_codec() -> None:
+    from harness.analysis.runs import COMPRESSED_OFFLOAD, method_overrides
+
+    assert method_overrides(COMPRESSED_OFFLOAD) == {"method": "server_only", "codec.input": "jpeg",
+                                                    "codec.jpeg_quality": "90"}
+    assert method_overrides("dads+jpeg75+int8") == {"method": "dads", "codec.input": "jpeg",
+                                                    "codec.jpeg_quality": "75", "codec.features": "int8"}
+    assert method_overrides("cic+raw+fp16") == {"method": "cic", "codec.features": "fp16"}
+    runs = table(run("dads", 200.0, **{"params.link.bandwidth_mbps": "5.85"}))
+    lines = compare.missing_baselines(runs, ["device_only", COMPRESSED_OFFLOAD])
+    assert len(lines) == 2 and "method=device_only" in lines[0]
+    assert "method=server_only" in lines[1] and "codec.input=jpeg" in lines[1] and "codec.jpeg_quality=90" in lines[1]
+
+
+def test_whether_a_claim_holds_against_compressed_offload_is_said_per_rate() -> None:
+    from harness.analysis.runs import COMPRESSED_OFFLOAD
+
+    rows = [run("dads", lat, **{"params.link.bandwidth_mbps": rate, "params.hardware.name": "rpi3b_cpu_server"})
+            for lat, rate in ((200.0, "1.1"), (210.0, "18.88"))]
+    rows += [run("server_only", lat, **{"params.link.bandwidth_mbps": rate, "tags.codec": "jpeg90",
+                                        "params.hardware.name": "rpi3b_cpu_server"})
+             for lat, rate in ((300.0, "1.1"), (40.0, "18.88"))]
+    gains = compare.gain_table(table(*rows), [COMPRESSED_OFFLOAD])
+    row = claims.against_offload(compare.gains_over(gains, "dads", COMPRESSED_OFFLOAD)["lat_x"], "DADS",
+                                 papers.DADS_LIGHT)
+    assert row["holds against compressed offload"] == "only at 1.1 Mbit/s"
+    assert row["on the paper's hardware"] == "0.19-1.50x (measured)"
+    elsewhere = claims.against_offload(compare.gains_over(gains, "dads", COMPRESSED_OFFLOAD)["lat_x"], "CIC",
+                                       papers.CIC_SETTING)  # CIC's hardware: nothing ran there
+    assert elsewhere["holds against compressed offload"] == "not measured"
+    assert claims.against_offload(pd.Series(dtype=float), "x", papers.CIC_SETTING)["on the paper's hardware"] == "-"

@@ -122,3 +122,25 @@ def range_check(claim: str, paper: str, values: pd.Series, low: float, high: flo
         row[source] = span(part)
         row[f"{source} cells in range"] = in_range(part, low, high)
     return row
+
+
+def against_offload(gains: pd.Series, claim: str, setting: Setting) -> dict[str, str]:
+    """Whether a method still beats compressed offload on the paper's hardware: ``gains`` its latency gains over
+    it (a gains column indexed like a gains table, measured and predicted rows apart), restricted to the paper's
+    hardware. Measured rows decide where there are any; predicted ones are said to be predicted."""
+    if not len(gains):
+        return {"claim": claim, "on the paper's hardware": "-", "holds against compressed offload": "not measured"}
+    hardware = gains.index.get_level_values("hardware")
+    ours = gains[np.isin(hardware, setting.hardware)].dropna()
+    source = ours.index.get_level_values("source")
+    judged, which = (ours[source == "measured"], "measured") if (source == "measured").any() else (
+        ours[source == "predicted"], "predicted")
+    if not len(judged):
+        return {"claim": claim, "on the paper's hardware": "-", "holds against compressed offload": "not measured"}
+    rates = judged.index.get_level_values("bandwidth_mbps")
+    where = sorted({float(r) for r, g in zip(rates, judged) if g >= 1})
+    verdict = ("yes, at every rate" if len(where) == len(set(rates)) else
+               "no: slower at every rate" if not where else
+               "only at " + ", ".join(f"{r:g}" for r in where) + " Mbit/s")
+    return {"claim": claim, "on the paper's hardware": f"{span(judged)}x ({which})",
+            "holds against compressed offload": verdict}

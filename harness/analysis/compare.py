@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from harness.analysis.runs import column, commands_for, latest
+from harness.analysis.runs import column, commands_for, latest, method_overrides
 from harness.analysis.intervals import overlaps, ranking
 
 CUT_CELL = ["hardware", "model", "scenario", "bandwidth_mbps"]  # one setting of a cut method
@@ -114,8 +114,11 @@ def missing_baselines(cells: pd.DataFrame, baselines: Sequence[str], keys: Seque
     lines = []
     for group in dict.fromkeys(v for v in lacking.values() if v):
         where = firsts.loc[[cell for cell, v in lacking.items() if v == group]]
+        plain, coded = [b for b in group if "+" not in b], [b for b in group if "+" in b]
+        changes = [{"method": ",".join(plain)}] if plain else []
+        changes += [method_overrides(b) for b in coded]  # a codec is its own sweep
         lines += [f"MISSING baseline {', '.join(group)}: {line}"
-                  for line in commands_for(where, method=",".join(group))]
+                  for change in changes for line in commands_for(where, **change)]
     return lines
 
 

@@ -27,6 +27,21 @@ def with_codec(method: str, codec: str) -> str:
     return method if codec in (RAW, "", None) or pd.isna(codec) else f"{method}+{codec}"
 
 
+def method_overrides(label: str) -> dict[str, str]:
+    """The ``run.py`` overrides that record the method a table names: ``server_only+jpeg90`` is
+    method=server_only codec.input=jpeg codec.jpeg_quality=90; a plain name is itself."""
+    method, _, codec = label.partition("+")
+    out = {"method": method}
+    first, _, features = codec.partition("+")
+    if first.startswith("jpeg"):
+        out.update({"codec.input": "jpeg", "codec.jpeg_quality": first[len("jpeg"):] or "90"})
+    elif first and first != RAW:
+        out["codec.input"] = first
+    if features:
+        out["codec.features"] = features
+    return out
+
+
 def column(df: pd.DataFrame, name: str) -> pd.Series:
     """A column of the table, all NaN where no run recorded it (MLflow leaves a never-logged name out)."""
     return df[name] if name in df else pd.Series(np.nan, index=df.index, dtype=object)

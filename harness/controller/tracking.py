@@ -76,3 +76,17 @@ def log_report(uri: str, figures: list[Path], experiments: list[str]) -> str:
         raise
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
+
+
+def dynamic_record(uri: str, run_id: str) -> tuple[list[dict], list[float]]:
+    """A dynamic run as recorded: its decisions (``decisions.json``) and its per-inference latencies, in order."""
+    import json
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        decisions = json.loads(Path(client.download_artifacts(run_id, "decisions.json", tmp)).read_text())
+    history = client.get_metric_history(run_id, "inference_latency_ms")
+    return decisions, [m.value for m in sorted(history, key=lambda m: m.step)]
