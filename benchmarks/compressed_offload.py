@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+
+from benchmarks.sweeps import run_sweep, store_of
 
 ROOT = Path(__file__).resolve().parent.parent
 LINKS = {"cat1": 0.13, "3g": 1.1, "lte": 5.85, "wifi": 18.88}
@@ -43,20 +44,10 @@ CODEC_COLUMNS = [c for c in CONDITIONS if c.startswith("DADS, JPEG")]
 def sweep(method: str, codec: str, args: argparse.Namespace, folder: Path) -> None:
     """One ``run.py -m`` over the models and uplinks for one method and codec."""
     links = ["wifi"] if method == "device_only" else list(LINKS)  # nothing crosses: the link does not matter
-    argv = [sys.executable, str(ROOT / "run.py"), "-m", f"model={','.join(args.models)}",
-            "hardware=rpi3b_cpu_server", f"method={method}", f"codec={codec}", f"link={','.join(links)}",
-            f"scenario.inferences={args.inferences}", "experiment.name=compressed_offload",
-            f"mode={'predict' if args.predict else 'run'}", f"runtime.max_real_minutes={args.budget_minutes}",
-            f"hydra.sweep.dir={folder / 'hydra'}"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store_of(folder), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"run.py failed for {method} {codec}: exit status {proc.returncode}")
-
-
-def store_of(folder: Path) -> str:
-    return f"sqlite:///{folder / 'mlflow.db'}"
+    run_sweep([f"model={','.join(args.models)}", "hardware=rpi3b_cpu_server", f"method={method}", f"codec={codec}",
+               f"link={','.join(links)}", f"scenario.inferences={args.inferences}", "experiment.name=compressed_offload",
+               f"mode={'predict' if args.predict else 'run'}", f"runtime.max_real_minutes={args.budget_minutes}"],
+              folder, f"{method} codec={codec}")
 
 
 def cells(store: str) -> dict[tuple[str, str, str, str], dict[str, Any]]:

@@ -26,15 +26,14 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import torch
+
+from benchmarks.sweeps import run_sweep, store_of
 
 ROOT = Path(__file__).resolve().parent.parent
 CUTS = {"pool3": "features_16", "pool4": "features_23", "pool5": "features_30"}  # torchvision's vgg16.features
@@ -45,24 +44,17 @@ GOAL = 0.05
 
 def sweep(args: argparse.Namespace, folder: Path) -> float:
     """One ``run.py -m`` over the cuts and rates, into the store in ``folder``; returns its real seconds."""
-    argv = [sys.executable, str(ROOT / "run.py"), "-m", "model=vgg16", "hardware=xavier_1080ti", "method=fixed_cut",
-            f"method.after={','.join(CUTS[c] for c in args.cuts)}",
-            f"link.bandwidth_mbps={','.join(f'{r:g}' for r in args.rates)}", f"scenario.inferences={args.inferences}",
-            "scenario.warmup=1", "runtime.retries=0", "runtime.max_real_minutes=null",
-            "experiment.name=emulation_fidelity", f"hydra.sweep.dir={folder / 'hydra'}",
-            *([f"runtime.tdf_margin={args.tdf_margin}"] if args.tdf_margin else [])]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
-    started = time.monotonic()
-    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"run.py failed: exit status {proc.returncode}")
-    return time.monotonic() - started
+    return run_sweep(["model=vgg16", "hardware=xavier_1080ti", "method=fixed_cut",
+                      f"method.after={','.join(CUTS[c] for c in args.cuts)}",
+                      f"link.bandwidth_mbps={','.join(f'{r:g}' for r in args.rates)}",
+                      f"scenario.inferences={args.inferences}", "scenario.warmup=1", "runtime.retries=0",
+                      "runtime.max_real_minutes=null", "experiment.name=emulation_fidelity",
+                      *([f"runtime.tdf_margin={args.tdf_margin}"] if args.tdf_margin else [])], folder, "the grid")
 
 
 def rows_of(folder: Path) -> list[dict[str, Any]]:
     """One row per job, from what ``run.py`` recorded."""
-    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    mlflow.set_tracking_uri(store_of(folder))
     df = mlflow.search_runs(experiment_names=["emulation_fidelity"], order_by=["attributes.start_time ASC"])
     cut_of = {node: cut for cut, node in CUTS.items()}
     rows = []

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+
+from benchmarks.sweeps import run_sweep, store_of
 
 ROOT = Path(__file__).resolve().parent.parent
 # Chains, residual, dense, inception, depthwise (+ squeeze-excitation), and a user's own model (one residual block).
@@ -43,20 +44,10 @@ GOAL_MEDIAN, GOAL_EACH = 0.03, 0.10
 
 def sweep(model: str, extra: list[str], args: argparse.Namespace, folder: Path) -> None:
     """One ``run.py -m`` over the methods and rates of one model, recorded to the store in ``folder``."""
-    argv = [sys.executable, str(ROOT / "run.py"), "-m", f"model={model}", *extra, "hardware=local_pair",
-            f"method={','.join(args.methods)}", f"link.bandwidth_mbps={','.join(str(r) for r in args.rates)}",
-            f"scenario.inferences={args.inferences}", "scenario.warmup=2", "experiment.name=reality",
-            "runtime.max_real_minutes=null", f"hydra.sweep.dir={folder / 'hydra'}"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store_of(folder), "SPLITBENCH_CACHE": str(folder / "cache"),
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"run.py failed for {model}: exit status {proc.returncode}")
-
-
-def store_of(folder: Path) -> str:
-    return f"sqlite:///{folder / 'mlflow.db'}"
+    run_sweep([f"model={model}", *extra, "hardware=local_pair", f"method={','.join(args.methods)}",
+               f"link.bandwidth_mbps={','.join(str(r) for r in args.rates)}", f"scenario.inferences={args.inferences}",
+               "scenario.warmup=2", "experiment.name=reality", "runtime.max_real_minutes=null"], folder, model,
+              SPLITBENCH_CACHE=str(folder / "cache"))
 
 
 def runs(store: str) -> list[dict[str, Any]]:

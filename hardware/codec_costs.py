@@ -35,8 +35,9 @@ class WireCosts:
     decode_ms: dict[str, float]
 
 
-def _median_ms(fn: Callable[[], object], repeats: int = REPEATS) -> float:
-    fn()  # first call: allocation, codec tables
+def median_ms(fn: Callable[[], object], repeats: int = REPEATS) -> float:
+    """The median real milliseconds of ``repeats`` calls of ``fn``, after an untimed first (allocation, tables)."""
+    fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter_ns()
@@ -51,7 +52,7 @@ def feature_codec_ms(codec: Codec, shape: tuple[int, ...]) -> tuple[float, float
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     wire = codec.encode(x)
     with torch.no_grad():
-        return _median_ms(lambda: codec.encode(x)), _median_ms(lambda: codec.decode(wire, shape))
+        return median_ms(lambda: codec.encode(x)), median_ms(lambda: codec.decode(wire, shape))
 
 
 def input_codec_costs(codec: Codec, spec: ModelSpec) -> tuple[float, float, float]:
@@ -61,8 +62,8 @@ def input_codec_costs(codec: Codec, spec: ModelSpec) -> tuple[float, float, floa
     for x in inputs:
         wire = codec.encode(x)
         sizes.append(wire.numel() * wire.element_size())
-        encode.append(_median_ms(lambda: codec.encode(x)))
-        decode.append(_median_ms(lambda: codec.decode(wire, tuple(x.shape))))
+        encode.append(median_ms(lambda: codec.encode(x)))
+        decode.append(median_ms(lambda: codec.decode(wire, tuple(x.shape))))
     return statistics.fmean(sizes), statistics.fmean(encode), statistics.fmean(decode)
 
 

@@ -389,7 +389,7 @@ MODELS = {
 }
 
 
-CODEC_MODELS = {"googlenet": "int8", "densenet121": "fp16"}  # shared tensors, concatenations
+CODEC_MODELS = {"resnet50": "fp16", "googlenet": "int8", "densenet121": "fp16", "inception_v3": "int8"}
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import functools
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from torch import fx
 import hardware.profiles as profiles
 from harness.model.graph import ModelGraph, build_graph
 from harness.model.models import ModelSpec
+from hardware.codec_costs import median_ms
 from hardware.profiles import LocalProfile, RooflineProfile, TableProfile, write_table
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -183,13 +183,6 @@ def test_local_profile_cache_follows_the_environment(tmp_path: Path, monkeypatch
     assert LocalProfile(warmup=0, repeats=1, threads=2).cache_path(graph) != profile.cache_path(graph)
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter_ns()
-        fn()
-        times.append((time.perf_counter_ns() - start) / 1e6)
-    return statistics.median(times)
 
 
 class _NodeByNode(fx.Interpreter):
@@ -225,9 +218,9 @@ def test_node_times_add_up_to_the_whole_model_as_it_really_runs(tmp_path: Path) 
                 interpreter = _NodeByNode(graph.module)
                 interpreter.run(x)
                 alone.append(interpreter.total_ms)
-            before_ms = _median_ms(lambda: graph.module(x), 41)
+            before_ms = median_ms(lambda: graph.module(x), 41)
             profile = LocalProfile(warmup=3, repeats=15, cache_dir=str(tmp_path)).node_ms(graph)
-            after_ms = _median_ms(lambda: graph.module(x), 41)
+            after_ms = median_ms(lambda: graph.module(x), 41)
     finally:
         torch.set_num_threads(previous)
     real_ms = min((before_ms, after_ms), key=lambda t: abs(t - sum(profile.values())))  # the machine may drift
