@@ -46,12 +46,23 @@ def median_ms(fn: Callable[[], object], repeats: int = REPEATS) -> float:
     return statistics.median(times)
 
 
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @functools.lru_cache(maxsize=1024)
-def feature_codec_ms(codec: Codec, shape: tuple[int, ...]) -> tuple[float, float]:
-    """(encode, decode) ms here of a float32 tensor of ``shape`` (fp16 and int8 cost the same for any content)."""
+def feature_codec_ms(codec: Codec, shape: tuple[int, ...], threads: int) -> tuple[float, float]:
+    """(encode, decode) ms here, with ``threads`` torch threads, of a float32 tensor of ``shape`` (fp16 and int8
+    cost the same for any content)."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     wire = codec.encode(x)
-    with torch.no_grad():
+    with torch.no_grad(), _threads(threads):
         return median_ms(lambda: codec.encode(x)), median_ms(lambda: codec.decode(wire, shape))
 
 
@@ -73,25 +84,10 @@ def endpoint_scale(profile_ms: dict[str, float], local_ms: dict[str, float]) -> 
     return sum(profile_ms.values()) / here if here > 0 else 1.0
 
 
-@contextlib.contextmanager
-def _threads(count: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def wire_costs(graph: ModelGraph, codecs: Codecs, device_scale: float, server_scale: float,
                threads: int = 1) -> WireCosts:
     """Every node's crossing cost under ``codecs``, the codecs timed with the workers' ``threads``; raw tensors cost
     their bytes and no codec time."""
-    with _threads(threads):
-        return _wire_costs(graph, codecs, device_scale, server_scale)
-
-
-def _wire_costs(graph: ModelGraph, codecs: Codecs, device_scale: float, server_scale: float) -> WireCosts:
     out_bytes, encode_ms, decode_ms = {}, {}, {}
     for name in graph.order:
         node = graph[name]
@@ -102,9 +98,10 @@ def _wire_costs(graph: ModelGraph, codecs: Codecs, device_scale: float, server_s
             out_bytes[name], encode_ms[name], decode_ms[name] = node.out_bytes, 0.0, 0.0
             continue
         if name == graph.input_name:
-            nbytes, enc, dec = input_codec_costs(codec, graph.spec)
+            with _threads(threads):
+                nbytes, enc, dec = input_codec_costs(codec, graph.spec)
         else:
-            enc, dec = feature_codec_ms(codec, node.out_shape)
+            enc, dec = feature_codec_ms(codec, node.out_shape, threads)
             nbytes = codec.wire_bytes(node.out_shape)
         out_bytes[name] = int(round(nbytes))
         encode_ms[name], decode_ms[name] = enc * device_scale, dec * server_scale
