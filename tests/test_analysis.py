@@ -238,8 +238,9 @@ def test_a_missing_compressed_offload_is_named_with_its_codec() -> None:
     assert method_overrides("cic+raw+fp16") == {"method": "cic", "codec.features": "fp16"}
     runs = table(run("dads", 200.0, **{"params.link.bandwidth_mbps": "5.85"}))
     lines = compare.missing_baselines(runs, ["device_only", COMPRESSED_OFFLOAD])
-    assert len(lines) == 2 and "method=device_only" in lines[0]
-    assert "method=server_only" in lines[1] and "codec.input=jpeg" in lines[1] and "codec.jpeg_quality=90" in lines[1]
+    assert len(lines) == 2 and lines[0].startswith("MISSING baseline device_only: ") and "method=device_only" in lines[0]
+    assert lines[1].startswith(f"MISSING baseline {COMPRESSED_OFFLOAD}: ") and "method=server_only" in lines[1]
+    assert "codec.input=jpeg" in lines[1] and "codec.jpeg_quality=90" in lines[1]
 
 
 def test_whether_a_claim_holds_against_compressed_offload_is_said_per_rate() -> None:

@@ -158,7 +158,8 @@ def gone(pid: int) -> bool:
 def test_a_controller_killed_mid_run_leaves_a_run_that_cleanup_ends_killed(tracking_uri: str, tmp_path: Path) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(ROOT)}
     args = ["model=resnet18", "model.input_shape=[1,3,64,64]", "hardware=xavier_1080ti", "method=server_only",
-            "link.bandwidth_mbps=1.1", "scenario.inferences=50", f"hydra.run.dir={tmp_path}/outputs"]
+            "link.bandwidth_mbps=1.1", "scenario.inferences=50", "runtime.max_real_minutes=null",
+            f"hydra.run.dir={tmp_path}/outputs"]
     with open(tmp_path / "run.log", "w") as out:
         controller = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, env=env,
                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

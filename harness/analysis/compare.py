@@ -115,10 +115,10 @@ def missing_baselines(cells: pd.DataFrame, baselines: Sequence[str], keys: Seque
     for group in dict.fromkeys(v for v in lacking.values() if v):
         where = firsts.loc[[cell for cell, v in lacking.items() if v == group]]
         plain, coded = [b for b in group if "+" not in b], [b for b in group if "+" in b]
-        changes = [{"method": ",".join(plain)}] if plain else []
-        changes += [method_overrides(b) for b in coded]  # a codec is its own sweep
-        lines += [f"MISSING baseline {', '.join(group)}: {line}"
-                  for change in changes for line in commands_for(where, **change)]
+        sweeps = ([(plain, {"method": ",".join(plain)})] if plain else []) + [
+            ([b], method_overrides(b)) for b in coded]  # a method with a codec is a sweep of its own
+        lines += [f"MISSING baseline {', '.join(names)}: {line}"
+                  for names, change in sweeps for line in commands_for(where, **change)]
     return lines
 
 
