@@ -11,13 +11,20 @@ import os
 import sys
 import uuid
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
+# First, while this process is single-threaded (the kernel's condition; torch and MLflow start threads): without root,
+# a user namespace of its own lets it build namespaces and kernel-shaped links all the same.
+from harness.network.userns import enter_if_needed
 
-from harness.config import main_with_one_line_errors, one_line_errors, register
-from harness.progress import LAUNCH_ENV
+if __name__ == "__main__":
+    enter_if_needed()
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from harness.config import main_with_one_line_errors, one_line_errors, register  # noqa: E402
+from harness.progress import LAUNCH_ENV  # noqa: E402
 
 register()
 

@@ -531,7 +531,7 @@ def own_namespace() -> str:
 @needs_root
 def test_namespace_sockets_open_by_setns_of_this_thread_without_a_fork_from_any_thread():
     """A forked helper inside a host that turns SIGTERM into SystemExit (a Ray worker) unwinds through the host's
-    stack: netlink and TCP sockets in a namespace are opened by this thread's setns, and it comes back."""
+    stack: netlink and TCP sockets in a namespace are opened by a helper thread's setns; the caller never moves."""
     name = f"{PREFIX}{os.getpid()}-setns"
     netns.create(name)
     try:
@@ -547,9 +547,15 @@ def test_namespace_sockets_open_by_setns_of_this_thread_without_a_fork_from_any_
         with namespaces.socket_in(name) as sock:
             sock.bind(("127.0.0.1", 0))
         assert FORKS == [] and own_namespace() == before
-        with pytest.raises(RuntimeError, match="inside"), namespaces.in_namespace(name):
+        inside = namespaces.call_in(name, own_namespace)  # a helper thread's; this one never moves
+        assert inside != before and own_namespace() == before
+
+        def fail() -> None:
             raise RuntimeError("inside")
-        assert own_namespace() == before  # restored on error too
+
+        with pytest.raises(RuntimeError, match="inside"):
+            namespaces.call_in(name, fail)
+        assert own_namespace() == before
         with IPRoute() as root:
             assert not root.link_lookup(ifname="sx0")  # created in the namespace, not here
     finally:
