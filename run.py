@@ -13,7 +13,7 @@ import uuid
 
 # First, while this process is single-threaded (the kernel's condition; torch and MLflow start threads): without root,
 # a user namespace of its own lets it build namespaces and kernel-shaped links all the same.
-from harness.network.userns import enter_if_needed
+from harness.network.userns import enter_if_needed, reexec_if_undecided
 
 if __name__ == "__main__":
     enter_if_needed()
@@ -73,6 +73,8 @@ def main(cfg: DictConfig) -> float | None:
     from harness.controller.summary import summary
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and "submitit" in str(HydraConfig.get().launcher.get("_target_", "")):
+        reexec_if_undecided()  # a SLURM job's process was not started through this file, and already runs threads
     launch = os.environ.get(LAUNCH_ENV) or uuid.uuid4().hex  # a sweep's callback sets one for all its jobs
     with one_line_errors():  # a bad value, or a model.input_shape the trial run refuses: one line, no record
         exp = resolve(cfg)

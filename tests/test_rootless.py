@@ -8,7 +8,9 @@ a shared server would, and the harness enters a user namespace of its own beneat
   bounds it meets with root, a topology left by an exception takes its namespaces and processes with it, and one
   ended by SIGINT or SIGTERM leaves no process in its namespaces or its user namespace;
 - where user namespaces are refused (a limit of 0 set inside a throwaway user namespace: the machine's own settings
-  are never touched) the run goes on in userspace, says why in one line, and records ``privilege=none``.
+  are never touched) the run goes on in userspace, says why in one line, and records ``privilege=none``;
+- a job whose Python already runs threads (submitit's) re-executes itself into a user namespace, and stale cleanup
+  removes the folders dead rootless processes mounted their namespace directory on.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import mlflow
 import pandas as pd
 import pytest
 
+from harness.network import namespaces
 from harness.network.shaping import KERNEL_RATE_BACKENDS
-from harness.network.userns import namespace_directory
+from harness.network.userns import DECISION_ENV, namespace_directory
 from tests.conftest import ROOT, last_attempts
 from tests.test_network import PROBE_CASES, PROBE_TOLERANCE
 from tests.test_runtime import MARK, SMALL, marked_workers
@@ -181,3 +184,41 @@ def test_refused_user_namespaces_fall_back_to_userspace_with_one_line(tracking_u
     run = runs(tracking_uri).iloc[0]
     assert (run["tags.privilege"], run["tags.link_backend"], run["tags.valid"]) == ("none", "userspace", "true")
     assert_nothing_left(proc.pid, marker)
+
+
+# A job's Python that imported torch before the job's function ran (as submitit's does), and inherited a decision
+# made on another host (sbatch exports the login node's environment): it re-executes itself into a user namespace.
+JOB = """
+import os, sys, torch
+from harness.network import userns
+print("started", os.getpid(), userns.thread_count() > 1, file=sys.stderr, flush=True)
+userns.reexec_if_undecided()
+from harness.network import shaping
+print(os.getpid(), shaping.privilege(), shaping.probe_backend())
+"""
+
+
+def test_a_job_not_started_through_run_py_reexecutes_itself_into_a_user_namespace(tmp_path: Path) -> None:
+    login_node = json.dumps({"host": "login-node", "mount_namespace": 1, "directory": "/tmp/sb1-netns",
+                             "refusal": None})
+    out = subprocess.run([*UNSHARE, sys.executable, "-c", JOB], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), DECISION_ENV: login_node}, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    pid, privilege, backend = out.stdout.split()
+    assert out.stderr.splitlines() == [f"started {pid} True"] * 2  # threads at first, run again in place, once
+    assert (privilege, backend in KERNEL_RATE_BACKENDS) == ("rootless", True)
+    assert not os.path.exists(namespace_directory(int(pid)))
+
+
+def test_stale_cleanup_removes_the_folders_of_dead_rootless_processes_only() -> None:
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True).stdout.strip()
+    stale, live = namespace_directory(int(dead)), namespace_directory(os.getpid())
+    os.makedirs(stale)
+    os.makedirs(live)
+    try:
+        removed = namespaces.cleanup_stale("sbzz")  # a prefix of nobody's: only the folders are at stake
+        assert stale in removed and not os.path.exists(stale) and os.path.isdir(live)
+    finally:
+        for folder in (stale, live):
+            if os.path.isdir(folder):
+                os.rmdir(folder)

@@ -2,7 +2,7 @@
 
 Every name carries the owner's pid after a prefix (``sb<pid>-...``), so that a later run can tell a dead owner's
 leftovers from a live run's. Namespaces are bound under pyroute2's directory (/var/run/netns), or, in a rootless
-process (``harness.network.userns``), under the tmpfs its environment names.
+process, under a tmpfs of its own (``harness.network.userns``: :func:`use_namespace_directory`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ log = logging.getLogger("harness.network")
 
 DEFAULT_PREFIX = "sb"
 PREFIX_PATTERN = re.compile(r"^[a-z][a-z_]{0,5}$")
-NETNS_DIR_ENV = "SPLITBENCH_NETNS_DIR"  # set by a rootless process for its descendants (harness.network.userns)
 ROOTLESS_DIRECTORY = re.compile(rf"^{DEFAULT_PREFIX}(\d+)-netns$")
 
 
@@ -40,9 +39,6 @@ def namespace_path(name: str) -> str:
     own fixed directory (a veth peer's ``net_ns_fd``)."""
     return os.path.join(netns.NETNS_RUN_DIR, name)
 
-
-if NETNS_DIR_ENV in os.environ:
-    use_namespace_directory(os.environ[NETNS_DIR_ENV])
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)

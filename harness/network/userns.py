@@ -7,9 +7,12 @@ directory. It keeps the host's network namespace: MLflow servers, Ray and real b
 endpoints' namespaces it makes later are owned by its user namespace, where it is root. They vanish with it.
 
 The kernel lets only a single-threaded process enter a user namespace, so entry points call this before anything
-starts a thread (torch, MLflow). Descendants (workers, a local Ray cluster) inherit both namespaces and learn the
-namespace directory from the environment; a process that could not enter leaves one line saying why
-(:func:`refusal`).
+starts a thread (torch, MLflow). The decision is handed down in the environment (:data:`DECISION_ENV`), valid only
+on the same host in the same mount namespace: workers, a local Ray cluster or a re-executed job adopt it, a SLURM
+job that inherited its login node's environment decides afresh. A process started some other way (a submitit job:
+torch is imported before the job's function runs) re-executes itself through ``python -m harness.network.userns``
+(:func:`reexec_if_undecided`). A refusal is one line saying why and which setting allows user namespaces
+(:func:`refusal`); the run then shapes in userspace.
 """
 
 from __future__ import annotations
@@ -17,15 +20,19 @@ from __future__ import annotations
 import atexit
 import ctypes
 import errno
+import json
 import os
 import re
+import sys
 import tempfile
+from typing import Sequence
 
 from pyroute2 import netns
 
-from harness.network.namespaces import DEFAULT_PREFIX, NETNS_DIR_ENV, create_namespace, use_namespace_directory
+from harness.network.namespaces import DEFAULT_PREFIX, create_namespace, use_namespace_directory
 
-REFUSAL_ENV = "SPLITBENCH_USERNS_REFUSED"  # the one line, for descendants of a process whose entry was refused
+DECISION_ENV = "SPLITBENCH_USERNS"  # JSON: host, mount namespace, namespace directory or None, refusal or None
+REEXEC_ENV = "SPLITBENCH_USERNS_REEXEC"  # the pid re-executed once: never again, whatever its environment says
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 1 << 18
@@ -34,11 +41,12 @@ MAX_USER_NAMESPACES = "/proc/sys/user/max_user_namespaces"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _refusal: str | None = None
+_adopted = False
 
 
 def refusal() -> str | None:
-    """Why this process (or the one that started it) could not enter a user namespace; None if it did not try."""
-    return _refusal or os.environ.get(REFUSAL_ENV)
+    """Why this process (or the one that decided for it) could not enter a user namespace; None otherwise."""
+    return _refusal
 
 
 def in_initial_user_namespace() -> bool:
@@ -55,41 +63,81 @@ def thread_count() -> int:
 def enter_if_needed() -> None:
     """Enter a user namespace of the harness's own where this process cannot make network namespaces as it is.
 
-    Call it once, first thing in an entry point, while the process is single-threaded. Does nothing where an
-    ancestor already decided (its environment says so) or where this process can make namespaces (root, or a user
-    namespace the user entered). A refusal is kept as one line (:func:`refusal`); the run then shapes in userspace.
+    Call it first thing in an entry point, while the process is single-threaded. Does nothing where the decision
+    was already made for this process (:func:`adopt`) or where it can make namespaces as it is (root, or a user
+    namespace the user entered), or once it runs threads (then the backend probe alone decides).
     """
     global _refusal
-    if NETNS_DIR_ENV in os.environ or REFUSAL_ENV in os.environ:
+    if adopt() or thread_count() > 1:
         return
-    if thread_count() > 1:  # too late to enter; forking to probe would be unsafe too: the backend probe decides
-        return
-    if make_namespace_problem() is None:
-        return
+    directory = None
+    if make_namespace_problem() is not None:
+        try:
+            directory = _enter()
+        except OSError as err:
+            _refusal = _why_refused(err)
+        else:
+            problem = make_namespace_problem()
+            if problem is not None:
+                _refusal = f"cannot make network namespaces: a user namespace was entered, but not in it: {problem}"
+    os.environ[DECISION_ENV] = json.dumps({**_here(), "directory": directory, "refusal": _refusal})
+    adopt()
+
+
+def adopt() -> bool:
+    """Take the decision handed down in the environment where it was made on this host in this mount namespace;
+    False where there is none to take (none, or another host's or mount namespace's)."""
+    global _refusal, _adopted
+    if _adopted:
+        return True
     try:
-        _enter()
-    except OSError as err:
-        _refusal = _why_refused(err)
-    else:
-        problem = make_namespace_problem()
-        if problem is not None:
-            _refusal = f"a user namespace was entered, but no network namespace can be made in it: {problem}"
-    if _refusal is not None:
-        os.environ[REFUSAL_ENV] = _refusal
+        decision = json.loads(os.environ.get(DECISION_ENV, "null"))
+    except ValueError:
+        return False
+    if not isinstance(decision, dict) or {k: decision.get(k) for k in _here()} != _here():
+        return False
+    _adopted, _refusal = True, decision.get("refusal")
+    directory = decision.get("directory")
+    if directory:
+        use_namespace_directory(directory)
+        if directory == namespace_directory(os.getpid()):  # entered by this pid before an exec: ours to remove
+            atexit.register(_remove_directory, directory, os.getpid())
+    return True
+
+
+def reexec_if_undecided() -> None:
+    """In a process no entry point decided for and that cannot make namespaces as it is (a submitit job, whose
+    Python imported torch before the job's function ran): run its command line again, through
+    ``python -m harness.network.userns``, which decides while single-threaded. Call it before the job does
+    anything; returns where there is nothing to do."""
+    if adopt() or os.environ.get(REEXEC_ENV) == str(os.getpid()) or make_namespace_problem() is None:
+        return
+    os.environ[REEXEC_ENV] = str(os.getpid())  # exec keeps the pid
+    os.execv(sys.executable, [sys.executable, "-m", "harness.network.userns", *sys.orig_argv])
+
+
+def _here() -> dict[str, object]:
+    """Where a decision holds: this host, this mount namespace (a private one is shared only with descendants)."""
+    return {"host": os.uname().nodename, "mount_namespace": os.stat("/proc/self/ns/mnt").st_ino}
 
 
 def make_namespace_problem() -> str | None:
     """None if this process can make a network namespace the way the harness does, else why not. Tried in a forked
-    child, so that this process stays single-threaded and untouched; only call it while single-threaded."""
+    child while single-threaded (a thread, even joined, can keep the process from entering a user namespace for a
+    moment); in this process, with the helper thread ``create_namespace`` uses, once it runs threads anyway."""
+    if thread_count() > 1:
+        try:
+            _scratch_namespace()
+        except OSError as err:
+            return str(err)
+        return None
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         os.close(read_end)
         code = 0
         try:
-            scratch = f"{DEFAULT_PREFIX}{os.getpid()}-userns-probe"
-            create_namespace(scratch)
-            netns.remove(scratch)
+            _scratch_namespace()
         except BaseException as err:  # noqa: BLE001 - told to the parent, whatever it is
             os.write(write_end, str(err).encode(errors="replace")[:1000])
             code = 1
@@ -101,7 +149,14 @@ def make_namespace_problem() -> str | None:
     return None if os.waitstatus_to_exitcode(status) == 0 else message or f"probe exited with status {status}"
 
 
-def _enter() -> None:
+def _scratch_namespace() -> None:
+    scratch = f"{DEFAULT_PREFIX}{os.getpid()}-userns-probe"
+    create_namespace(scratch)
+    netns.remove(scratch)
+
+
+def _enter() -> str:
+    """Enter the user and mount namespaces; returns the namespace directory mounted in them."""
     uid, gid = os.getuid(), os.getgid()
     _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare(CLONE_NEWUSER | CLONE_NEWNS)")
     for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"0 {uid} 1"),
@@ -114,9 +169,7 @@ def _enter() -> None:
     os.makedirs(directory, mode=0o700, exist_ok=True)  # a killed run with this pid may have left it, empty
     _check(_libc.mount(b"tmpfs", directory.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                        b"mode=0755,size=1m"), f"mounting a tmpfs on {directory}")
-    use_namespace_directory(directory)
-    os.environ[NETNS_DIR_ENV] = directory
-    atexit.register(_remove_directory, directory, os.getpid())
+    return directory  # used, and removed at exit, once adopted
 
 
 def namespace_directory(owner: int) -> str:
@@ -160,3 +213,19 @@ def _why_refused(err: OSError) -> str:
     else:
         why = f"entering one failed: {err}"
     return f"cannot make network namespaces without root: {why}"
+
+
+def main(argv: Sequence[str]) -> None:
+    """``python -m harness.network.userns COMMAND [ARG...]``: decide (and enter where needed), then become COMMAND,
+    which inherits the decision: a job re-executed by :func:`reexec_if_undecided`, or a Ray node
+    (``python -m harness.network.userns ray start --head --block``) whose workers run jobs."""
+    if not argv:
+        sys.exit("usage: python -m harness.network.userns COMMAND [ARG...]")
+    enter_if_needed()
+    os.execvp(argv[0], list(argv))
+
+
+adopt()  # a descendant of a process that decided (a worker's parent, a Ray node, an exec): its namespace directory
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
