@@ -128,7 +128,9 @@ def ipr_in(name: str) -> IPRoute:
         ip._cleanup_transport()
         return ip
 
-    return call_in(name, make)
+    ip = call_in(name, make)
+    ip.asyncore.local.keep_event_loop = True  # the caller's loop lives until it closes ``ip``, as a constructor's
+    return ip
 
 
 def _owner_pid(name: str, prefix: str) -> int | None:
