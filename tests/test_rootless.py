@@ -2,8 +2,8 @@
 (``unshare --user --map-root-user``: root inside, nothing over the host's network or mounts), as an ordinary user on
 a shared server would, and the harness enters a user namespace of its own beneath it.
 
-- a cut run and a spatial run (one sweep) are valid on a kernel backend, recorded ``privilege=rootless``, and leave
-  no worker and no namespace directory behind;
+- cut runs and a spatial run (one sweep: the second cut job reshapes the first's live link) are valid on a kernel
+  backend, recorded ``privilege=rootless``, and leave no worker and no namespace directory behind;
 - inside a live rootless process (``tests/rootless_checks.py``): the pre-run goodput probe reads each rate within the
   bounds it meets with root, a topology left by an exception takes its namespaces and processes with it, and one
   ended by SIGINT or SIGTERM leaves no process in its namespaces or its user namespace;
@@ -84,16 +84,19 @@ def assert_nothing_left(pid: int, marker: str) -> None:
     assert not os.path.exists(namespace_directory(pid)), f"{namespace_directory(pid)} left behind"
 
 
-# One sweep, one process (as a user's sweep): a cut job and a spatial job, each its own preset.
-PRESETS = {"rootless_cut": """# @package _global_
+# One sweep, one process (as a user's sweep): two cut jobs on one model, so that the second reshapes the first's live
+# link and keeps its workers, and a spatial job, each its own preset.
+CUT = """# @package _global_
 defaults:
   - override /model: resnet18
   - override /hardware: local_pair
   - override /method: server_only
-model: {input_shape: [1, 3, 64, 64]}
-link: {bandwidth_mbps: 20}
-scenario: {inferences: 3}
-""", "rootless_spatial": """# @package _global_
+model: {{input_shape: [1, 3, 64, 64]}}
+link: {{bandwidth_mbps: {mbps}}}
+scenario: {{inferences: 3}}
+"""
+PRESETS = {"rootless_cut_20": CUT.format(mbps=20), "rootless_cut_40": CUT.format(mbps=40),
+           "rootless_spatial": """# @package _global_
 defaults:
   - override /model: vgg16
   - override /hardware: 4x_local
@@ -114,12 +117,16 @@ def test_rootless_cut_and_spatial_runs_are_kernel_shaped_valid_and_leave_nothing
     proc = run_py(["-m", f"experiment={','.join(PRESETS)}"], tracking_uri, tmp_path, marker,
                   env={"SPLITBENCH_CONF": str(tmp_path / "conf")})
     finished(proc)
-    df = runs(tracking_uri).set_index("params.method.name")
-    assert sorted(df.index) == ["modnn", "server_only"]
+    df = runs(tracking_uri)
+    assert sorted(df["params.method.name"]) == ["modnn", "server_only", "server_only"]
     assert (df["tags.privilege"] == "rootless").all() and (df["tags.valid"] == "true").all(), \
         df["tags.invalid_reason"].tolist()
     assert df["tags.link_backend"].isin(KERNEL_RATE_BACKENDS).all()
     assert (df["metrics.bytes_transferred"] > 0).all() and (df["metrics.max_abs_error"] <= 1e-5).all()
+    cut = df[df["params.method.name"] == "server_only"]
+    probed = dict(zip(cut["params.link.bandwidth_mbps"].astype(float), cut["metrics.probe_bandwidth_mbps"]))
+    for mbps in (20, 40):  # the second on the first's link, reshaped live: its pre-run probe reads the new rate
+        assert abs(probed[mbps] / mbps - 1) <= PROBE_TOLERANCE, probed
     assert_nothing_left(proc.pid, marker)
 
 
