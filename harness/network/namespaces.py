@@ -40,7 +40,6 @@ def namespace_path(name: str) -> str:
     return os.path.join(netns.NETNS_RUN_DIR, name)
 
 
-
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
@@ -176,7 +175,7 @@ def _cleanup(prefix: str, stale_only: bool) -> list[str]:
         raise ValueError(f"prefix must match {PREFIX_PATTERN.pattern}, got {prefix!r}")
     removed = _remove_dead_rootless_directories()
     if os.geteuid() != 0:
-        return removed  # neither root nor rootless (harness.network.userns): nothing here is this process's to remove
+        return removed  # neither root nor rootless (harness.network.userns): none of them is this process's
     for name in sorted(netns.listnetns()):
         pid = _owner_pid(name, prefix)
         if pid is None or (stale_only and _alive(pid)):

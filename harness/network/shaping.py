@@ -27,7 +27,6 @@ from harness.network.userns import in_initial_user_namespace, refusal
 log = logging.getLogger("harness.network")
 
 BACKENDS = ("netem", "tbf", "htb", "userspace")
-PRIVILEGES = ("root", "rootless", "none")
 KERNEL_RATE_BACKENDS = ("netem", "tbf", "htb")
 FRAME_BYTES = 1514  # what a qdisc counts for one full segment at MTU 1500: Ethernet 14 + IP 20 + TCP 32 + payload
 PAYLOAD_BYTES = 1448  # TCP payload of that segment (MSS 1460 minus the 12-byte timestamp option)

@@ -189,8 +189,9 @@ class Topology:
             ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
         for link in self._links:
             # Created straight into both namespaces: never visible in the root namespace.
+            peer_namespace = namespace_path(self._namespaces[link.b])
             self._ipr[link.a].link("add", ifname=link.ifname[link.a], kind="veth",
-                                   peer={"ifname": link.ifname[link.b], "net_ns_fd": namespace_path(self._namespaces[link.b])})
+                                   peer={"ifname": link.ifname[link.b], "net_ns_fd": peer_namespace})
             for end in (link.a, link.b):
                 ip = self._ipr[end]
                 index = ip.link_lookup(ifname=link.ifname[end])[0]
