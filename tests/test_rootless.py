@@ -183,8 +183,8 @@ def test_a_live_rootless_process_probes_goodput_as_root_does_and_an_exception_le
 
 def test_refused_user_namespaces_fall_back_to_userspace_with_one_line(tracking_uri: str, tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
-    proc = run_py([*SMALL, "method=server_only", "link.bandwidth_mbps=20", "scenario.inferences=2"], tracking_uri,
-                  tmp_path, marker, refuse=True)
+    proc = run_py([*SMALL, "method=server_only", "link.bandwidth_mbps=20", "runtime.tdf=1", "scenario.warmup=0",
+                   "scenario.inferences=1"], tracking_uri, tmp_path, marker, refuse=True)
     out, err = finished(proc)
     lines = [line for line in (out + err).splitlines() if "user namespaces" in line]  # Hydra logs to stdout
     assert len(lines) == 1 and "user.max_user_namespaces" in lines[0] and "userspace" in lines[0], out + err

@@ -71,15 +71,14 @@ def enter_if_needed() -> None:
     if adopt() or thread_count() > 1:
         return
     directory = None
-    if make_namespace_problem() is not None:
-        try:
+    if can_make_namespaces() is not None:
+        # Tried whole in a child first: a user namespace entered but not set up (AppArmor lets Ubuntu's users make
+        # one without capabilities in it) could not be left, and its unmapped uid could not even create a file.
+        problem = can_make_namespaces(in_own_user_namespace=True)
+        if problem is None:
             directory = _enter()
-        except OSError as err:
-            _refusal = _why_refused(err)
         else:
-            problem = make_namespace_problem()
-            if problem is not None:
-                _refusal = f"cannot make network namespaces: a user namespace was entered, but not in it: {problem}"
+            _refusal = _why_refused(problem)
     os.environ[DECISION_ENV] = json.dumps({**_here(), "directory": directory, "refusal": _refusal})
     adopt()
 
@@ -110,7 +109,7 @@ def reexec_if_undecided() -> None:
     Python imported torch before the job's function ran): run its command line again, through
     ``python -m harness.network.userns``, which decides while single-threaded. Call it before the job does
     anything; returns where there is nothing to do."""
-    if adopt() or os.environ.get(REEXEC_ENV) == str(os.getpid()) or make_namespace_problem() is None:
+    if adopt() or os.environ.get(REEXEC_ENV) == str(os.getpid()) or can_make_namespaces() is None:
         return
     os.environ[REEXEC_ENV] = str(os.getpid())  # exec keeps the pid
     os.execv(sys.executable, [sys.executable, "-m", "harness.network.userns", *sys.orig_argv])
@@ -121,15 +120,18 @@ def _here() -> dict[str, object]:
     return {"host": os.uname().nodename, "mount_namespace": os.stat("/proc/self/ns/mnt").st_ino}
 
 
-def make_namespace_problem() -> str | None:
-    """None if this process can make a network namespace the way the harness does, else why not. Tried in a forked
-    child while single-threaded (a thread, even joined, can keep the process from entering a user namespace for a
-    moment); in this process, with the helper thread ``create_namespace`` uses, once it runs threads anyway."""
+def can_make_namespaces(in_own_user_namespace: bool = False) -> OSError | None:
+    """None if this process can make a network namespace the way the harness does (or can once it entered a user
+    namespace of its own), else why not. Tried in a forked child while single-threaded (a thread, even joined, can
+    keep the process from entering a user namespace for a moment); in this process, with the helper thread
+    ``create_namespace`` uses, once it runs threads anyway."""
     if thread_count() > 1:
+        if in_own_user_namespace:
+            raise RuntimeError("a threaded process cannot try a user namespace: fork only while single-threaded")
         try:
             _scratch_namespace()
         except OSError as err:
-            return str(err)
+            return err
         return None
     read_end, write_end = os.pipe()
     child = os.fork()
@@ -137,16 +139,28 @@ def make_namespace_problem() -> str | None:
         os.close(read_end)
         code = 0
         try:
-            _scratch_namespace()
+            if in_own_user_namespace:
+                directory = _enter()
+                use_namespace_directory(directory)
+                try:
+                    _scratch_namespace()
+                finally:
+                    _remove_directory(directory, os.getpid())  # its mount dies with the child, the folder would not
+            else:
+                _scratch_namespace()
         except BaseException as err:  # noqa: BLE001 - told to the parent, whatever it is
-            os.write(write_end, str(err).encode(errors="replace")[:1000])
+            number = err.errno if isinstance(err, OSError) and err.errno else errno.EIO
+            os.write(write_end, json.dumps([number, str(err)]).encode()[:4000])
             code = 1
         os._exit(code)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
-        message = pipe.read().decode(errors="replace")
+        told = pipe.read()
     _, status = os.waitpid(child, 0)
-    return None if os.waitstatus_to_exitcode(status) == 0 else message or f"probe exited with status {status}"
+    if os.waitstatus_to_exitcode(status) == 0:
+        return None
+    number, message = json.loads(told) if told else (errno.EIO, f"the trial exited with status {status}")
+    return OSError(number, message)
 
 
 def _scratch_namespace() -> None:
@@ -208,10 +222,8 @@ def _why_refused(err: OSError) -> str:
         why = ("unprivileged user namespaces are refused here; kernel.apparmor_restrict_unprivileged_userns=0 "
                "(Ubuntu), kernel.unprivileged_userns_clone=1 (older Debian) or a container seccomp profile that "
                "allows unshare allows them")
-    elif err.errno == errno.EINVAL and thread_count() > 1:
-        why = "the process already runs threads; the entry point must enter the user namespace before it starts any"
     else:
-        why = f"entering one failed: {err}"
+        why = f"making one failed: {err.strerror or err}"
     return f"cannot make network namespaces without root: {why}"
 
 
