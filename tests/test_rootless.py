@@ -47,9 +47,8 @@ def _user_namespaces_allowed() -> bool:
         return False
 
 
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not _user_namespaces_allowed(),
-                                 reason="this machine refuses user namespaces (unshare --user --map-root-user)")]
+needs_userns = pytest.mark.skipif(not _user_namespaces_allowed(),
+                                  reason="this machine refuses user namespaces (unshare --user --map-root-user)")
 
 
 def run_py(args: list[str], tracking_uri: str, cwd: Path, marker: str, refuse: bool = False,
@@ -107,6 +106,8 @@ scenario: {inferences: 2}
 """}
 
 
+@pytest.mark.e2e
+@needs_userns
 def test_rootless_cut_and_spatial_runs_are_kernel_shaped_valid_and_leave_nothing(tracking_uri: str,
                                                                                  tmp_path: Path) -> None:
     conf = tmp_path / "conf" / "experiment"
@@ -142,6 +143,8 @@ def processes_in(kind: str, inodes: set[int]) -> list[int]:
     return found
 
 
+@pytest.mark.e2e
+@needs_userns
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_to_a_rootless_holder_leaves_nothing(sig: signal.Signals) -> None:
     """Its spawned process is killed, and no process is left in its namespaces or its user namespace."""
@@ -164,6 +167,8 @@ def test_a_signal_to_a_rootless_holder_leaves_nothing(sig: signal.Signals) -> No
     assert not os.path.exists(held["namespace_directory"])
 
 
+@pytest.mark.e2e
+@needs_userns
 def test_a_live_rootless_process_probes_goodput_as_root_does_and_an_exception_leaves_nothing() -> None:
     kernel_cases = [case for case in PROBE_CASES if case[0] != "userspace"]
     out = subprocess.run([*UNSHARE, sys.executable, "-m", "tests.rootless_checks", "probe", json.dumps(kernel_cases)],
@@ -181,6 +186,8 @@ def test_a_live_rootless_process_probes_goodput_as_root_does_and_an_exception_le
     assert not os.path.exists(found["namespace_directory"])
 
 
+@pytest.mark.e2e
+@needs_userns
 def test_refused_user_namespaces_fall_back_to_userspace_with_one_line(tracking_uri: str, tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
     proc = run_py([*SMALL, "method=server_only", "link.bandwidth_mbps=20", "runtime.tdf=1", "scenario.warmup=0",
@@ -205,6 +212,8 @@ print(os.getpid(), shaping.privilege(), shaping.probe_backend())
 """
 
 
+@pytest.mark.e2e
+@needs_userns
 def test_a_job_not_started_through_run_py_reexecutes_itself_into_a_user_namespace(tmp_path: Path) -> None:
     login_node = json.dumps({"host": "login-node", "mount_namespace": 1, "directory": "/tmp/sb1-netns",
                              "refusal": None})
