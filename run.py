@@ -11,13 +11,20 @@ import os
 import sys
 import uuid
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
+# First, while this process is single-threaded (the kernel's condition; torch and MLflow start threads): without root,
+# a user namespace of its own lets it build namespaces and kernel-shaped links all the same.
+from harness.network.userns import enter_if_needed, reexec_if_undecided
 
-from harness.config import main_with_one_line_errors, one_line_errors, register
-from harness.progress import LAUNCH_ENV
+if __name__ == "__main__":
+    enter_if_needed()
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from harness.config import main_with_one_line_errors, one_line_errors, register  # noqa: E402
+from harness.progress import LAUNCH_ENV  # noqa: E402
 
 register()
 
@@ -66,6 +73,8 @@ def main(cfg: DictConfig) -> float | None:
     from harness.controller.summary import summary
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and "submitit" in str(HydraConfig.get().launcher.get("_target_", "")):
+        reexec_if_undecided()  # a SLURM job's process was not started through this file, and already runs threads
     launch = os.environ.get(LAUNCH_ENV) or uuid.uuid4().hex  # a sweep's callback sets one for all its jobs
     with one_line_errors():  # a bad value, or a model.input_shape the trial run refuses: one line, no record
         exp = resolve(cfg)

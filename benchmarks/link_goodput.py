@@ -28,12 +28,17 @@ import threading
 import time
 from typing import Callable
 
-import torch
+from harness.network.userns import enter_if_needed
 
-from harness.worker import wire
-from harness.network.link import LinkSpec
-from harness.network.shaping import available_backends
-from harness.network.topology import Topology
+if __name__ == "__main__":
+    enter_if_needed()  # without root: a user namespace of its own, while single-threaded (as run.py)
+
+import torch  # noqa: E402
+
+from harness.worker import wire  # noqa: E402
+from harness.network.link import LinkSpec  # noqa: E402
+from harness.network.shaping import available_backends  # noqa: E402
+from harness.network.topology import Topology  # noqa: E402
 
 RATES_MBPS = (1.1, 5.85, 18.88, 100.0, 1000.0)
 SIZES = {"10 KB": 10_000, "100 KB": 100_000, "1 MB": 1_000_000, "10 MB": 10_000_000, "50 MB": 50_000_000}

@@ -20,12 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from hydra import compose, initialize_config_dir
+from harness.network.userns import enter_if_needed
 
-from harness.config import register, resolve
-from harness.controller import phases, session
-from harness.controller.pipeline import run_job
+if __name__ == "__main__":
+    enter_if_needed()  # without root: a user namespace of its own, while single-threaded (as run.py)
+
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from harness.config import register, resolve  # noqa: E402
+from harness.controller import phases, session  # noqa: E402
+from harness.controller.pipeline import run_job  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("setup", "network", "workers", "inference")

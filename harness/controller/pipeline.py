@@ -134,6 +134,8 @@ def finish(exp: Experiment, rec: RunRecord, graph: Any, result: RunResult, metri
     record_clocks_and_devices(rec, result, metrics)
     crossed = any(s["kind"] == "send" and s["seq"] >= result.warmup for s in result.spans)
     rec.set_tags({"link_backend": result.backend, "measured_bandwidth_source": "transfers" if crossed else "probe"})
+    if "privilege" in result.link_record:  # links built here (not real boards): root, rootless or none
+        rec.set_tags({"privilege": result.link_record["privilege"]})
     metrics.update(overrun_metrics(result))
     judged = checks(result, exp.scenario.total, exp.runtime.overrun_tolerance_pct)
     rec.set_tags({f"check_{c.name}": c.tag() for c in judged})

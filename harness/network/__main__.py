@@ -2,6 +2,7 @@
 
 ``cleanup`` also ends the MLflow runs that dead controllers of this host left RUNNING (in ``MLFLOW_TRACKING_URI``,
 else ``mlflow.db`` here); MLflow is imported only then, so that the network package itself never needs it.
+Both decide as ``run.py`` does (``harness.network.userns``): ``probe`` says what a run here would get.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ import json
 import logging
 from typing import Sequence
 
-from harness.network.namespaces import DEFAULT_PREFIX, cleanup, cleanup_stale
-from harness.network.shaping import available_backends, probe_backend
+from harness.network.userns import enter_if_needed
+
+enter_if_needed()  # while single-threaded, as run.py
+
+from harness.network.namespaces import DEFAULT_PREFIX, cleanup, cleanup_stale  # noqa: E402
+from harness.network.shaping import available_backends, privilege, probe_backend  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -26,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "probe":
-        print(json.dumps({"backend": probe_backend(), "available": list(available_backends())}))
+        print(json.dumps({"backend": probe_backend(), "available": list(available_backends()),
+                          "privilege": privilege()}))
     else:
         removed = (cleanup_stale if args.stale else cleanup)(args.prefix)
         print(f"removed {len(removed)}: {' '.join(removed)}" if removed else "nothing to remove")

@@ -1,12 +1,12 @@
 """Network namespaces and veths the harness owns, and the cleanup of what killed runs left (like ``mn -c``).
 
 Every name carries the owner's pid after a prefix (``sb<pid>-...``), so that a later run can tell a dead owner's
-leftovers from a live run's.
+leftovers from a live run's. Namespaces are bound under pyroute2's directory (/var/run/netns), or, in a rootless
+process, under a tmpfs of its own (``harness.network.userns``: :func:`use_namespace_directory`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -15,8 +15,9 @@ import os
 import re
 import signal
 import socket
+import tempfile
 import threading
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
@@ -25,10 +26,18 @@ log = logging.getLogger("harness.network")
 
 DEFAULT_PREFIX = "sb"
 PREFIX_PATTERN = re.compile(r"^[a-z][a-z_]{0,5}$")
+ROOTLESS_DIRECTORY = re.compile(rf"^{DEFAULT_PREFIX}(\d+)-netns$")
 
 
-def is_root() -> bool:
-    return os.geteuid() == 0
+def use_namespace_directory(directory: str) -> None:
+    """Bind namespaces under ``directory`` from now on (pyroute2 reads its module's setting at each call)."""
+    netns.NETNS_RUN_DIR = directory
+
+
+def namespace_path(name: str) -> str:
+    """The file namespace ``name`` is bound to; pass this, never the bare name, where pyroute2 would look under its
+    own fixed directory (a veth peer's ``net_ns_fd``)."""
+    return os.path.join(netns.NETNS_RUN_DIR, name)
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -36,7 +45,7 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 def create_namespace(name: str) -> None:
     """Make network namespace ``name`` without forking, as ``ip netns add`` does: a helper thread unshares its own
-    network namespace (a per-thread operation) and bind-mounts it at /var/run/netns/``name``.
+    network namespace (a per-thread operation) and bind-mounts it at :func:`namespace_path`.
 
     pyroute2's ``netns.create`` forks this whole process to do it and gives the child 2 s to answer; a child forked
     from a large, threaded process (torch, MLflow) can miss that, and a sweep's first job once fell back to the
@@ -68,30 +77,32 @@ def enter_namespace(name: str) -> None:
 T = TypeVar("T")
 
 
-@contextlib.contextmanager
-def in_namespace(name: str) -> Iterator[None]:
-    """Run the calling thread, and only it, inside existing namespace ``name`` (setns(2) is per thread), and bring
-    it back to its own namespace afterwards, even on error.
-
-    Sockets opened meanwhile stay in ``name`` for good: this is how the harness opens netlink and TCP sockets in a
-    namespace without pyroute2's forked helper, whose child inside a host process that turns SIGTERM into
-    SystemExit (a Ray worker) unwinds through the host's stack instead of exiting.
-    """
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)  # /proc/self would be the main thread's
-    try:
-        netns.setns(name, flags=0)  # flags=0: never create it
-        try:
-            yield
-        finally:
-            netns.setns(own, flags=0)
-    finally:
-        os.close(own)
-
-
 def call_in(name: str, make: Callable[[], T]) -> T:
-    """``make()`` run by the calling thread inside namespace ``name``."""
-    with in_namespace(name):
-        return make()
+    """``make()`` run inside existing namespace ``name`` (never created here) by a helper thread that enters it
+    (setns(2) is per thread) and ends there; the calling thread never leaves its own namespace.
+
+    Sockets opened so stay in ``name`` for good: this is how the harness opens netlink and TCP sockets in a
+    namespace without pyroute2's forked helper, whose child inside a host process that turns SIGTERM into
+    SystemExit (a Ray worker) unwinds through the host's stack instead of exiting. The helper never comes back
+    because a rootless process (``harness.network.userns``) may enter the namespaces it made but not return to the
+    host's, which its user namespace does not own.
+    """
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            netns.setns(name, flags=0)  # flags=0: never create it
+            result.append(make())
+        except BaseException as err:  # handed to the caller's thread
+            failure.append(err)
+
+    helper = threading.Thread(target=run, name=f"in-netns-{name}")
+    helper.start()
+    helper.join()
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 def socket_in(name: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
@@ -105,9 +116,19 @@ def ipr_in(name: str) -> IPRoute:
     pyroute2 opens one netlink socket per thread that uses the object, lazily; each is opened inside ``name``
     too, so that a teardown from a watcher thread still talks to the namespace and not to the thread's own.
     """
-    ip = call_in(name, IPRoute)
-    open_socket = ip.asyncore.setup_socket
-    ip.asyncore.setup_socket = lambda: call_in(name, open_socket)
+
+    def make() -> IPRoute:
+        ip = IPRoute()
+        open_socket = ip.asyncore.setup_socket
+        ip.asyncore.setup_socket = lambda: call_in(name, open_socket)
+        # Its event loop belongs to this helper thread, which ends now: close it here (pyroute2's own per-call
+        # cleanup, which it skips for the constructing thread); each thread that uses ``ip`` makes its own.
+        del ip.asyncore.local.keep_event_loop
+        ip._cleanup_transport()
+        return ip
+
+    ip = call_in(name, make)
+    ip.asyncore.local.keep_event_loop = True  # the caller's loop lives until it closes ``ip``, as a constructor's
     return ip
 
 
@@ -130,7 +151,7 @@ def remove_namespace(name: str, prefix: str) -> None:
     """Kill what still runs in it, delete its veths (the peer end goes too), then unmount it."""
     if name not in netns.listnetns():
         return  # already gone (e.g. removed by `cleanup` while its owner still ran)
-    for pid in netns.ns_pids().get(name, []):
+    for pid in netns.ns_pids(nspath=netns.NETNS_RUN_DIR).get(name, []):  # its default is bound at import
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -152,9 +173,9 @@ def remove_namespace(name: str, prefix: str) -> None:
 def _cleanup(prefix: str, stale_only: bool) -> list[str]:
     if not PREFIX_PATTERN.match(prefix):
         raise ValueError(f"prefix must match {PREFIX_PATTERN.pattern}, got {prefix!r}")
-    if not is_root():
-        return []
-    removed = []
+    removed = _remove_dead_rootless_directories()
+    if os.geteuid() != 0:
+        return removed  # neither root nor rootless (harness.network.userns): none of them is this process's
     for name in sorted(netns.listnetns()):
         pid = _owner_pid(name, prefix)
         if pid is None or (stale_only and _alive(pid)):
@@ -180,6 +201,22 @@ def _cleanup(prefix: str, stale_only: bool) -> list[str]:
     return removed
 
 
+def _remove_dead_rootless_directories() -> list[str]:
+    """The empty folders rootless processes mounted their namespace directory on, where their owner is dead (its
+    namespaces died with its user namespace). Only dead owners': a live one's mount would be detached."""
+    removed = []
+    top = tempfile.gettempdir()
+    for entry in sorted(os.listdir(top)):
+        match = ROOTLESS_DIRECTORY.match(entry)
+        if match and not _alive(int(match.group(1))):
+            try:
+                os.rmdir(os.path.join(top, entry))
+                removed.append(os.path.join(top, entry))
+            except OSError as err:  # not ours, or not empty: not something the harness left
+                log.debug("left %s: %s", entry, err)
+    return removed
+
+
 def cleanup_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
     """Remove namespaces and veths with ``prefix`` whose owner process is dead; returns their names."""
     return _cleanup(prefix, stale_only=True)
@@ -193,7 +230,7 @@ def cleanup(prefix: str = DEFAULT_PREFIX) -> list[str]:
 def leftovers(prefix: str) -> list[str]:
     """Namespaces (and root-namespace interfaces) whose name carries ``prefix`` and an owner pid."""
     names = [n for n in netns.listnetns() if _owner_pid(n, prefix) is not None]
-    if is_root():
+    if os.geteuid() == 0:
         with IPRoute() as ip:
             names += [ln.get_attr("IFLA_IFNAME") for ln in ip.get_links()
                       if _owner_pid(ln.get_attr("IFLA_IFNAME"), prefix) is not None]

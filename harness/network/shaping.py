@@ -1,7 +1,9 @@
 """Link shaping: which backends this kernel offers (probed, never assumed) and the qdisc each link gets.
 
 Backends, best first: ``netem`` (rate, delay, jitter and loss in the kernel), ``tbf`` then ``htb`` (rate in the
-kernel; delay and jitter added by the sender's ``Pacer``), ``userspace`` (no root: the ``Pacer`` does everything).
+kernel; delay and jitter added by the sender's ``Pacer``), ``userspace`` (no namespaces: the ``Pacer`` does
+everything). Namespaces are probed by making one, never judged by the uid: root, and a rootless process under a user
+namespace of its own (``harness.network.userns``), both can.
 Under time dilation the kernel runs at bandwidth / tdf with delays x tdf. :func:`qdisc_request` is the one place
 that turns a link into the request pyroute2 sends, so that it can be checked without applying it.
 """
@@ -19,7 +21,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.tcmsg import sched_netem
 
 from harness.network.link import BackendError, LinkSpec
-from harness.network.namespaces import DEFAULT_PREFIX, create_namespace, ipr_in, is_root
+from harness.network.namespaces import DEFAULT_PREFIX, create_namespace, ipr_in
+from harness.network.userns import in_initial_user_namespace, refusal
 
 log = logging.getLogger("harness.network")
 
@@ -52,7 +55,8 @@ if not hasattr(sched_netem, "fix_request"):
 @functools.cache
 def _probe() -> tuple[bool, tuple[str, ...]]:
     """(can this process make network namespaces, the backends offered best first); probed once per process."""
-    if not is_root():
+    if refusal() is not None:  # the entry point could not enter a user namespace: the one line saying why
+        log.warning("%s; links are shaped in userspace", refusal())
         return False, ("userspace",)
     scratch = f"{DEFAULT_PREFIX}{os.getpid()}-probe"
     try:
@@ -89,6 +93,13 @@ def available_backends() -> tuple[str, ...]:
 def namespaces_available() -> bool:
     """True when this process can make network namespaces (root, and the kernel allows it)."""
     return _probe()[0]
+
+
+def privilege() -> str:
+    """``root`` (namespaces in the host's user namespace), ``rootless`` (under a user namespace) or ``none``."""
+    if not namespaces_available():
+        return "none"
+    return "root" if in_initial_user_namespace() else "rootless"
 
 
 def probe_backend() -> str:

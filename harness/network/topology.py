@@ -30,17 +30,17 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from harness.network.link import BackendError, LinkSpec
 from harness.network.namespaces import (DEFAULT_PREFIX, PREFIX_PATTERN, cleanup_stale, create_namespace,
-                                       ipr_in, remove_namespace, socket_in)
+                                       ipr_in, namespace_path, remove_namespace, socket_in)
 from harness.network.processes import Processes
 from harness.worker.pacer import Pacer
 from harness.network.shaping import (BACKENDS, HEADER_FACTOR, KERNEL_RATE_BACKENDS, available_backends, burst_bytes,
-                                     kernel_rate, namespaces_available, shape)
+                                     kernel_rate, namespaces_available, privilege, shape)
 
 log = logging.getLogger("harness.network")
 
 IFNAMSIZ = 15
 SUBNET = (10, 213)  # the harness owns 10.213.0.0/16: one /30 per link
-LOOPBACK = (127, 213)  # without root: distinct loopback addresses, the same plan
+LOOPBACK = (127, 213)  # without namespaces: distinct loopback addresses, the same plan
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 _instances = itertools.count()
 
@@ -59,8 +59,9 @@ class Topology:
     """Endpoints in their own network namespaces joined by shaped veth links; a context manager.
 
     ``Topology(["device", "server"], [("device", "server", LinkSpec(18.88))])``; a star lists (es0, es1),
-    (es0, es2), ... Without root the endpoints share the root namespace on distinct loopback addresses and the
-    ``userspace`` backend shapes in the sender. ``backend`` forces one of the available backends (default: the best).
+    (es0, es2), ... Where this process cannot make namespaces (neither root nor rootless: ``shaping.privilege``)
+    the endpoints share its namespace on distinct loopback addresses and the ``userspace`` backend shapes in the
+    sender. ``backend`` forces one of the available backends (default: the best).
     """
 
     def __init__(self, endpoints: Sequence[str], links: Sequence[tuple[str, str, LinkSpec]], tdf: float = 1.0,
@@ -97,7 +98,7 @@ class Topology:
             if too_long:
                 raise ValueError(f"interface names {too_long} exceed {IFNAMSIZ} characters: shorten prefix {prefix!r}")
         self.local = True  # a Network whose workers the harness spawns (harness.network.base)
-        self.isolated = False  # endpoints in their own namespaces (root) or sharing loopback
+        self.isolated = False  # endpoints in their own namespaces (root or rootless) or sharing loopback
         self.backend: str | None = None
         self.failure: str | None = None
         self._namespaces: dict[str, str] = {}
@@ -188,8 +189,9 @@ class Topology:
             ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
         for link in self._links:
             # Created straight into both namespaces: never visible in the root namespace.
+            peer_namespace = namespace_path(self._namespaces[link.b])
             self._ipr[link.a].link("add", ifname=link.ifname[link.a], kind="veth",
-                                   peer={"ifname": link.ifname[link.b], "net_ns_fd": self._namespaces[link.b]})
+                                   peer={"ifname": link.ifname[link.b], "net_ns_fd": peer_namespace})
             for end in (link.a, link.b):
                 ip = self._ipr[end]
                 index = ip.link_lookup(ifname=link.ifname[end])[0]
@@ -252,7 +254,7 @@ class Topology:
         return self._link(endpoint, peer).address[endpoint]
 
     def netns(self, endpoint: str) -> str | None:
-        """The namespace of ``endpoint``; None when endpoints share the root namespace (no root)."""
+        """The namespace of ``endpoint``; None when endpoints share this process's namespace (no namespaces)."""
         if endpoint not in self.endpoints:
             raise KeyError(f"unknown endpoint {endpoint!r}; endpoints: {self.endpoints}")
         return self._namespaces.get(endpoint)
@@ -309,7 +311,7 @@ class Topology:
                           "kernel_rate_bytes_per_s": rate, "burst_bytes": burst_bytes(rate) if rate else None,
                           "sender_delay_ms": self.sender_delay_ms(ln.a, ln.b),
                           "sender_jitter_ms": self.sender_jitter_ms(ln.a, ln.b), "addresses": dict(ln.address)})
-        return {"backend": self.backend, "isolated": self.isolated, "tdf": self.tdf,
+        return {"backend": self.backend, "privilege": privilege(), "isolated": self.isolated, "tdf": self.tdf,
                 "compensate_headers": self.compensate_headers,
                 "header_factor": HEADER_FACTOR if self.compensate_headers else 1.0, "links": links}
 
