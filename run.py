@@ -69,7 +69,7 @@ def with_user_configs(argv: list[str]) -> list[str]:
 def main(cfg: DictConfig) -> float | None:
     from harness.config import resolve  # after Hydra parsed the command line: fast --help and errors
     from harness.controller.pipeline import InvalidRun, run_job
-    from harness.controller.runtime import RunFailed
+    from harness.loadgen.errors import RunFailed
     from harness.controller.summary import summary
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from harness.controller.runtime import ClockEstimate, estimate_clock, to_controller_clock
+from harness.loadgen.clock import ClockEstimate, estimate_clock, to_controller_clock
 from harness.worker import wire
 from harness.worker.serve import _await_setup
 from harness.worker.stage import Control

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from harness.analysis.intervals import (inferences_for, median_interval, overlaps, ranking, relative_half_width,
                                           throughput_interval)
 from harness.controller.measure import completion_gaps_s, interval_metrics, throughput_ips
-from harness.controller.measurer import RunResult
+from harness.loadgen.result import RunResult
 from harness.analysis.compare import rankings as ranked_lines
 from harness.analysis.runs import runs_table as prepared
 from harness.controller.summary import precision_hint

@@ -29,8 +29,10 @@ ALLOWED = {
     "harness.network": ("harness.network", "harness.worker.pacer"),
     # the cleanup command also ends the MLflow runs of dead controllers (imported there only)
     "harness.network.__main__": ("harness.network", "harness.controller.stale_runs", "harness.controller.tracking"),
+    # the load generator: clock, schedule, dilation arithmetic, verdict; no worker process, no method or strategy
+    "harness.loadgen": ("harness.loadgen", "harness.worker.wire", "harness.worker.sealed"),
     "harness.controller": ("harness.model", "harness.worker", "harness.network", "harness.controller", "hardware",
-                           "partitioners", "harness.analysis"),
+                           "partitioners", "harness.analysis", "harness.loadgen"),
     # reading measurements: pure functions over a run's samples (confidence intervals) and over MLflow's runs
     # table, shared by the run's record, the summary and the notebook
     "harness.analysis": ("harness.analysis",),

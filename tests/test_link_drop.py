@@ -10,7 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 from pyroute2 import IPRoute
 
-from harness.controller.runtime import RunFailed, run_workers
+from harness.controller.runtime import run_workers
+from harness.loadgen.errors import RunFailed
 from harness.network.link import LinkSpec
 from tests.conftest import needs_root
 from tests.test_runtime import cut_case

@@ -40,8 +40,9 @@ from harness.controller.experiment import Experiment
 from harness.model.graph import ModelGraph, ancestors, build_graph, crossing_tensors
 from harness.model.models import ModelSpec, make_input
 from harness.network.link import LinkSpec
-from harness.controller.measurer import RunResult
-from harness.controller.runtime import RunFailed, WorkerSpec, run_workers
+from harness.loadgen.result import RunResult
+from harness.controller.runtime import WorkerSpec, run_workers
+from harness.loadgen.errors import RunFailed
 from harness.worker.gate import HANDSHAKE_DEADLINE_S
 from partitioners.base import LinkState, Plan, cut_plan, device_side_of
 from tests.conftest import ROOT, needs_root

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from hardware.profiles import LocalProfile
-from harness.controller.measurer import calibrate_tdf
+from harness.loadgen.dilation import calibrate_tdf
 from harness.model.graph import build_graph
 from harness.model.models import ModelSpec
 from tests.conftest import last_attempts, needs_root, run_cli

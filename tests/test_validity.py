@@ -18,7 +18,9 @@ from omegaconf import OmegaConf
 from harness.config import build_hardware, resolve
 from harness.controller import session
 from harness.controller.cut import cut_workers
-from harness.controller.measurer import AutoTdf, RunResult, calibrated_tdf, overrun_metrics, overrun_pct, verdict
+from harness.loadgen.dilation import AutoTdf, calibrated_tdf
+from harness.loadgen.result import RunResult, overrun_pct
+from harness.loadgen.verdict import overrun_metrics, verdict
 from harness.controller.runtime import run_workers
 from harness.controller.traces import Trace, TracePlayer
 from harness.model.graph import ancestors, build_graph
@@ -136,7 +138,7 @@ def test_a_retimed_trace_player_keeps_its_place() -> None:
 
 
 def test_progress_in_a_log_is_plain_lines_at_the_tenths(capsys: pytest.CaptureFixture[str]) -> None:
-    from harness.controller.measurer import ProgressLines
+    from harness.loadgen.schedule import ProgressLines
 
     lines = ProgressLines(total=40)
     for _ in range(40):
@@ -152,7 +154,8 @@ def test_progress_in_a_log_is_plain_lines_at_the_tenths(capsys: pytest.CaptureFi
 def test_the_verdict_is_named_checks_and_only_some_invalidate() -> None:
     """Outputs and overruns decide validity; whether the percentiles are supported and whose clock stamped the
     completions are recorded beside it (tags check_<name>) without invalidating the run."""
-    from harness.controller.measurer import RunResult, checks
+    from harness.loadgen.result import RunResult
+    from harness.loadgen.verdict import checks
 
     result = RunResult(tdf=1.0, backend="tbf", warmup=1)
     for seq in range(12):

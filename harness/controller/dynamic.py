@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from harness.controller.experiment import ESTIMATORS
-from harness.controller.measurer import BeforeIssue, RunResult, Workers, goodput_mbps, wait_all, wait_for_span
+from harness.loadgen.result import RunResult, goodput_mbps
+from harness.loadgen.schedule import BeforeIssue, Workers, wait_all, wait_for_span
 from harness.controller.probe import LinkProber, ProbeSample
 from harness.controller.traces import Trace, TracePlayer
 from harness.network.base import Network

@@ -22,7 +22,7 @@ from hardware.codec_costs import WireCosts, endpoint_scale, wire_costs
 from hardware.profiles import LocalProfile
 from harness.controller.cut import CutStrategy
 from harness.controller.experiment import Experiment
-from harness.controller.measurer import AutoTdf, calibrate_tdf
+from harness.loadgen.dilation import AutoTdf, calibrate_tdf
 from harness.controller.spatial import SpatialStrategy
 from harness.model.graph import ModelGraph
 from partitioners.base import LinkState, Plan

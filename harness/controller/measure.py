@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from harness.analysis.intervals import median_interval, throughput_interval  # noqa: E402
-from harness.controller.measurer import RunResult, goodput_mbps, latencies_ms, measured_seqs  # noqa: E402
+from harness.loadgen.result import RunResult, goodput_mbps, latencies_ms, measured_seqs  # noqa: E402
 from harness.model.graph import ModelGraph  # noqa: E402
 from harness.model.models import make_input  # noqa: E402
 

@@ -18,13 +18,16 @@ from harness.controller.experiment import Experiment
 from harness.controller.measure import (compute_over_profile, interval_metrics, latency_metrics, link_metrics,
                                         output_deviation, throughput_ips, timeline_figure)
 from harness.controller.job import plan_job
-from harness.controller.measurer import RunResult, checks, latencies_ms, measured_seqs, overrun_metrics, verdict
+from harness.loadgen.result import RunResult, latencies_ms, measured_seqs
+from harness.loadgen.verdict import checks, overrun_metrics, verdict
 from harness.controller import phases
 from harness.controller.predict import Prediction, predict
 from harness.controller.records import RunRecord, environment
 from harness.controller.session import ModelCache, WorkerPool, release_pool, worker_pool
 from harness.controller.stale_runs import end_dead_runs
-from harness.controller.runtime import RunFailed, run_workers
+from harness.controller.runtime import run_workers
+from harness.loadgen.dilation import retry_tdf
+from harness.loadgen.errors import RunFailed
 from harness.worker.serve import compute_device, device_name
 from harness.model.graph import ModelGraph, build_graph
 
@@ -249,7 +252,7 @@ def failed(exp: Experiment, rec: RunRecord, exc: Exception, retried: bool) -> No
 
 def at_higher_tdf(exp: Experiment, overran_tdf: float) -> Experiment:
     """The same experiment at a fixed TDF ``retry_tdf_factor`` times the one real compute overran."""
-    tdf = overran_tdf * exp.runtime.retry_tdf_factor
+    tdf = retry_tdf(overran_tdf, exp.runtime.retry_tdf_factor)
     config = copy.deepcopy(exp.config)
     config.setdefault("runtime", {})["tdf"] = tdf  # the record says the TDF the attempt ran at
     return dataclasses.replace(exp, runtime=dataclasses.replace(exp.runtime, tdf=tdf), config=config)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.controller.measurer import goodput_mbps
+from harness.loadgen.result import goodput_mbps
 from harness.network.shaping import MIN_BURST_BYTES
 from harness.network.topology import Topology
 from harness.worker.channel import Receiver, Sender

@@ -1,9 +1,9 @@
 """The controller side of split inference: start workers in their namespaces, drive a scenario, collect spans.
 
-The controller owns the clock and the verdict (after MLPerf LoadGen): workers only compute, send and report spans
-on their monotonic clocks; latency, throughput, bandwidth and validity are computed here. Workers on other machines
-count from their own boot: at set-up the controller estimates each remote worker's clock offset (``estimate_clock``)
-and converts every stamp it reports into the controller's clock.
+It starts, feeds and stops the workers and hands their reports to the load generator (``harness.loadgen``), which
+owns the clock, the schedule, the dilation and the verdict: workers only compute, send and report spans on their
+monotonic clocks. Workers on other machines count from their own boot: at set-up each remote worker's clock offset is
+estimated (``loadgen.clock``) and every stamp it reports converted into the controller's clock.
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ import torch
 from harness.worker import auth, wire
 from harness.worker.sealed import SealedSocket
 from harness.worker.channel import Receiver, Sender
-from harness.controller.measurer import (AutoTdf, Repeats, RunResult, absorb, calibrated_tdf, drive, goodput_mbps,
-                                        wait_all)
+from harness.loadgen.clock import ClockEstimate, estimate_clock, to_controller_clock
+from harness.loadgen.dilation import AutoTdf, Repeats, calibrated_tdf
+from harness.loadgen.errors import RunFailed
+from harness.loadgen.result import RunResult, goodput_mbps
+from harness.loadgen.schedule import absorb, drive, wait_all
 from harness.controller.phases import count, note, phase
 from harness.network.link import LinkSpec
 from harness.network.base import Network
@@ -38,72 +41,11 @@ from harness.network.topology import Topology
 
 from harness import PROJECT_ROOT
 
-
-CLOCK_PINGS = 16  # ping exchanges per remote worker at set-up; the one with the smallest round trip is kept
-CLOCK_TRUST_MS = 1.0  # above this offset uncertainty, an inference's completion is stamped on arrival instead
 HANDSHAKE_TIMEOUT_S = 30.0
-
-
-@dataclass
-class ClockEstimate:
-    """A worker's clock relative to the controller's: worker stamp - offset = controller time, within +- uncertainty."""
-
-    offset_ns: int = 0
-    uncertainty_ns: int = 0
-    trusted: bool = True  # False: completions are stamped by the controller when the last report arrives
-
-    def record(self) -> dict[str, float]:
-        return {"offset_ms": self.offset_ns / 1e6, "uncertainty_ms": self.uncertainty_ns / 1e6,
-                "completion_stamp": "worker" if self.trusted else "controller"}
-
-
-def estimate_clock(link: SealedSocket, pings: int = CLOCK_PINGS) -> ClockEstimate:
-    """Ping a worker (before its setup): offset = its stamp - the midpoint of the exchange, from the exchange with the
-    smallest round trip; the uncertainty is half that round trip (the stamp lies somewhere inside it)."""
-    best: tuple[int, int] | None = None
-    for i in range(pings):
-        sent = time.monotonic_ns()
-        link.send_json({"cmd": "clock", "id": i})
-        reply = link.recv_frame(max_payload=0)
-        received = time.monotonic_ns()
-        if reply.kind is wire.Kind.ERROR and reply.obj is not None:
-            raise RunFailed(f"the worker answered a clock ping with an error: {reply.obj['reason']}")
-        if reply.kind is not wire.Kind.JSON or reply.obj.get("event") != "clock" or reply.obj.get("id") != i:
-            raise wire.FrameError(f"expected the answer to clock ping {i}, got {reply.kind.name} {reply.obj}")
-        now = reply.obj.get("now_ns")
-        if not isinstance(now, int):
-            raise wire.FrameError(f"clock ping {i}: now_ns must be an integer, got {now!r}")
-        rtt = received - sent
-        if best is None or rtt < best[0]:
-            best = (rtt, now - (sent + received) // 2)
-    assert best is not None
-    rtt, offset = best
-    return ClockEstimate(offset, rtt // 2, trusted=rtt / 2 / 1e6 <= CLOCK_TRUST_MS)
-
-
-def to_controller_clock(frame: wire.Frame, clock: ClockEstimate, arrived_ns: int) -> wire.Frame:
-    """A worker's report with its stamps converted into the controller's clock (and an untrusted clock's completion
-    replaced by the report's arrival)."""
-    if frame.kind is not wire.Kind.JSON or frame.obj is None or frame.obj.get("event") != "spans":
-        return frame
-    obj = dict(frame.obj)
-    obj["spans"] = [{**span, "start_ns": int(span["start_ns"]) - clock.offset_ns,
-                     "end_ns": int(span["end_ns"]) - clock.offset_ns} for span in obj.get("spans", [])]
-    if "done_ns" in obj:
-        obj["done_ns"] = int(obj["done_ns"]) - clock.offset_ns if clock.trusted else arrived_ns
-    return wire.Frame(frame.kind, frame.seq, frame.tag, obj=obj)
 
 
 # How long a worker's error report waits for a peer's death to become visible (see Controller._blame).
 PEER_DEATH_GRACE_S = 1.0
-
-
-class RunFailed(RuntimeError):
-    """The run could not produce a result (a worker crashed, a timeout); the message is the reason."""
-
-    def __init__(self, reason: str, worker_logs: dict[str, str] | None = None) -> None:
-        super().__init__(reason)
-        self.worker_logs = dict(worker_logs or {})
 
 
 @dataclass
