@@ -43,6 +43,29 @@ def namespace_path(name: str) -> str:
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
+T = TypeVar("T")
+
+
+def on_helper_thread(fn: Callable[[], T], thread_name: str) -> T:
+    """``fn()`` run by a new thread, which ends there (with whatever namespace it joined); its result or its
+    exception handed to the calling thread."""
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as err:
+            failure.append(err)
+
+    helper = threading.Thread(target=run, name=thread_name)
+    helper.start()
+    helper.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
 def create_namespace(name: str) -> None:
     """Make network namespace ``name`` without forking, as ``ip netns add`` does: a helper thread unshares its own
     network namespace (a per-thread operation) and bind-mounts it at :func:`namespace_path`.
@@ -51,30 +74,18 @@ def create_namespace(name: str) -> None:
     from a large, threaded process (torch, MLflow) can miss that, and a sweep's first job once fell back to the
     userspace backend for the whole sweep that way.
     """
-    failure: list[BaseException] = []
-
     def make() -> None:
-        try:
-            if _libc.unshare(netns.CLONE_NEWNET) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, f"unshare(CLONE_NEWNET) for namespace {name!r}: {os.strerror(code)}")
-            netns.attach(name, "thread-self")  # bind-mounts /proc/thread-self/ns/net: this thread's namespace
-        except BaseException as err:  # handed to the caller's thread
-            failure.append(err)
+        if _libc.unshare(netns.CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"unshare(CLONE_NEWNET) for namespace {name!r}: {os.strerror(code)}")
+        netns.attach(name, "thread-self")  # bind-mounts /proc/thread-self/ns/net: this thread's namespace
 
-    maker = threading.Thread(target=make, name=f"create-netns-{name}")
-    maker.start()
-    maker.join()
-    if failure:
-        raise failure[0]
+    on_helper_thread(make, f"create-netns-{name}")
 
 
 def enter_namespace(name: str) -> None:
     """Join namespace ``name``; runs in a child between fork and exec: only a setns(2), never a creation."""
     netns.setns(name, flags=0)
-
-
-T = TypeVar("T")
 
 
 def call_in(name: str, make: Callable[[], T]) -> T:
@@ -87,22 +98,11 @@ def call_in(name: str, make: Callable[[], T]) -> T:
     because a rootless process (``harness.network.userns``) may enter the namespaces it made but not return to the
     host's, which its user namespace does not own.
     """
-    result: list[T] = []
-    failure: list[BaseException] = []
+    def run() -> T:
+        netns.setns(name, flags=0)  # flags=0: never create it
+        return make()
 
-    def run() -> None:
-        try:
-            netns.setns(name, flags=0)  # flags=0: never create it
-            result.append(make())
-        except BaseException as err:  # handed to the caller's thread
-            failure.append(err)
-
-    helper = threading.Thread(target=run, name=f"in-netns-{name}")
-    helper.start()
-    helper.join()
-    if failure:
-        raise failure[0]
-    return result[0]
+    return on_helper_thread(run, f"in-netns-{name}")
 
 
 def socket_in(name: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
