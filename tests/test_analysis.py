@@ -219,8 +219,8 @@ def test_a_method_with_a_codec_is_its_own_entry_and_compressed_offload_a_baselin
     from harness.analysis.runs import COMPRESSED_OFFLOAD
 
     runs = table(run("server_only", 800.0), run("server_only", 40.0, **{"tags.codec": "jpeg90"}),
-                 run("dads", 200.0, **{"tags.codec": "raw"}))
-    assert list(runs["method"]) == ["server_only", COMPRESSED_OFFLOAD, "dads"]
+                 run("dads", 200.0, **{"tags.codec": "raw"}), run("device_only", 210.0, **{"tags.codec": "jpeg90"}))
+    assert list(runs["method"]) == ["server_only", COMPRESSED_OFFLOAD, "dads", "device_only"]  # nothing crosses
     gains = compare.gain_table(runs, ["server_only", COMPRESSED_OFFLOAD])
     dads = compare.gains_over(gains, "dads", COMPRESSED_OFFLOAD)
     assert dads["lat_x"].iloc[0] == pytest.approx(40.0 / 200.0)  # DADS is 5x slower than JPEG offload

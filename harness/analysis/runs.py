@@ -24,7 +24,8 @@ COMPRESSED_OFFLOAD = "server_only+jpeg90"  # the naive baseline split methods mu
 def with_codec(method: str, codec: str) -> str:
     """A method as the tables name it: with its codec where one compresses (``server_only+jpeg90``), so that a
     method run with and without a codec are two entries of one setting."""
-    return method if codec in (RAW, "", None) or pd.isna(codec) else f"{method}+{codec}"
+    nothing_crosses = method == "device_only"  # edge-only sends nothing: no codec applies, whatever was set
+    return method if nothing_crosses or codec in (RAW, "", None) or pd.isna(codec) else f"{method}+{codec}"
 
 
 def method_overrides(label: str) -> dict[str, str]:
