@@ -276,7 +276,8 @@ def authenticated_setup(port: int, setup: dict) -> wire.Frame:
 
 
 def model(target: str, **extra: object) -> dict:
-    return {"name": "m", "target": target, "input_shape": [1, 3, 8, 8], "seed": 0, "args": {}, **extra}
+    return {"name": "m", "target": target, "input_shape": [1, 3, 8, 8], "seed": 0, "args": {}, "input": "random",
+            **extra}
 
 
 def test_a_model_the_owner_did_not_allow_is_refused(board: tuple[int, int], tmp_path: Path) -> None:
