@@ -17,6 +17,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.controller import traces
+from harness.controller.measure import trace_following_metrics, trace_windows
+from harness.loadgen.result import GOODPUT_MIN_BYTES
 from harness.controller.traces import Trace, TracePlayer, load_trace
 from tests.conftest import last_attempts, needs_root, run_cli
 
@@ -58,29 +60,16 @@ def test_stream_overlaps_device_link_and_server(tracking_uri: str, tmp_path: Pat
     assert df.loc["stream", "metrics.latency_ms"] >= df.loc["single_stream", "metrics.latency_ms"] * 0.9
 
 
-def _goodput_by_phase(spans: list[dict], decisions: list[dict], tdf: float) -> dict[float, float]:
-    """Payload goodput (Mbit/s, undilated) of the sends that ran wholly inside one step of the trace, per step rate.
-
-    A send's emulated time is anchored at its inference's decision (taken just before the inference was issued).
-    """
-    trace = load_trace("stepped_3g_lte_wifi.csv")
-    at = {d["seq"]: d["emulated_s"] for d in decisions}
-    bits: dict[float, float] = {}
-    seconds: dict[float, float] = {}
-    first_start = {}
-    for s in spans:
-        first_start[s["seq"]] = min(first_start.get(s["seq"], s["start_ns"]), s["start_ns"])
-    for s in spans:
-        if s["kind"] != "send" or s["seq"] not in at:
-            continue
-        start = at[s["seq"]] + (s["start_ns"] - first_start[s["seq"]]) / 1e9 / tdf
-        duration = (s["end_ns"] - s["start_ns"]) / 1e9 / tdf
-        rate = trace.rate_at(start)
-        if trace.rate_at(start + duration + 0.05) != rate or trace.rate_at(max(0.0, start - 0.05)) != rate:
-            continue  # straddles a step (or sits too close to one to tell)
-        bits[rate] = bits.get(rate, 0.0) + s["bytes"] * 8
-        seconds[rate] = seconds.get(rate, 0.0) + duration
-    return {rate: bits[rate] / seconds[rate] / 1e6 for rate in bits}
+def followed_within(uri: str, run: pd.Series, tmp_path: Path, tolerance: float) -> list[dict]:
+    """The run's recorded per-second windows (``trace_following.json``), after checking that every measured one is
+    within ``tolerance`` of the trace's rate and that the summary metrics are those windows'."""
+    windows = artifact(uri, run["run_id"], "trace_following.json", tmp_path)
+    measured = [w for w in windows if w["measured"]]
+    for w in measured:
+        assert w["goodput_mbps"] == pytest.approx(w["trace_mbps"], rel=tolerance), windows
+    assert run["metrics.trace_windows_measured"] == len(measured)
+    assert run["metrics.trace_goodput_ratio_worst"] == max((w["ratio"] for w in measured), key=lambda r: abs(r - 1))
+    return windows
 
 
 @needs_root
@@ -93,14 +82,13 @@ def test_dynamic_link_follows_the_trace_and_deadlines_count_right(tracking_uri: 
                     f"scenario.deadline_ms={deadline_ms}"], tracking_uri, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = finished_runs(tracking_uri).iloc[0]
-    spans = artifact(tracking_uri, run["run_id"], "spans.json", tmp_path)
     decisions = artifact(tracking_uri, run["run_id"], "decisions.json", tmp_path)
     assert {d["true_mbps"] for d in decisions} == {18.88, 5.85, 1.1}
-    goodput = _goodput_by_phase(spans, decisions, run["metrics.tdf"])
-    assert set(goodput) == {18.88, 5.85, 1.1}, goodput
-    for rate, measured in goodput.items():
-        assert measured == pytest.approx(rate, rel=0.15), goodput
-    assert goodput[18.88] / goodput[1.1] == pytest.approx(18.88 / 1.1, rel=0.15), goodput
+    # Every second measured by the transfers, within 10 %; a second wholly inside a step is offered that step's rate.
+    windows = followed_within(tracking_uri, run, tmp_path, tolerance=0.10)
+    assert sum(w["measured"] for w in windows) >= 5
+    assert sum(w["transfers"] for w in windows) == 13  # one per measured inference
+    assert {18.88, 5.85, 1.1} <= {round(w["trace_mbps"], 2) for w in windows if w["measured"]}, windows
 
     history = MlflowClient(tracking_uri).get_metric_history(run["run_id"], "inference_latency_ms")
     latencies = [m.value for m in sorted(history, key=lambda m: m.step)]
@@ -167,6 +155,60 @@ def test_a_trace_in_no_known_format_names_the_formats(tmp_path: Path, text: str,
     path.write_text(text)
     with pytest.raises(ValueError, match=needle):
         load_trace(path)
+
+
+def test_the_megabits_a_trace_offers_are_its_rate_integrated_across_steps_and_loops() -> None:
+    trace = Trace("t", (0.0, 1.0), (10.0, 2.0), 2.0)  # 1 s at 10, 1 s at 2, repeated
+    assert trace.mbit_between(0.25, 0.75) == pytest.approx(5.0)
+    assert trace.mbit_between(0.5, 1.5) == pytest.approx(0.5 * 10 + 0.5 * 2)  # a step inside
+    assert trace.mbit_between(1.5, 2.5) == pytest.approx(0.5 * 2 + 0.5 * 10)  # the loop's end inside
+    assert trace.mbit_between(0.0, 6.0) == pytest.approx(3 * 12.0)
+    assert trace.mbit_between(3.25, 7.75) == pytest.approx(trace.mbit_between(1.25, 1.75) + 2 * 12.0)
+
+
+def _transfer(seq: int, start_ms: float, ack_ms: float, received_ms: float, nbytes: int) -> list[dict]:
+    """A device -> server transfer's two spans (ms on the controller's clock, from 0)."""
+    ns = lambda ms: int(ms * 1e6)  # noqa: E731
+    return [{"seq": seq, "endpoint": "device", "kind": "send", "peer": "server", "bytes": nbytes,
+             "start_ns": ns(start_ms), "end_ns": ns(ack_ms)},
+            {"seq": seq, "endpoint": "server", "kind": "recv", "peer": "device", "bytes": nbytes,
+             "start_ns": ns(start_ms + 1), "end_ns": ns(received_ms)}]
+
+
+def test_trace_windows_compare_what_the_link_delivered_with_what_the_trace_offered() -> None:
+    trace = Trace("t", (0.0, 1.0, 2.0), (8.0, 4.0, 2.0), 3.0)
+    decisions = [{"seq": 0, "at_ns": 0, "emulated_s": 0.0, "tdf": 2.0},  # emulated s = real s / 2 from here
+                 {"seq": 1, "at_ns": int(4e9), "emulated_s": 2.0, "tdf": 1.0}]  # a retime at 4 s real
+    spans = [
+        # window 0: 100 kB in 0.1 emulated s (0.2 real), received 20 real ms before the ACK was back: 8 Mbit/s
+        *_transfer(0, 1000, 1220, 1200, 100_000),
+        # window 1: 150 kB straddling the step at 1 s (0.1 s at 8, 0.2 s at 4 Mbit/s offered: 5.33 on average)
+        *_transfer(0, 1800, 2400, 2400, 150_000),
+        # window 2, after the retime: 50 kB in 0.2 emulated s, 2 Mbit/s
+        *_transfer(1, 4000, 4200, 4200, 50_000),
+        # window 2 again, too small to measure alone, but the window holds enough
+        *_transfer(1, 4500, 4550, 4510, 1_000),
+        # window 3 (3.5 s, the trace looped to 8 Mbit/s): too few bytes to measure
+        *_transfer(1, 5500, 5502, 5502, 1_000),
+        # an inference not measured (warm-up): left out
+        *_transfer(7, 0, 100, 100, 10_000_000),
+    ]
+    windows = trace_windows(trace, spans, decisions, {0, 1})
+    assert [w["window_start_s"] for w in windows] == [0.0, 1.0, 2.0, 3.0]
+    assert [w["transfers"] for w in windows] == [1, 1, 2, 1]
+    assert windows[0]["busy_s"] == pytest.approx(0.1)  # to the receiver's last byte, not the ACK's return
+    assert windows[0]["goodput_mbps"] == pytest.approx(8.0) and windows[0]["trace_mbps"] == pytest.approx(8.0)
+    assert windows[1]["goodput_mbps"] == pytest.approx(4.0)
+    assert windows[1]["trace_mbps"] == pytest.approx((0.1 * 8 + 0.2 * 4) / 0.3)
+    assert windows[2]["busy_s"] == pytest.approx(0.2 + 0.01) and windows[2]["trace_mbps"] == pytest.approx(2.0)
+    assert [w["measured"] for w in windows] == [True, True, True, False]
+    assert windows[3]["bytes"] < GOODPUT_MIN_BYTES
+    summary = trace_following_metrics(windows)
+    ratios = [w["ratio"] for w in windows[:3]]
+    assert summary["trace_windows_measured"] == 3
+    assert summary["trace_goodput_ratio_median"] == pytest.approx(sorted(ratios)[1])
+    assert summary["trace_goodput_ratio_worst"] == pytest.approx(4.0 / (1.6 / 0.3))  # 0.75: the farthest from 1
+    assert trace_following_metrics(windows[3:]) == {"trace_windows_measured": 0.0}
 
 
 def test_at_a_step_of_the_trace_the_link_has_its_new_rate_before_anything_starts() -> None:

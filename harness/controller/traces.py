@@ -62,6 +62,17 @@ class Trace:
         """The rate in force at emulated time ``t_s`` (the trace repeats)."""
         return self.mbps[bisect.bisect_right(self.times_s, t_s % self.period_s) - 1]
 
+    def mbit_between(self, start_s: float, end_s: float) -> float:
+        """Megabits the trace offers from emulated ``start_s`` to ``end_s``: its rate integrated over time (it
+        repeats). Divided by the duration, the rate a transfer over that interval should have achieved."""
+        return self._mbit_until(end_s) - self._mbit_until(start_s)
+
+    def _mbit_until(self, t_s: float) -> float:
+        loops, within = divmod(t_s, self.period_s)
+        step = bisect.bisect_right(self.times_s, within) - 1
+        before = sum(r * (end - t) for t, end, r in zip(self.times_s[:step], self.times_s[1:step + 1], self.mbps))
+        return loops * self.mean_mbps * self.period_s + before + self.mbps[step] * (within - self.times_s[step])
+
     def changes(self, until_s: float) -> list[tuple[float, float]]:
         """Every (time, rate) step from 0 to ``until_s``, the loop unrolled."""
         steps, offset = [], 0.0
