@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 from harness.controller import traces
 from harness.controller.measure import trace_following_metrics, trace_windows
 from harness.loadgen.result import GOODPUT_MIN_BYTES
-from harness.controller.traces import Trace, TracePlayer, load_trace
+from harness.controller.traces import (Trace, TracePlayer, load_trace, mahimahi_opportunities, mahimahi_trace,
+                                       random_walk_rates, shipped_trace_files)
 from tests.conftest import last_attempts, needs_root, run_cli
 
 # mobilenet_v2 at 64x64 on xavier_1080ti: the latency-optimal cut is in the middle (59 of 154 nodes on the device)
@@ -96,6 +97,21 @@ def test_dynamic_link_follows_the_trace_and_deadlines_count_right(tracking_uri: 
     hit_rate = sum(lat <= deadline_ms for lat in latencies) / len(latencies)
     assert run["metrics.deadline_hit_rate"] == pytest.approx(hit_rate, abs=1e-12)
     assert 0 < hit_rate < 1, latencies  # the 1.1 Mbit/s step misses, the 18.88 one does not
+
+
+@needs_root
+def test_a_mahimahi_trace_is_replayed_within_10_percent_per_second(tracking_uri: str, tmp_path: Path) -> None:
+    # The shipped Mahimahi walk changes rate nearly every 100 ms between 1 and 20 Mbit/s; server_only's 48 KiB
+    # input measures the link at every arrival, 12 arrivals 450 ms apart over 5.4 s of it.
+    proc = run_cli(["model=resnet18", "model.input_shape=[1,3,64,64]", "hardware=local_pair", "method=server_only",
+                    "scenario=dynamic", "link=trace_walk_mahimahi", "scenario.inferences=12",
+                    "scenario.interval_ms=450"], tracking_uri, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = finished_runs(tracking_uri).iloc[0]
+    windows = followed_within(tracking_uri, run, tmp_path, tolerance=0.10)
+    offered = [w["trace_mbps"] for w in windows if w["measured"]]
+    assert len(offered) >= 5 and sum(w["transfers"] for w in windows) == 12
+    assert max(offered) > 3 * min(offered), windows  # the link really moved: a link stuck at one rate fails
 
 
 @needs_root
@@ -209,6 +225,30 @@ def test_trace_windows_compare_what_the_link_delivered_with_what_the_trace_offer
     assert summary["trace_goodput_ratio_median"] == pytest.approx(sorted(ratios)[1])
     assert summary["trace_goodput_ratio_worst"] == pytest.approx(4.0 / (1.6 / 0.3))  # 0.75: the farthest from 1
     assert trace_following_metrics(windows[3:]) == {"trace_windows_measured": 0.0}
+
+
+def test_mahimahi_opportunities_give_back_their_rates_in_whole_packets() -> None:
+    rates = [12.0, 1.0, 19.9, 0.05]
+    trace = mahimahi_trace("t", mahimahi_opportunities(rates))
+    per_bin = [trace.rate_at(i * 0.1 + 0.05) for i in range(len(rates))]
+    assert per_bin == pytest.approx([12.0, 0.96, 19.92, 0.12])  # 10, 8, 166 and 1 packet(s) of 1500 bytes per 100 ms
+    assert trace.period_s == pytest.approx(0.4)
+
+
+def test_random_walk_rates_stay_within_their_bounds() -> None:
+    for seed in range(20):
+        rates = random_walk_rates(seed, steps=200, low_mbps=1.0, high_mbps=20.0, max_factor=2.0)
+        assert 1.0 <= min(rates) and max(rates) <= 20.0
+
+
+def test_the_shipped_generated_traces_are_what_their_generator_writes() -> None:
+    for name, text in shipped_trace_files().items():
+        assert (traces.TRACE_DIR / name).read_text() == text, f"rerun benchmarks/make_traces.py: {name} differs"
+    mahimahi, pairs = load_trace("walk_100ms_mahimahi.up"), load_trace("steps_500ms_pairs.log")
+    assert mahimahi.period_s == pytest.approx(8.0) and len(mahimahi.times_s) > 40  # a new rate nearly every 100 ms
+    assert pairs.period_s == pytest.approx(10.0) and len(pairs.times_s) == 20
+    for trace in (mahimahi, pairs):
+        assert 0.9 <= min(trace.mbps) < 2 and 19 < max(trace.mbps) <= 20
 
 
 def test_at_a_step_of_the_trace_the_link_has_its_new_rate_before_anything_starts() -> None:

@@ -10,14 +10,17 @@ Three file formats, told apart by their content:
 - time/throughput pairs, whitespace-separated (``seconds Mbit/s``, as in Pensieve's cooked traces), without a
   header; times are taken from the first line's.
 
-Shipped traces live in ``conf/traces``; ``rayleigh`` traces are generated from a seed (block fading: per block,
-|h|² ~ Exp(1), Shannon rate).
+Shipped traces live in ``conf/traces``: the project's stepped CSV, and two that :func:`shipped_trace_files` generates
+from a seed (a Mahimahi file and ``seconds Mbit/s`` pairs; ``benchmarks/make_traces.py`` writes them). ``rayleigh``
+traces are generated from a seed (block fading: per block, |h|² ~ Exp(1), Shannon rate).
 """
 
 from __future__ import annotations
 
 import bisect
 import csv
+import math
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -161,6 +164,46 @@ def rayleigh_trace(seed: int = 0, mean_snr_db: float = 10.0, bandwidth_mhz: floa
     rates = np.maximum(floor_mbps, bandwidth_mhz * np.log2(1 + snr * gains))
     times = tuple(i * block_s for i in range(blocks))
     return Trace(f"rayleigh_{seed}", times, tuple(float(round(r, 3)) for r in rates), blocks * block_s)
+
+
+def random_walk_rates(seed: int, steps: int, low_mbps: float, high_mbps: float, max_factor: float) -> list[float]:
+    """Rates that wander in log space between ``low_mbps`` and ``high_mbps``, from their geometric mean: each step
+    multiplies the rate by a factor log-uniform in [1/max_factor, max_factor], reflected at the bounds. Drawn with
+    ``random.Random(seed).random()``, whose sequence for a seed Python keeps across versions."""
+    rng, low, high = random.Random(seed), math.log(low_mbps), math.log(high_mbps)
+    level, rates = (low + high) / 2, []
+    for _ in range(steps):
+        rates.append(math.exp(level))
+        level += (2 * rng.random() - 1) * math.log(max_factor)
+        level = low + abs(level - low)  # reflected at the bounds
+        level = high - abs(high - level)
+    return rates
+
+
+def mahimahi_opportunities(rates_mbps: list[float], bin_s: float = MAHIMAHI_BIN_S) -> list[int]:
+    """A Mahimahi trace that gives ``rates_mbps``, one rate per ``bin_s``: each bin's 1500-byte delivery
+    opportunities (the rate's, rounded to whole packets, at least one) spread evenly over it, in integer ms, each in
+    the middle of its share of the bin: none on a bin's edge, so the last bin's last one is past its start and
+    :func:`mahimahi_trace` counts every bin."""
+    bin_ms = round(bin_s * 1e3)
+    lines = []
+    for index, rate in enumerate(rates_mbps):
+        packets = max(1, round(rate * 1e6 * bin_s / 8 / MAHIMAHI_PACKET_BYTES))
+        lines.extend(index * bin_ms + (2 * slot + 1) * bin_ms // (2 * packets) for slot in range(packets))
+    return lines
+
+
+def shipped_trace_files() -> dict[str, str]:
+    """The generated traces shipped in ``conf/traces``, by file name: synthetic, no measured data; each seed was
+    picked, of the first thirty, for a walk that spans most of 1-20 Mbit/s.
+
+    - ``walk_100ms_mahimahi.up``: Mahimahi's format, 8 s, a new rate every 100 ms (factor up to 1.5 each);
+    - ``steps_500ms_pairs.log``: ``seconds Mbit/s`` pairs, 10 s, a new rate every 0.5 s (factor up to 2 each).
+    """
+    walk = random_walk_rates(seed=20, steps=80, low_mbps=1.0, high_mbps=20.0, max_factor=1.5)
+    steps = random_walk_rates(seed=5, steps=20, low_mbps=1.0, high_mbps=20.0, max_factor=2.0)
+    return {"walk_100ms_mahimahi.up": "".join(f"{ms}\n" for ms in mahimahi_opportunities(walk)),
+            "steps_500ms_pairs.log": "".join(f"{i * 0.5:.1f} {rate:.2f}\n" for i, rate in enumerate(steps))}
 
 
 class TracePlayer:
