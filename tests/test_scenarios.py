@@ -270,6 +270,25 @@ def test_at_a_step_of_the_trace_the_link_has_its_new_rate_before_anything_starts
     assert applied[1][1] <= settled_ns  # what starts after settle() sees 1 Mbit/s, never the old 10
 
 
+def test_a_step_that_takes_time_to_apply_is_begun_early_enough_to_land_on_its_instant() -> None:
+    # Each change takes 30 ms; begun on time, every step would land 30 ms late.
+    landed: list[int] = []
+
+    def slow_set_rate(mbps: float) -> None:
+        time.sleep(0.03)
+        landed.append(time.monotonic_ns())
+
+    steps = tuple(i * 0.1 for i in range(6))
+    player = TracePlayer(Trace("t", steps, tuple(range(1, 7)), 10.0), slow_set_rate, tdf=1.0).start()
+    try:
+        time.sleep(0.6)
+    finally:
+        player.stop()
+    late_ms = [(at - player.start_ns) / 1e6 - due * 1e3 for at, due in zip(landed[1:], steps[1:])]
+    assert len(late_ms) == 5 and player.lead_s() == pytest.approx(0.03, abs=0.01)
+    assert sorted(late_ms)[2] < 10, late_ms  # the median step: within a third of the change's own time
+
+
 def _steps(decisions: list[dict]) -> list[list[dict]]:
     """The decisions grouped by the step of the trace they were taken in (a run of equal true rates)."""
     steps: list[list[dict]] = []
