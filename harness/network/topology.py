@@ -39,7 +39,6 @@ from harness.network.shaping import (BACKENDS, HEADER_FACTOR, KERNEL_RATE_BACKEN
 log = logging.getLogger("harness.network")
 
 IFNAMSIZ = 15
-DISCARD_PORT = 9  # where a kick datagram goes (nothing listens; it only has to leave through the qdisc)
 SUBNET = (10, 213)  # the harness owns 10.213.0.0/16: one /30 per link
 LOOPBACK = (127, 213)  # without namespaces: distinct loopback addresses, the same plan
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
@@ -105,7 +104,6 @@ class Topology:
         self.failure: str | None = None
         self._namespaces: dict[str, str] = {}
         self._ipr: dict[str, IPRoute] = {}
-        self._kickers: dict[str, socket.socket] = {}  # per endpoint: a UDP socket that wakes its qdiscs (_kick)
         self.processes = Processes(f"topology-{self.instance}", self._on_crash)
         self._pacers: dict[tuple[str, str], list[Pacer]] = {}
         self._lock = threading.RLock()
@@ -237,16 +235,6 @@ class Topology:
                 return
             for end in (link.a, link.b):
                 self._shape(end, link, "replace" if self.backend != "htb" else "change")
-                self._kick(end, link)
-
-    def _kick(self, end: str, link: _Link) -> None:
-        """Send an empty datagram out of ``end``'s reshaped interface. A tbf whose rate changed keeps the timer its
-        old rate set for the next packet, so a step up waited up to one packet's time at the old rate (11 ms at 1.1
-        Mbit/s) before the new rate moved anything; a packet enqueued now makes the qdisc dequeue at once."""
-        if end not in self._kickers:
-            self._kickers[end] = self.socket(end, kind=socket.SOCK_DGRAM)
-        peer = link.b if end == link.a else link.a
-        self._kickers[end].sendto(b"", (link.address[peer], DISCARD_PORT))
 
     @property
     def up(self) -> bool:
@@ -369,9 +357,6 @@ class Topology:
         for ip in self._ipr.values():
             ip.close()
         self._ipr.clear()
-        for sock in self._kickers.values():
-            sock.close()
-        self._kickers.clear()
         ours = f"{self.prefix}{self.owner_pid}-{self.instance}-"
         for name in [n for n in netns.listnetns() if n.startswith(ours)]:
             try:
