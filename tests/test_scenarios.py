@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 import pandas as pd
@@ -17,7 +17,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.controller import traces
-from harness.controller.traces import Trace, TracePlayer, load_trace
+from harness.controller.measure import trace_following_metrics, trace_windows
+from harness.loadgen.result import GOODPUT_MIN_BYTES
+from harness.controller.traces import (Trace, TracePlayer, load_trace, mahimahi_opportunities, mahimahi_trace,
+                                       random_walk_rates, shipped_trace_files)
 from tests.conftest import last_attempts, needs_root, run_cli
 
 # mobilenet_v2 at 64x64 on xavier_1080ti: the latency-optimal cut is in the middle (59 of 154 nodes on the device)
@@ -58,29 +61,16 @@ def test_stream_overlaps_device_link_and_server(tracking_uri: str, tmp_path: Pat
     assert df.loc["stream", "metrics.latency_ms"] >= df.loc["single_stream", "metrics.latency_ms"] * 0.9
 
 
-def _goodput_by_phase(spans: list[dict], decisions: list[dict], tdf: float) -> dict[float, float]:
-    """Payload goodput (Mbit/s, undilated) of the sends that ran wholly inside one step of the trace, per step rate.
-
-    A send's emulated time is anchored at its inference's decision (taken just before the inference was issued).
-    """
-    trace = load_trace("stepped_3g_lte_wifi.csv")
-    at = {d["seq"]: d["emulated_s"] for d in decisions}
-    bits: dict[float, float] = {}
-    seconds: dict[float, float] = {}
-    first_start = {}
-    for s in spans:
-        first_start[s["seq"]] = min(first_start.get(s["seq"], s["start_ns"]), s["start_ns"])
-    for s in spans:
-        if s["kind"] != "send" or s["seq"] not in at:
-            continue
-        start = at[s["seq"]] + (s["start_ns"] - first_start[s["seq"]]) / 1e9 / tdf
-        duration = (s["end_ns"] - s["start_ns"]) / 1e9 / tdf
-        rate = trace.rate_at(start)
-        if trace.rate_at(start + duration + 0.05) != rate or trace.rate_at(max(0.0, start - 0.05)) != rate:
-            continue  # straddles a step (or sits too close to one to tell)
-        bits[rate] = bits.get(rate, 0.0) + s["bytes"] * 8
-        seconds[rate] = seconds.get(rate, 0.0) + duration
-    return {rate: bits[rate] / seconds[rate] / 1e6 for rate in bits}
+def followed_within(uri: str, run: pd.Series, tmp_path: Path, tolerance: Callable[[dict], float]) -> list[dict]:
+    """The run's recorded per-second windows (``trace_following.json``), after checking that every measured one is
+    within ``tolerance(window)`` of the trace's rate and that the summary metrics are those windows'."""
+    windows = artifact(uri, run["run_id"], "trace_following.json", tmp_path)
+    measured = [w for w in windows if w["measured"]]
+    for w in measured:
+        assert w["goodput_mbps"] == pytest.approx(w["trace_mbps"], rel=tolerance(w)), windows
+    assert run["metrics.trace_windows_measured"] == len(measured)
+    assert run["metrics.trace_goodput_ratio_worst"] == max((w["ratio"] for w in measured), key=lambda r: abs(r - 1))
+    return windows
 
 
 @needs_root
@@ -93,14 +83,17 @@ def test_dynamic_link_follows_the_trace_and_deadlines_count_right(tracking_uri: 
                     f"scenario.deadline_ms={deadline_ms}"], tracking_uri, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = finished_runs(tracking_uri).iloc[0]
-    spans = artifact(tracking_uri, run["run_id"], "spans.json", tmp_path)
     decisions = artifact(tracking_uri, run["run_id"], "decisions.json", tmp_path)
     assert {d["true_mbps"] for d in decisions} == {18.88, 5.85, 1.1}
-    goodput = _goodput_by_phase(spans, decisions, run["metrics.tdf"])
-    assert set(goodput) == {18.88, 5.85, 1.1}, goodput
-    for rate, measured in goodput.items():
-        assert measured == pytest.approx(rate, rel=0.15), goodput
-    assert goodput[18.88] / goodput[1.1] == pytest.approx(18.88 / 1.1, rel=0.15), goodput
+    # Every second measured by the transfers within 10 %, but 15 % where a transfer crossed a step (the second is
+    # offered none of the step rates): a lone transfer that began ~15 ms before the 1.1 -> 5.85 step at 6 s, right
+    # after a probe, came out at 0.85-0.93 of the trace's rate in each of the 5 runs where it happened, ~7 ms slower
+    # after the step than the trace allows even with the step landing on time: a cause not yet found.
+    windows = followed_within(tracking_uri, run, tmp_path,
+                              lambda w: 0.10 if round(w["trace_mbps"], 2) in (18.88, 5.85, 1.1) else 0.15)
+    assert sum(w["measured"] for w in windows) >= 5
+    assert sum(w["transfers"] for w in windows) == 13  # one per measured inference
+    assert {18.88, 5.85, 1.1} <= {round(w["trace_mbps"], 2) for w in windows if w["measured"]}, windows
 
     history = MlflowClient(tracking_uri).get_metric_history(run["run_id"], "inference_latency_ms")
     latencies = [m.value for m in sorted(history, key=lambda m: m.step)]
@@ -108,6 +101,21 @@ def test_dynamic_link_follows_the_trace_and_deadlines_count_right(tracking_uri: 
     hit_rate = sum(lat <= deadline_ms for lat in latencies) / len(latencies)
     assert run["metrics.deadline_hit_rate"] == pytest.approx(hit_rate, abs=1e-12)
     assert 0 < hit_rate < 1, latencies  # the 1.1 Mbit/s step misses, the 18.88 one does not
+
+
+@needs_root
+def test_a_mahimahi_trace_is_replayed_within_10_percent_per_second(tracking_uri: str, tmp_path: Path) -> None:
+    # The shipped Mahimahi walk changes rate nearly every 100 ms between 1 and 20 Mbit/s; server_only's 48 KiB
+    # input measures the link at every arrival, 12 arrivals 450 ms apart over 5.4 s of it.
+    proc = run_cli(["model=resnet18", "model.input_shape=[1,3,64,64]", "hardware=local_pair", "method=server_only",
+                    "scenario=dynamic", "link=trace_walk_mahimahi", "scenario.inferences=12",
+                    "scenario.interval_ms=450"], tracking_uri, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = finished_runs(tracking_uri).iloc[0]
+    windows = followed_within(tracking_uri, run, tmp_path, lambda w: 0.10)
+    offered = [w["trace_mbps"] for w in windows if w["measured"]]
+    assert len(offered) >= 5 and sum(w["transfers"] for w in windows) == 12
+    assert max(offered) > 3 * min(offered), windows  # the link really moved: a link stuck at one rate fails
 
 
 @needs_root
@@ -169,6 +177,84 @@ def test_a_trace_in_no_known_format_names_the_formats(tmp_path: Path, text: str,
         load_trace(path)
 
 
+def test_the_megabits_a_trace_offers_are_its_rate_integrated_across_steps_and_loops() -> None:
+    trace = Trace("t", (0.0, 1.0), (10.0, 2.0), 2.0)  # 1 s at 10, 1 s at 2, repeated
+    assert trace.mbit_between(0.25, 0.75) == pytest.approx(5.0)
+    assert trace.mbit_between(0.5, 1.5) == pytest.approx(0.5 * 10 + 0.5 * 2)  # a step inside
+    assert trace.mbit_between(1.5, 2.5) == pytest.approx(0.5 * 2 + 0.5 * 10)  # the loop's end inside
+    assert trace.mbit_between(0.0, 6.0) == pytest.approx(3 * 12.0)
+    assert trace.mbit_between(3.25, 7.75) == pytest.approx(trace.mbit_between(1.25, 1.75) + 2 * 12.0)
+
+
+def _transfer(seq: int, start_ms: float, ack_ms: float, received_ms: float, nbytes: int) -> list[dict]:
+    """A device -> server transfer's two spans (ms on the controller's clock, from 0)."""
+    ns = lambda ms: int(ms * 1e6)  # noqa: E731
+    return [{"seq": seq, "endpoint": "device", "kind": "send", "peer": "server", "bytes": nbytes,
+             "start_ns": ns(start_ms), "end_ns": ns(ack_ms)},
+            {"seq": seq, "endpoint": "server", "kind": "recv", "peer": "device", "bytes": nbytes,
+             "start_ns": ns(start_ms + 1), "end_ns": ns(received_ms)}]
+
+
+def test_trace_windows_compare_what_the_link_delivered_with_what_the_trace_offered() -> None:
+    trace = Trace("t", (0.0, 1.0, 2.0), (8.0, 4.0, 2.0), 3.0)
+    decisions = [{"seq": 0, "at_ns": 0, "emulated_s": 0.0, "tdf": 2.0},  # emulated s = real s / 2 from here
+                 {"seq": 1, "at_ns": int(4e9), "emulated_s": 2.0, "tdf": 1.0}]  # a retime at 4 s real
+    spans = [
+        # window 0: 100 kB in 0.1 emulated s (0.2 real), received 20 real ms before the ACK was back: 8 Mbit/s
+        *_transfer(0, 1000, 1220, 1200, 100_000),
+        # window 1: 150 kB straddling the step at 1 s (0.1 s at 8, 0.2 s at 4 Mbit/s offered: 5.33 on average)
+        *_transfer(0, 1800, 2400, 2400, 150_000),
+        # window 2, after the retime: 50 kB in 0.2 emulated s, 2 Mbit/s
+        *_transfer(1, 4000, 4200, 4200, 50_000),
+        # window 2 again, too small to measure alone, but the window holds enough
+        *_transfer(1, 4500, 4550, 4510, 1_000),
+        # window 3 (3.5 s, the trace looped to 8 Mbit/s): too few bytes to measure
+        *_transfer(1, 5500, 5502, 5502, 1_000),
+        # an inference not measured (warm-up): left out
+        *_transfer(7, 0, 100, 100, 10_000_000),
+    ]
+    windows = trace_windows(trace, spans, decisions, {0, 1})
+    assert [w["window_start_s"] for w in windows] == [0.0, 1.0, 2.0, 3.0]
+    assert [w["transfers"] for w in windows] == [1, 1, 2, 1]
+    assert windows[0]["busy_s"] == pytest.approx(0.1)  # to the receiver's last byte, not the ACK's return
+    assert windows[0]["goodput_mbps"] == pytest.approx(8.0) and windows[0]["trace_mbps"] == pytest.approx(8.0)
+    assert windows[1]["goodput_mbps"] == pytest.approx(4.0)
+    assert windows[1]["trace_mbps"] == pytest.approx((0.1 * 8 + 0.2 * 4) / 0.3)
+    assert windows[2]["busy_s"] == pytest.approx(0.2 + 0.01) and windows[2]["trace_mbps"] == pytest.approx(2.0)
+    assert [w["measured"] for w in windows] == [True, True, True, False]
+    assert windows[3]["bytes"] < GOODPUT_MIN_BYTES
+    summary = trace_following_metrics(windows)
+    ratios = [w["ratio"] for w in windows[:3]]
+    assert summary["trace_windows_measured"] == 3
+    assert summary["trace_goodput_ratio_median"] == pytest.approx(sorted(ratios)[1])
+    assert summary["trace_goodput_ratio_worst"] == pytest.approx(4.0 / (1.6 / 0.3))  # 0.75: the farthest from 1
+    assert trace_following_metrics(windows[3:]) == {"trace_windows_measured": 0.0}
+
+
+def test_mahimahi_opportunities_give_back_their_rates_in_whole_packets() -> None:
+    rates = [12.0, 1.0, 19.9, 0.05]
+    trace = mahimahi_trace("t", mahimahi_opportunities(rates))
+    per_bin = [trace.rate_at(i * 0.1 + 0.05) for i in range(len(rates))]
+    assert per_bin == pytest.approx([12.0, 0.96, 19.92, 0.12])  # 10, 8, 166 and 1 packet(s) of 1500 bytes per 100 ms
+    assert trace.period_s == pytest.approx(0.4)
+
+
+def test_random_walk_rates_stay_within_their_bounds() -> None:
+    for seed in range(20):
+        rates = random_walk_rates(seed, steps=200, low_mbps=1.0, high_mbps=20.0, max_factor=2.0)
+        assert 1.0 <= min(rates) and max(rates) <= 20.0
+
+
+def test_the_shipped_generated_traces_are_what_their_generator_writes() -> None:
+    for name, text in shipped_trace_files().items():
+        assert (traces.TRACE_DIR / name).read_text() == text, f"rerun benchmarks/make_traces.py: {name} differs"
+    mahimahi, pairs = load_trace("walk_100ms_mahimahi.up"), load_trace("steps_500ms_pairs.log")
+    assert mahimahi.period_s == pytest.approx(8.0) and len(mahimahi.times_s) > 40  # a new rate nearly every 100 ms
+    assert pairs.period_s == pytest.approx(10.0) and len(pairs.times_s) == 20
+    for trace in (mahimahi, pairs):
+        assert 0.9 <= min(trace.mbps) < 2 and 19 < max(trace.mbps) <= 20
+
+
 def test_at_a_step_of_the_trace_the_link_has_its_new_rate_before_anything_starts() -> None:
     # A qdisc change takes real time: the player's thread is still in it at the step's instant.
     applied: list[tuple[float, int]] = []
@@ -186,6 +272,25 @@ def test_at_a_step_of_the_trace_the_link_has_its_new_rate_before_anything_starts
         player.stop()
     assert [mbps for mbps, _ in applied] == [10.0, 1.0]
     assert applied[1][1] <= settled_ns  # what starts after settle() sees 1 Mbit/s, never the old 10
+
+
+def test_a_step_that_takes_time_to_apply_is_begun_early_enough_to_land_on_its_instant() -> None:
+    # Each change takes 30 ms; begun on time, every step would land 30 ms late.
+    landed: list[int] = []
+
+    def slow_set_rate(mbps: float) -> None:
+        time.sleep(0.03)
+        landed.append(time.monotonic_ns())
+
+    steps = tuple(i * 0.1 for i in range(6))
+    player = TracePlayer(Trace("t", steps, tuple(range(1, 7)), 10.0), slow_set_rate, tdf=1.0).start()
+    try:
+        time.sleep(0.6)
+    finally:
+        player.stop()
+    late_ms = [(at - player.start_ns) / 1e6 - due * 1e3 for at, due in zip(landed[1:], steps[1:])]
+    assert len(late_ms) == 5 and player.lead_s() == pytest.approx(0.03, abs=0.01)
+    assert sorted(late_ms)[2] < 10, late_ms  # the median step: within a third of the change's own time
 
 
 def _steps(decisions: list[dict]) -> list[list[dict]]:

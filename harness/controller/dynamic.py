@@ -3,8 +3,8 @@
 The estimate a method decides on is measured, not given (``scenario.estimator``):
 
 - ``probe`` (default): the goodput of the previous inference's own transfers when they said enough about the link
-  (at least ``PASSIVE_MIN_BYTES`` over ``PASSIVE_MIN_MS``, ended at most ``PASSIVE_MAX_AGE_MS`` ago); otherwise a short
-  packet train through the shaped link between the device's and the server's namespaces
+  (at least ``GOODPUT_MIN_BYTES`` over ``GOODPUT_MIN_MS``, ended at most ``PASSIVE_MAX_AGE_MS`` ago); otherwise a
+  short packet train through the shaped link between the device's and the server's namespaces
   (:mod:`harness.controller.probe`), sent after the previous inference completed and before the next is issued, so
   it never overlaps a measured inference. A plan that keeps everything on the device still sees the link recover.
 - ``smoothed``: the same samples, averaged (EWMA) while the link holds steady; a sample that differs from the
@@ -14,7 +14,8 @@ The estimate a method decides on is measured, not given (``scenario.estimator``)
 - ``fixed``: the trace's mean rate, always: the plan chosen once for the average link, never re-decided.
 
 Every decision is recorded with its time, the estimate and its source, the true rate, the estimate's age (emulated
-ms since the measurement it rests on) and what probing cost (bytes, emulated ms).
+ms since the measurement it rests on) and what probing cost (bytes, emulated ms); with the controller's clock and the
+TDF at that moment (``at_ns``, ``tdf``), which place the transfers that follow it on the trace's emulated time.
 """
 
 from __future__ import annotations
@@ -24,15 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from harness.controller.experiment import ESTIMATORS
-from harness.loadgen.result import RunResult, goodput_mbps
+from harness.loadgen.result import GOODPUT_MIN_BYTES, GOODPUT_MIN_MS, RunResult, goodput_mbps
 from harness.loadgen.schedule import BeforeIssue, Workers, wait_all, wait_for_span
 from harness.controller.probe import LinkProber, ProbeSample
 from harness.controller.traces import Trace, TracePlayer
 from harness.network.base import Network
 from partitioners.base import LinkState, Partitioner, Plan, device_side_of
 
-PASSIVE_MIN_BYTES = 16 * 1024  # smaller transfers measure delay, not bandwidth
-PASSIVE_MIN_MS = 10.0  # emulated: ten times the kernel bucket's 1 ms burst, so that the burst is within 10 %
 SMOOTHING = 0.5  # EWMA weight of a new sample (smoothed)
 # Emulated: an older sample is stale. A link that fades in 0.5 s blocks (link=rayleigh) is unrelated to itself one
 # arrival interval later, so the transfers of the previous inference are too old at the default 500 ms interval.
@@ -112,7 +111,8 @@ class Redecider:
                 self.sends_data = bool(stage_plans[0]["send"]) and max(stage_plans[0]["assignment"].values()) == 1
             now_ns = time.monotonic_ns()
             self.decisions.append({
-                "seq": seq, "emulated_s": self.player.emulated_s(now_ns), "true_mbps": self.player.rate_now(now_ns),
+                "seq": seq, "at_ns": now_ns, "tdf": self.player.tdf, "emulated_s": self.player.emulated_s(now_ns),
+                "true_mbps": self.player.rate_now(now_ns),
                 "estimate_mbps": self.estimate_mbps, "estimator": self.estimator,
                 "source": sample.source if sample else "held",
                 "estimate_age_ms": (now_ns - self.estimate_ns) / 1e6 / result.tdf if self.estimate_ns else None,
@@ -130,7 +130,7 @@ class Redecider:
             rate = self.player.rate_now(now_ns) if self.estimator == "oracle" else self.trace.mean_mbps
             sample = Sample(rate, self.estimator, now_ns)
         else:
-            sample = self._passive(previous, result, min_ms=0.0 if self.estimator == "last" else PASSIVE_MIN_MS)
+            sample = self._passive(previous, result, min_ms=0.0 if self.estimator == "last" else GOODPUT_MIN_MS)
             idle = all(s in result.ends_ns for s in result.starts_ns)  # a probe must never overlap an inference
             if self.estimator != "last" and idle and (sample is None or self._stale(sample, result.tdf)):
                 sample = self._probe()
@@ -149,7 +149,7 @@ class Redecider:
         sends = [s for s in result.spans if s["kind"] == "send" and s["seq"] == previous]
         sent = sum(s.get("bytes", 0) for s in sends)
         seconds = sum(s["end_ns"] - s["start_ns"] for s in sends) / 1e9 / result.tdf_of(previous or 0)
-        if previous is None or sent < PASSIVE_MIN_BYTES or seconds * 1e3 < min_ms:
+        if previous is None or sent < GOODPUT_MIN_BYTES or seconds * 1e3 < min_ms:
             return None
         return Sample(goodput_mbps(sent, seconds), "passive", max(s["end_ns"] for s in sends))
 

@@ -13,7 +13,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from harness.analysis.intervals import median_interval, throughput_interval  # noqa: E402
-from harness.loadgen.result import RunResult, goodput_mbps, latencies_ms, measured_seqs  # noqa: E402
+from harness.loadgen.result import (GOODPUT_MIN_BYTES, GOODPUT_MIN_MS, RunResult, goodput_mbps,  # noqa: E402
+                                    latencies_ms, measured_seqs)
+from harness.controller.traces import Trace  # noqa: E402
 from harness.model.graph import ModelGraph  # noqa: E402
 from harness.model.models import make_input  # noqa: E402
 
@@ -84,6 +86,73 @@ def link_metrics(result: RunResult) -> dict[str, float]:
         # A plan that sends nothing still records what its link delivered: the probe before the run.
         out.setdefault("measured_bandwidth_mbps", out["probe_bandwidth_mbps"])
     return out
+
+
+def emulated_interval(start_ns: int, end_ns: int, decisions: list[dict[str, Any]]) -> tuple[float, float]:
+    """An interval of the controller's clock on a dynamic run's emulated time, placed from the last decision taken
+    before it started (its stamp, emulated time and TDF: a new TDF is only ever set between inferences)."""
+    anchor = max((d for d in decisions if d["at_ns"] <= start_ns), key=lambda d: d["at_ns"])
+    start = anchor["emulated_s"] + (start_ns - anchor["at_ns"]) / 1e9 / anchor["tdf"]
+    return start, start + (end_ns - start_ns) / 1e9 / anchor["tdf"]
+
+
+def deliveries(spans: list[dict[str, Any]], seqs: set[int]) -> list[tuple[int, int, int]]:
+    """Each transfer of inferences ``seqs`` as the link delivered it: (sender's first byte, receiver's last byte,
+    bytes). A send's own span ends when its ACK is back at the sender, which adds the ACK's trip and the sending
+    worker's wake-up (2-5 ms each on a loaded 2-core machine: 10-20 % of a 48 KiB transfer at 12-20 Mbit/s); the
+    receiver's span ends when it has the tensor. A send is paired with the receipt of the same inference on its
+    peer, in order (one connection per direction); one without a receipt keeps its own end."""
+    receipts: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
+    for span in spans:
+        if span["kind"] == "recv" and span["seq"] in seqs:
+            receipts.setdefault((span["seq"], span.get("peer", ""), span["endpoint"]), []).append(span)
+    out = []
+    for span in spans:
+        if span["kind"] == "send" and span["seq"] in seqs:
+            received = receipts.get((span["seq"], span["endpoint"], span.get("peer", "")), [])
+            end_ns = received.pop(0)["end_ns"] if received else span["end_ns"]
+            out.append((span["start_ns"], end_ns, span["bytes"]))
+    return out
+
+
+def trace_windows(trace: Trace, spans: list[dict[str, Any]], decisions: list[dict[str, Any]], seqs: set[int],
+                  window_s: float = 1.0) -> list[dict[str, Any]]:
+    """How closely the shaped link followed ``trace``: per window of ``window_s`` emulated seconds, the goodput of
+    the transfers of inferences ``seqs`` (:func:`deliveries`; a transfer belongs to the window of its midpoint)
+    against the rate the trace offered while they ran (its rate integrated over their intervals, so a step inside a
+    transfer or a window counts for the time it held). The link is idle between inferences: only the time
+    transfers were under way is compared. A window is ``measured`` only if its transfers carried at least
+    ``GOODPUT_MIN_BYTES`` over at least ``GOODPUT_MIN_MS``; below that they measure delay and the bucket's burst,
+    not the rate."""
+    rows: dict[int, dict[str, Any]] = {}
+    for start_ns, end_ns, nbytes in deliveries(spans, seqs):
+        start, end = emulated_interval(start_ns, end_ns, decisions)
+        index = int((start + end) / 2 // window_s)
+        row = rows.setdefault(index, {"window_start_s": index * window_s, "window_end_s": (index + 1) * window_s,
+                                      "transfers": 0, "bytes": 0, "busy_s": 0.0, "trace_mbit": 0.0})
+        row["transfers"] += 1
+        row["bytes"] += nbytes
+        row["busy_s"] += end - start
+        row["trace_mbit"] += trace.mbit_between(start, end)
+    windows = []
+    for row in (rows[i] for i in sorted(rows)):
+        goodput, offered = goodput_mbps(row["bytes"], row["busy_s"]), row["trace_mbit"] / row["busy_s"]
+        measured = row["bytes"] >= GOODPUT_MIN_BYTES and row["busy_s"] * 1e3 >= GOODPUT_MIN_MS
+        windows.append({**{k: v for k, v in row.items() if k != "trace_mbit"}, "goodput_mbps": goodput,
+                        "trace_mbps": offered, "ratio": goodput / offered, "measured": measured})
+    return windows
+
+
+def trace_following_metrics(windows: list[dict[str, Any]]) -> dict[str, float]:
+    """Summary of :func:`trace_windows` over its measured windows only (windows whose sends carried too few bytes
+    or lasted too briefly to measure a rate are left out): ``trace_windows_measured``, and the ratio of achieved
+    goodput to the trace's rate, its median (``trace_goodput_ratio_median``) and the one farthest from 1
+    (``trace_goodput_ratio_worst``)."""
+    ratios = [w["ratio"] for w in windows if w["measured"]]
+    if not ratios:
+        return {"trace_windows_measured": 0.0}
+    return {"trace_windows_measured": float(len(ratios)), "trace_goodput_ratio_median": float(np.median(ratios)),
+            "trace_goodput_ratio_worst": max(ratios, key=lambda r: abs(r - 1))}
 
 
 def compute_over_profile(result: RunResult) -> dict[str, float]:

@@ -16,10 +16,12 @@ from hardware.profiles import LocalProfile, whole_model_meta, write_table
 from harness.analysis.labels import model_label
 from harness.controller.experiment import Experiment
 from harness.controller.measure import (compute_over_profile, interval_metrics, latency_metrics, link_metrics,
-                                        output_deviation, throughput_ips, timeline_figure)
+                                        output_deviation, throughput_ips, timeline_figure, trace_following_metrics,
+                                        trace_windows)
 from harness.controller.job import plan_job
 from harness.loadgen.result import RunResult, latencies_ms, measured_seqs
 from harness.loadgen.verdict import checks, overrun_metrics, verdict
+from harness.controller.traces import Trace, load_trace
 from harness.controller import phases
 from harness.controller.predict import Prediction, predict
 from harness.controller.records import RunRecord, environment
@@ -76,6 +78,7 @@ def run_experiment(exp: Experiment, rec: RunRecord, graph: ModelGraph | None = N
         strategy.close()
     if (decisions := strategy.decisions()) is not None:
         record_decisions(rec, decisions, metrics)
+        record_trace_following(rec, load_trace(exp.link.trace), result, decisions, metrics)
     out = finish(exp, rec, graph, result, metrics, models.reference)
     if exp.method.kind == "spatial" and out.get("throughput_ips"):
         out["task_time_ms"] = 1e3 / out["throughput_ips"]
@@ -100,6 +103,15 @@ def record_decisions(rec: RunRecord, decisions: list[dict[str, Any]], metrics: d
     ages = [d["estimate_age_ms"] for d in decisions if d.get("estimate_age_ms") is not None]
     if ages:
         metrics["estimate_age_ms"] = statistics.median(ages)
+
+
+def record_trace_following(rec: RunRecord, trace: Trace, result: RunResult, decisions: list[dict[str, Any]],
+                           metrics: dict[str, float]) -> None:
+    """How closely the shaped link followed the trace: the measured inferences' transfers per emulated second against
+    the trace's rate (``trace_following.json``, summary metrics ``trace_goodput_ratio_*``)."""
+    windows = trace_windows(trace, result.spans, decisions, set(measured_seqs(result)))
+    rec.artifact_json(windows, "trace_following.json")
+    metrics.update(trace_following_metrics(windows))
 
 
 def record_clocks_and_devices(rec: RunRecord, result: RunResult, metrics: dict[str, float]) -> None:

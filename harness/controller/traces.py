@@ -10,16 +10,21 @@ Three file formats, told apart by their content:
 - time/throughput pairs, whitespace-separated (``seconds Mbit/s``, as in Pensieve's cooked traces), without a
   header; times are taken from the first line's.
 
-Shipped traces live in ``conf/traces``; ``rayleigh`` traces are generated from a seed (block fading: per block,
-|h|² ~ Exp(1), Shannon rate).
+Shipped traces live in ``conf/traces``: the project's stepped CSV, and two that :func:`shipped_trace_files` generates
+from a seed (a Mahimahi file and ``seconds Mbit/s`` pairs; ``benchmarks/make_traces.py`` writes them). ``rayleigh``
+traces are generated from a seed (block fading: per block, |h|² ~ Exp(1), Shannon rate).
 """
 
 from __future__ import annotations
 
 import bisect
 import csv
+import math
+import random
+import statistics
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -61,6 +66,17 @@ class Trace:
     def rate_at(self, t_s: float) -> float:
         """The rate in force at emulated time ``t_s`` (the trace repeats)."""
         return self.mbps[bisect.bisect_right(self.times_s, t_s % self.period_s) - 1]
+
+    def mbit_between(self, start_s: float, end_s: float) -> float:
+        """Megabits the trace offers from emulated ``start_s`` to ``end_s``: its rate integrated over time (it
+        repeats). Divided by the duration, the rate a transfer over that interval should have achieved."""
+        return self._mbit_until(end_s) - self._mbit_until(start_s)
+
+    def _mbit_until(self, t_s: float) -> float:
+        loops, within = divmod(t_s, self.period_s)
+        step = bisect.bisect_right(self.times_s, within) - 1
+        before = sum(r * (end - t) for t, end, r in zip(self.times_s[:step], self.times_s[1:step + 1], self.mbps))
+        return loops * self.mean_mbps * self.period_s + before + self.mbps[step] * (within - self.times_s[step])
 
     def changes(self, until_s: float) -> list[tuple[float, float]]:
         """Every (time, rate) step from 0 to ``until_s``, the loop unrolled."""
@@ -152,11 +168,56 @@ def rayleigh_trace(seed: int = 0, mean_snr_db: float = 10.0, bandwidth_mhz: floa
     return Trace(f"rayleigh_{seed}", times, tuple(float(round(r, 3)) for r in rates), blocks * block_s)
 
 
+def random_walk_rates(seed: int, steps: int, low_mbps: float, high_mbps: float, max_factor: float) -> list[float]:
+    """Rates that wander in log space between ``low_mbps`` and ``high_mbps``, from their geometric mean: each step
+    multiplies the rate by a factor log-uniform in [1/max_factor, max_factor], reflected at the bounds. Drawn with
+    ``random.Random(seed).random()``, whose sequence for a seed Python keeps across versions."""
+    rng, low, high = random.Random(seed), math.log(low_mbps), math.log(high_mbps)
+    level, rates = (low + high) / 2, []
+    for _ in range(steps):
+        rates.append(math.exp(level))
+        level += (2 * rng.random() - 1) * math.log(max_factor)
+        level = low + abs(level - low)  # reflected at the bounds
+        level = high - abs(high - level)
+    return rates
+
+
+def mahimahi_opportunities(rates_mbps: list[float], bin_s: float = MAHIMAHI_BIN_S) -> list[int]:
+    """A Mahimahi trace that gives ``rates_mbps``, one rate per ``bin_s``: each bin's 1500-byte delivery
+    opportunities (the rate's, rounded to whole packets, at least one) spread evenly over it, in integer ms, each in
+    the middle of its share of the bin: none on a bin's edge, so the last bin's last one is past its start and
+    :func:`mahimahi_trace` counts every bin."""
+    bin_ms = round(bin_s * 1e3)
+    lines = []
+    for index, rate in enumerate(rates_mbps):
+        packets = max(1, round(rate * 1e6 * bin_s / 8 / MAHIMAHI_PACKET_BYTES))
+        lines.extend(index * bin_ms + (2 * slot + 1) * bin_ms // (2 * packets) for slot in range(packets))
+    return lines
+
+
+def shipped_trace_files() -> dict[str, str]:
+    """The generated traces shipped in ``conf/traces``, by file name: synthetic, no measured data; each seed was
+    picked, of the first thirty, for a walk that spans most of 1-20 Mbit/s.
+
+    - ``walk_100ms_mahimahi.up``: Mahimahi's format, 8 s, a new rate every 100 ms (factor up to 1.5 each);
+    - ``steps_500ms_pairs.log``: ``seconds Mbit/s`` pairs, 10 s, a new rate every 0.5 s (factor up to 2 each).
+    """
+    walk = random_walk_rates(seed=20, steps=80, low_mbps=1.0, high_mbps=20.0, max_factor=1.5)
+    steps = random_walk_rates(seed=5, steps=20, low_mbps=1.0, high_mbps=20.0, max_factor=2.0)
+    return {"walk_100ms_mahimahi.up": "".join(f"{ms}\n" for ms in mahimahi_opportunities(walk)),
+            "steps_500ms_pairs.log": "".join(f"{i * 0.5:.1f} {rate:.2f}\n" for i, rate in enumerate(steps))}
+
+
 class TracePlayer:
     """Applies a trace to a live link in a background thread: rate at emulated time t is set at real t × TDF.
 
-    A new TDF (:meth:`retime`) keeps the trace's place: emulated time goes on from where it was, at the new pace.
+    Changing a qdisc takes real time (2-3 ms for both directions here under load, at times 10 or more), so each step
+    is begun early by the median time the last ``LEAD_CALLS`` changes took: it lands about on its instant rather than
+    always after it. A new TDF (:meth:`retime`) keeps the trace's place: emulated time goes on from where it was, at
+    the new pace.
     """
+
+    LEAD_CALLS = 15
 
     def __init__(self, trace: Trace, set_rate: Callable[[float], None], tdf: float, horizon_s: float = 3600) -> None:
         self.trace, self.set_rate, self.tdf = trace, set_rate, tdf
@@ -167,10 +228,11 @@ class TracePlayer:
         self.start_ns = 0
         self.applied = threading.Condition()
         self.applied_steps = 0  # steps whose rate the link has (set_rate returned)
+        self.call_s: deque[float] = deque(maxlen=self.LEAD_CALLS)  # real seconds each of the last set_rate calls took
         self.thread = threading.Thread(target=self._play, daemon=True, name="trace-player")
 
     def start(self) -> "TracePlayer":
-        self.set_rate(self.steps[0][1])
+        self.set_rate(self.steps[0][1])  # not timed for the lead: a first change of a fresh qdisc is slower
         self.applied_steps = 1
         self.start_ns = time.monotonic_ns()
         self.thread.start()
@@ -196,9 +258,18 @@ class TracePlayer:
         self.start_ns, self.tdf = now - int(emulated * tdf * 1e9), tdf
         self.wake.set()
 
+    def lead_s(self) -> float:
+        """How early (real seconds) the next step begins: the median time the last changes took."""
+        return statistics.median(self.call_s) if self.call_s else 0.0
+
+    def _apply(self, mbps: float) -> None:
+        started = time.monotonic_ns()
+        self.set_rate(mbps)
+        self.call_s.append((time.monotonic_ns() - started) / 1e9)
+
     def _play(self) -> None:
         for t_s, mbps in self.steps[1:]:
-            while (wait := self.start_ns / 1e9 + t_s * self.tdf - time.monotonic_ns() / 1e9) > 0:
+            while (wait := self.start_ns / 1e9 + t_s * self.tdf - self.lead_s() - time.monotonic_ns() / 1e9) > 0:
                 self.wake.wait(wait)
                 self.wake.clear()
                 if self.stop_event.is_set():
@@ -206,7 +277,7 @@ class TracePlayer:
             if self.stop_event.is_set():
                 return
             try:
-                self.set_rate(mbps)
+                self._apply(mbps)
             except RuntimeError:  # the topology went down: the run is over
                 return
             with self.applied:

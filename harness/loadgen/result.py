@@ -68,6 +68,12 @@ def overrun_pct(result: RunResult, seq: int) -> float:
     latency = latency_ms(result, seq)
     return 100 * overrun_cost_ms(result, seq) / latency if latency > 0 else 0.0
 
+# A transfer measures the link's rate only when it is large and long enough: smaller ones measure delay, not bandwidth;
+# 10 emulated ms is ten times the kernel bucket's 1 ms burst, so that the burst is within 10 %.
+GOODPUT_MIN_BYTES = 16 * 1024
+GOODPUT_MIN_MS = 10.0
+
+
 def goodput_mbps(nbytes: float, seconds: float) -> float:
     """Payload delivered per second, in Mbit/s; ``seconds`` undilated (real seconds / TDF). The one goodput
     formula: the pre-run probe, a dynamic run's estimates and a run's measured bandwidth all read it."""

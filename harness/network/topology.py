@@ -52,6 +52,7 @@ class _Link:
     b: str
     spec: LinkSpec
     ifname: dict[str, str] = field(default_factory=dict)
+    ifindex: dict[str, int] = field(default_factory=dict)  # per end, once the veth exists: a rate change looks up none
     address: dict[str, str] = field(default_factory=dict)
 
 
@@ -194,7 +195,7 @@ class Topology:
                                    peer={"ifname": link.ifname[link.b], "net_ns_fd": peer_namespace})
             for end in (link.a, link.b):
                 ip = self._ipr[end]
-                index = ip.link_lookup(ifname=link.ifname[end])[0]
+                index = link.ifindex[end] = ip.link_lookup(ifname=link.ifname[end])[0]
                 ip.addr("add", index=index, address=link.address[end], prefixlen=30)
                 ip.link("set", index=index, state="up")
                 self._shape(end, link, "add")
@@ -202,9 +203,8 @@ class Topology:
     def _shape(self, end: str, link: _Link, command: str) -> None:
         """Egress qdisc of ``end``'s veth: shapes the direction end -> peer."""
         if self.backend != "userspace":
-            ip = self._ipr[end]
-            shape(ip, ip.link_lookup(ifname=link.ifname[end])[0], self.backend, link.spec, self.tdf,
-                  self.compensate_headers, command)
+            shape(self._ipr[end], link.ifindex[end], self.backend, link.spec, self.tdf, self.compensate_headers,
+                  command)
 
     # -- shaping ---------------------------------------------------------------------------------------------------
 
