@@ -52,10 +52,6 @@ class Codec:
         return self.name != "raw"
 
     @property
-    def is_image(self) -> bool:
-        return self.name in ("uint8", "png", "jpeg")
-
-    @property
     def lossless(self) -> bool:
         """Decoding gives back the exact tensor (``uint8``/``png``: of an input made from an image's bytes)."""
         return self.name in ("raw", "uint8", "png")
@@ -169,15 +165,6 @@ class Codecs:
             return self.input
         is_float32 = node.out_shape is not None and node.out_bytes == 4 * math.prod(node.out_shape)
         return self.features if is_float32 else Codec()
-
-    def to_dict(self) -> dict[str, object]:
-        return {"input": self.input.name, "features": self.features.name, "jpeg_quality": self.input.quality}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> "Codecs":
-        """As a worker receives them (checked: an unknown codec is refused)."""
-        return cls.of(str(data.get("input", "raw")), str(data.get("features", "raw")),
-                      int(data.get("jpeg_quality", 90)))  # type: ignore[arg-type]
 
     @property
     def label(self) -> str:

@@ -19,6 +19,8 @@ from torchvision.transforms.v2 import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)  # made once: a codec converts every inference's input
+_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 # (package, file inside it): photographs of everyday scenes, in the order inputs cycle through them.
 PHOTOGRAPHS = (
@@ -76,16 +78,12 @@ def photograph(index: int, height: int, width: int) -> torch.Tensor:
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """uint8 [N, 3, H, W] -> the float32 input the model takes."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    return (images.float() / 255.0 - _MEAN) / _STD
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """The inverse of :func:`normalise`, rounded: exact for an input that :func:`normalise` made."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return ((x * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return ((x * _STD + _MEAN) * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
 def natural_batch(shape: tuple[int, ...], index: int) -> torch.Tensor:
