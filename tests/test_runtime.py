@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from pyroute2 import IPRoute, netns
 
 from hardware.topology import Hardware
-from harness.network import namespaces, shaping
+from harness.network import namespaces, shaping, zygote
 from harness.worker import wire
 from harness.config import build_hardware, register, resolve
 from partitioners.base import cut_problem
@@ -112,16 +112,26 @@ def net_leftovers(owner: int) -> list[str]:
 
 
 def marked_workers(marker: str) -> list[psutil.Process]:
-    """Live ``harness.worker`` processes whose environment carries ``marker`` (so: started for this test)."""
+    """Live ``harness.worker`` processes (spawned, or forked by a worker zygote, which names them) whose environment
+    at start carries ``marker`` (so: started for this test)."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "name"]):
         try:
-            if "harness.worker" in (proc.info["cmdline"] or []) and proc.environ().get(MARK) == marker \
+            is_worker = "harness.worker" in (proc.info["cmdline"] or []) or proc.info["name"] == "harness.worker"
+            if is_worker and proc.environ().get(MARK) == marker \
                     and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
     return found
+
+
+def endpoint_of(worker: psutil.Process) -> str | None:
+    """The endpoint a local worker serves: its output goes to ``<endpoint>.log``."""
+    try:
+        return Path(os.readlink(f"/proc/{worker.pid}/fd/1")).stem
+    except OSError:
+        return None
 
 
 def assert_nothing_left(owner: int, marker: str) -> None:
@@ -137,6 +147,7 @@ def marker(monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh marker in this process's environment; every worker it starts inherits it. Checks cleanup after."""
     value = uuid.uuid4().hex
     monkeypatch.setenv(MARK, value)
+    zygote.close_shared()  # workers are forked by a zygote: one started now has the marker in its environment
     yield value
     assert_nothing_left(os.getpid(), value)
 
@@ -308,8 +319,7 @@ def test_malformed_frames_on_the_data_port_do_not_crash_the_server(case: CutCase
         deadline = time.monotonic() + 120
         device_worker = None
         while device_worker is None and time.monotonic() < deadline and runner.is_alive():
-            device_worker = next((p for p in marked_workers(marker) if any("device.sock" in a for a in p.cmdline())),
-                                 None)
+            device_worker = next((p for p in marked_workers(marker) if endpoint_of(p) == "device"), None)
             time.sleep(0.01)
         assert device_worker is not None, outcome
         names = {n.rsplit("-", 1)[1]: n for n in netns.listnetns() if n.startswith(mine)}

@@ -152,7 +152,8 @@ def test_a_users_config_folder_is_hashed_with_the_code_and_leaves_the_project_cl
     assert not any(p.is_relative_to(tmp_path) for p in records.source_files())  # not the project's: never -dirty
 
 
-def test_configuration_errors_print_one_line_without_traceback(tracking_uri: str, tmp_path: Path) -> None:
+def test_configuration_errors_print_one_line_without_traceback(tracking_uri: str, tmp_path: Path,
+                                                              empty_store: Path) -> None:
     cases = {"link.bandwitdh_mbps=5": "error: unknown key 'link.bandwitdh_mbps' in the command line; accepted keys:",
              "hardware.num_servers=9": "error: hardware.num_servers must be in 2..4, got 9",
              "model.input_shape=[3,64,64]": "error: model.input_shape=[3, 64, 64] does not fit model 'resnet18'"}
@@ -160,7 +161,7 @@ def test_configuration_errors_print_one_line_without_traceback(tracking_uri: str
         proc = run_cli(["model=resnet18", override], tracking_uri, tmp_path)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(line), proc.stderr
-    assert not (tmp_path / "mlflow.db").exists()  # nothing ran, nothing recorded
+    assert (tmp_path / "mlflow.db").read_bytes() == empty_store.read_bytes()  # nothing ran, nothing recorded
     full = run_cli(["hardware.num_servers=9"], tracking_uri, tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert full.returncode != 0 and "Traceback" in full.stderr and "got 9" in full.stderr
 

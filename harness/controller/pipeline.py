@@ -27,7 +27,7 @@ from harness.controller.predict import Prediction, predict
 from harness.controller.records import RunRecord, environment
 from harness.controller.session import ModelCache, WorkerPool, release_pool, worker_pool
 from harness.controller.stale_runs import end_dead_runs
-from harness.controller.runtime import run_workers
+from harness.controller.runtime import run_workers, worker_zygote
 from harness.loadgen.dilation import retry_tdf
 from harness.loadgen.errors import RunFailed
 from harness.worker.serve import compute_device, device_name
@@ -208,6 +208,8 @@ def run_job(exp: Experiment, multirun: bool = False, launch: str | None = None) 
     pool = worker_pool() if reuse else None
     if pool is None and exp.mode != "predict":
         release_pool()  # a job that does not reuse does not share the machine with the last job's workers
+    if exp.mode == "run" and not exp.runtime.remote:
+        worker_zygote()  # the workers' imports run beside this job's set-up (tracing, deciding, the record)
     with phases.job():
         return _record_job(exp, pool, multirun, launch)
 

@@ -14,7 +14,6 @@ import secrets
 import selectors
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -38,10 +37,12 @@ from harness.network.link import LinkSpec
 from harness.network.base import Network
 from harness.network.remote import RemoteNetwork
 from harness.network.topology import Topology
+from harness.network.zygote import Zygote, shared_zygote
 
 from harness import PROJECT_ROOT
 
 HANDSHAKE_TIMEOUT_S = 30.0
+WORKER_IMPORTS = ("harness.worker.serve",)  # what the worker zygote imports once (torch, torchvision, the worker)
 
 
 # How long a worker's error report waits for a peer's death to become visible (see Controller._blame).
@@ -57,6 +58,25 @@ class WorkerSpec:
 
 
 Secrets = Union[str, Mapping[str, str], None]  # one for every worker, one per endpoint, or None: this run's own
+
+
+def worker_environment(token: str = "") -> dict[str, str]:
+    """The environment of a worker this machine starts: one thread until the worker sets its own, allocations
+    returned to the OS (so its peak RSS is honest), the run's secret (in the environment: ps shows command lines)."""
+    env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SPLITBENCH_WORKER": "1",
+           "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed weights go back to the OS, so peak RSS is honest
+    if token:
+        env["SPLITBENCH_TOKEN"] = token
+    else:
+        env.pop("SPLITBENCH_TOKEN", None)
+    return env
+
+
+def worker_zygote() -> Zygote:
+    """This process's worker zygote: torch, torchvision and the worker imported once, each worker forked from it
+    (started now where there is none; a job that will start workers calls this early, to import beside its own work)."""
+    return shared_zygote(WORKER_IMPORTS, worker_environment(), str(PROJECT_ROOT))
 
 
 class _Endpoint:
@@ -117,19 +137,17 @@ class Controller:
         self._set_up()
 
     def _spawn(self, endpoint: str) -> _Endpoint:
-        """Start ``endpoint``'s worker in its namespace; it listens on a Unix control socket in ``self.tmp``."""
+        """Start ``endpoint``'s worker in its namespace, forked by this process's worker zygote (its imports done
+        once); it listens on a Unix control socket in ``self.tmp``."""
         count("workers_started")
-        env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SPLITBENCH_WORKER": "1",
-               "SPLITBENCH_TOKEN": self.token,  # in the environment, not on a command line that ps shows
-               "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed weights go back to the OS, so peak RSS is honest
+        env = worker_environment(self.token)
         path = self.tmp / f"{endpoint}.sock"
         log_path = self.tmp / f"{endpoint}.log"
+        # The harness's own workers build whatever model this run names: the user chose it here.
+        args = [*self.worker_args, "--control", f"unix:{path}", "--allow-models", "*"]
         with log_path.open("w") as log:
-            # The harness's own workers build whatever model this run names: the user chose it here.
-            proc = self.topology.spawn(endpoint, [sys.executable, "-m", "harness.worker", *self.worker_args,
-                                                  "--control", f"unix:{path}", "--allow-models", "*"], env=env,
-                                       stdout=log, stderr=log, cwd=PROJECT_ROOT)
+            proc = self.topology.fork(endpoint, worker_zygote(), "harness.worker", args, env,  # type: ignore[attr-defined]
+                                      str(PROJECT_ROOT), log)
         return _Endpoint(endpoint, proc, None, log_path)  # type: ignore[arg-type]
 
     def _start_remote(self) -> None:

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from harness.network.namespaces import enter_namespace
+from harness.network.namespaces import enter_namespace, namespace_path
+from harness.network.zygote import ForkedProcess, Zygote
 
 log = logging.getLogger("harness.network")
 
@@ -24,7 +25,7 @@ log = logging.getLogger("harness.network")
 class Spawned:
     endpoint: str
     argv: list[str]
-    proc: subprocess.Popen
+    proc: subprocess.Popen | ForkedProcess
     group: bool
     critical: bool
 
@@ -53,6 +54,16 @@ class Processes:
         proc = subprocess.Popen(list(argv), preexec_fn=in_namespace, **popen_kwargs)
         with self._lock:
             self.spawned.append(Spawned(endpoint, list(argv), proc, bool(group), critical))
+        return proc
+
+    def fork(self, endpoint: str, namespace: str | None, zygote: Zygote, module: str, args: Sequence[str],
+             env: dict[str, str], cwd: str, log: Any, critical: bool = True) -> ForkedProcess:
+        """``python -m module args`` forked by ``zygote`` in its own session (and ``namespace``), writing to ``log``;
+        watched and killed like a spawned process."""
+        proc = zygote.spawn(module, args, env, cwd, log.fileno(), log.fileno(),
+                            None if namespace is None else namespace_path(namespace))
+        with self._lock:
+            self.spawned.append(Spawned(endpoint, ["python", "-m", module, *args], proc, True, critical))
         return proc
 
     def watch(self) -> None:

@@ -32,6 +32,7 @@ from harness.network.link import BackendError, LinkSpec
 from harness.network.namespaces import (DEFAULT_PREFIX, PREFIX_PATTERN, cleanup_stale, create_namespace,
                                        ipr_in, namespace_path, remove_namespace, socket_in)
 from harness.network.processes import Processes
+from harness.network.zygote import ForkedProcess, Zygote
 from harness.worker.pacer import Pacer
 from harness.network.shaping import (BACKENDS, HEADER_FACTOR, KERNEL_RATE_BACKENDS, available_backends, burst_bytes,
                                      kernel_rate, namespaces_available, privilege, shape)
@@ -300,6 +301,13 @@ class Topology:
         with self._lock:
             self._require_up()
             return self.processes.spawn(endpoint, self.netns(endpoint), argv, critical, **popen_kwargs)
+
+    def fork(self, endpoint: str, zygote: Zygote, module: str, args: Sequence[str], env: dict[str, str], cwd: str,
+             log: Any, critical: bool = True) -> ForkedProcess:
+        """``python -m module args`` forked by ``zygote`` into ``endpoint``'s namespace, as :meth:`spawn` starts it."""
+        with self._lock:
+            self._require_up()
+            return self.processes.fork(endpoint, self.netns(endpoint), zygote, module, args, env, cwd, log, critical)
 
     def record(self) -> dict[str, Any]:
         """What the run records about its links: backend, dilation, compensation, per-link kernel settings."""

@@ -1,0 +1,287 @@
+"""Start ``python -m MODULE ARGS`` processes in a fraction of their import time: fork them from a *zygote*.
+
+A worker spends ~3 s of CPU importing torch and torchvision before it can listen, every run, on each endpoint.
+The zygote is one process, started once per controller process (``python -m harness.network.zygote MODULE...``),
+that imports those modules and then only forks: each child enters its own session and, where asked, a network
+namespace, takes its standard streams, working directory and environment from the request, and runs the module as
+``__main__``, as ``python -m`` would. It never runs a tensor operation, so the children start with no thread pool
+to inherit. Settings a process reads once at start (``MALLOC_MMAP_THRESHOLD_``, ``OMP_NUM_THREADS``) are the
+zygote's own: a zygote serves one such environment (:func:`shared_zygote` starts one per environment).
+
+The zygote reaps its children and reports each exit status, so a child's handle answers like a ``Popen``'s
+(``poll``, ``wait``, ``returncode``, ``send_signal``). It exits when its controller's end of the socket closes (the
+controller exited, or was killed); the children it started live on and are ended by whoever started them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Sequence
+
+MAX_MESSAGE = 1 << 20
+
+
+class ZygoteError(RuntimeError):
+    """The zygote could not start a process (it exited, or refused the request)."""
+
+
+class ForkedProcess:
+    """A process forked by a zygote, with the part of ``subprocess.Popen``'s interface the topology uses."""
+
+    def __init__(self, zygote: "Zygote", pid: int) -> None:
+        self.zygote, self.pid = zygote, pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self.zygote.exit_code(self.pid)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            self.zygote.exited.wait(0.02)
+        return self.returncode  # type: ignore[return-value]
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class Zygote:
+    """The controller's handle on one zygote process: ``spawn`` forks a child, ``close`` ends the zygote."""
+
+    def __init__(self, preload: Sequence[str], env: dict[str, str], cwd: str | None = None) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.network.zygote", str(theirs.fileno()), *preload],
+                                     pass_fds=[theirs.fileno()], env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.sock = ours
+        self.exited = threading.Event()  # set (and cleared) whenever an exit is reported
+        self._codes: dict[int, int] = {}
+        self._replies: list[dict[str, Any]] = []
+        self._reply = threading.Condition()
+        self._lock = threading.Lock()  # one request at a time
+        self._reader = threading.Thread(target=self._read, name="zygote-reader", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(MAX_MESSAGE)
+            except OSError:
+                data = b""
+            if not data:
+                with self._reply:
+                    self._replies.append({"error": "the zygote exited"})
+                    self._reply.notify_all()
+                self.exited.set()
+                return
+            msg = json.loads(data)
+            if "exited" in msg:
+                self._codes[int(msg["exited"])] = int(msg["code"])
+                self.exited.set()
+                self.exited.clear()
+            else:
+                with self._reply:
+                    self._replies.append(msg)
+                    self._reply.notify_all()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and self._reader.is_alive()
+
+    def exit_code(self, pid: int) -> int | None:
+        """The child's exit code (negative: the signal that ended it); None while it runs. A child whose zygote is
+        gone cannot be reaped by it: then it counts as exited once no process has its pid."""
+        if pid in self._codes:
+            return self._codes[pid]
+        if not self._reader.is_alive():
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return self._codes.setdefault(pid, -signal.SIGKILL)
+        return None
+
+    def spawn(self, module: str, args: Sequence[str], env: dict[str, str], cwd: str, stdout: int, stderr: int,
+              namespace: str | None = None, timeout_s: float = 60.0) -> ForkedProcess:
+        """Fork ``python -m module args`` with ``env``, ``cwd`` and the file descriptors ``stdout``/``stderr``,
+        inside the network namespace bound at path ``namespace`` when one is given."""
+        request = json.dumps({"module": module, "args": list(args), "env": env, "cwd": cwd,
+                              "namespace": namespace}).encode()
+        with self._lock:
+            with self._reply:
+                self._replies.clear()
+            try:
+                socket.send_fds(self.sock, [request], [stdout, stderr])
+            except OSError as exc:
+                raise ZygoteError(f"the zygote cannot take requests: {exc}") from exc
+            with self._reply:
+                if not self._reply.wait_for(lambda: self._replies, timeout_s):
+                    raise ZygoteError(f"the zygote did not fork {module} within {timeout_s:.0f} s")
+                reply = self._replies.pop(0)
+        if "pid" not in reply:
+            raise ZygoteError(f"the zygote could not fork {module}: {reply.get('error')}")
+        return ForkedProcess(self, int(reply["pid"]))
+
+    def close(self) -> None:
+        """End the zygote (its children live on)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# What a process reads from its environment once, at start (the allocator, thread pools, the interpreter, the
+# loader): children of one zygote share these; every other variable is each child's own.
+READ_AT_START = ("MALLOC_", "OMP_", "MKL_", "KMP_", "GOMP_", "PYTHON", "LD_", "TORCH_", "CUDA_")
+
+_zygotes: dict[tuple[Any, ...], Zygote] = {}
+_zygotes_lock = threading.Lock()
+
+
+def shared_zygote(preload: Sequence[str], env: dict[str, str], cwd: str) -> Zygote:
+    """This process's zygote for ``preload`` whose start-time environment is ``env``'s, started in ``cwd`` (the
+    first entry of its children's import path); started now if there is none, or it died."""
+    key = (tuple(preload), cwd, tuple(sorted((k, v) for k, v in env.items() if k.startswith(READ_AT_START))))
+    with _zygotes_lock:
+        zygote = _zygotes.get(key)
+        if zygote is None or not zygote.alive():
+            zygote = _zygotes[key] = Zygote(preload, env, cwd)
+        return zygote
+
+
+# -- the zygote process ----------------------------------------------------------------------------------------------
+
+def _child(sock: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+    """In the forked child: become the requested ``python -m`` process; never returns."""
+    code = 1
+    try:
+        os.setsid()
+        _name_process(request["module"])
+        sock.close()
+        for target, fd in zip((1, 2), fds):
+            os.dup2(fd, target)
+        for fd in fds:
+            os.close(fd)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        if request.get("namespace"):
+            from harness.network.namespaces import enter_namespace
+            enter_namespace(request["namespace"])
+        import runpy
+        sys.argv = [request["module"], *request["args"]]
+        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001  (the child must never return into the zygote's loop)
+        import traceback
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _name_process(module: str) -> None:
+    """Show the module as this process's name (``ps -o comm``, ``top``): its command line stays the zygote's."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(15, module.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
+def close_shared() -> None:
+    """End this process's shared zygotes; the next :func:`shared_zygote` starts afresh (with the environment then)."""
+    with _zygotes_lock:
+        zygotes = list(_zygotes.values())
+        _zygotes.clear()
+    for zygote in zygotes:
+        zygote.close()
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        sock.send(json.dumps({"exited": pid, "code": os.waitstatus_to_exitcode(status)}).encode())
+
+
+def serve(sock: socket.socket) -> None:
+    """Fork a child per request; report every child's exit; return when the controller's end closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the controller's to handle; EOF ends the zygote
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    while True:
+        readable, _, _ = select.select([sock, wake_r], [], [])
+        if wake_r in readable:
+            os.read(wake_r, 4096)
+        _reap(sock)
+        if sock not in readable:
+            continue
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 2)
+        except OSError:
+            return
+        if not data:
+            return
+        try:
+            request = json.loads(data)
+            pid = os.fork()
+        except (ValueError, OSError) as exc:
+            for fd in fds:
+                os.close(fd)
+            sock.send(json.dumps({"error": str(exc)}).encode())
+            continue
+        if pid == 0:
+            _child(sock, request, fds)
+        for fd in fds:
+            os.close(fd)
+        sock.send(json.dumps({"pid": pid}).encode())
+
+
+def main(argv: Sequence[str]) -> None:
+    sock = socket.socket(fileno=int(argv[0]))
+    for module in argv[1:]:
+        __import__(module)
+    serve(sock)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

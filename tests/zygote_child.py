@@ -1,0 +1,25 @@
+"""A module the zygote tests start with ``python -m``: ``report PATH`` writes what the process sees, ``exit N``
+exits with N, ``sleep`` waits to be killed, ``raise`` raises."""
+
+import json
+import os
+import socket
+import sys
+import time
+
+if __name__ == "__main__":
+    what = sys.argv[1]
+    if what == "report":
+        seen = {"argv": sys.argv[1:], "marker": os.environ.get("ZYGOTE_TEST_MARKER"), "cwd": os.getcwd(),
+                "pid": os.getpid(), "session": os.getsid(0), "stdin": sys.stdin.read(),
+                "interfaces": [name for _, name in socket.if_nameindex()]}
+        with open(sys.argv[2], "w") as f:
+            json.dump(seen, f)
+        print("reported", flush=True)
+    elif what == "exit":
+        sys.exit(int(sys.argv[2]))
+    elif what == "sleep":
+        print("sleeping", flush=True)
+        time.sleep(600)
+    elif what == "raise":
+        raise ValueError("the child's own error")
