@@ -203,32 +203,41 @@ class _NodeByNode(fx.Interpreter):
 def test_node_times_add_up_to_the_whole_model_as_it_really_runs(tmp_path: Path) -> None:
     """A chain of 121 small nodes: timed one at a time, their sum overshoots the model's real time (the per-node
     work of timing them alone weighs as much as a node); measured in context and corrected, the profile's whole
-    model is the real one within 5 %."""
+    model is the real one within 5 %. Wall-clock figures on a shared machine: a systematic error fails every one of
+    three attempts, a burst of load on another core only one."""
     spec = ModelSpec("many_small", "tests.user_models.build_many_small", (1, 3, 32, 32), 0, {"depth": 60})
     graph = build_graph(spec)
     x = graph.example_input
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    attempts = []
     try:
         with torch.no_grad():
             for _ in range(5):
                 graph.module(x)
-            alone = []
-            for _ in range(15):
-                interpreter = _NodeByNode(graph.module)
-                interpreter.run(x)
-                alone.append(interpreter.total_ms)
-            before_ms = median_ms(lambda: graph.module(x), 41)
-            profile = LocalProfile(warmup=3, repeats=15, cache_dir=str(tmp_path)).node_ms(graph)
-            after_ms = median_ms(lambda: graph.module(x), 41)
+            for attempt in range(3):
+                alone = []
+                for _ in range(15):
+                    interpreter = _NodeByNode(graph.module)
+                    interpreter.run(x)
+                    alone.append(interpreter.total_ms)
+                before_ms = median_ms(lambda: graph.module(x), 41)
+                profile = LocalProfile(warmup=3, repeats=15, cache_dir=str(tmp_path / str(attempt))).node_ms(graph)
+                after_ms = median_ms(lambda: graph.module(x), 41)
+                real_ms = min((before_ms, after_ms), key=lambda t: abs(t - sum(profile.values())))  # drift
+                attempts.append((statistics.median(alone), sum(profile.values()), real_ms))
+                shows_error = statistics.median(alone) > 1.15 * real_ms
+                if shows_error and sum(profile.values()) == pytest.approx(real_ms, rel=0.05):
+                    break
     finally:
         torch.set_num_threads(previous)
-    real_ms = min((before_ms, after_ms), key=lambda t: abs(t - sum(profile.values())))  # the machine may drift
-    assert statistics.median(alone) > 1.15 * real_ms, "the model no longer shows the error the profile corrects"
-    assert sum(profile.values()) == pytest.approx(real_ms, rel=0.05)
-    meta = profiles.read_meta(LocalProfile(cache_dir=str(tmp_path)).cache_path(graph))
+    assert statistics.median(alone) > 1.15 * real_ms, ("the model no longer shows the error the profile corrects",
+                                                       attempts)
+    assert sum(profile.values()) == pytest.approx(real_ms, rel=0.05), attempts
+    cache = str(tmp_path / str(len(attempts) - 1))  # the last attempt's profile
+    meta = profiles.read_meta(LocalProfile(cache_dir=cache).cache_path(graph))
     assert meta["whole_ms"] == pytest.approx(sum(profile.values()), rel=1e-3)
-    assert LocalProfile(cache_dir=str(tmp_path)).measured_whole_ms(graph) == meta["whole_ms"]
+    assert LocalProfile(cache_dir=cache).measured_whole_ms(graph) == meta["whole_ms"]
 
 
 def test_a_profile_repeats_a_small_model_for_its_minimum_time(monkeypatch: pytest.MonkeyPatch) -> None:

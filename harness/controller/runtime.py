@@ -146,8 +146,8 @@ class Controller:
         # The harness's own workers build whatever model this run names: the user chose it here.
         args = [*self.worker_args, "--control", f"unix:{path}", "--allow-models", "*"]
         with log_path.open("w") as log:
-            proc = self.topology.fork(endpoint, worker_zygote(), "harness.worker", args, env,  # type: ignore[attr-defined]
-                                      str(PROJECT_ROOT), log)
+            proc = self.topology.fork(  # type: ignore[attr-defined]  (local: a Topology)
+                endpoint, worker_zygote(), "harness.worker", args, env, str(PROJECT_ROOT), log)
         return _Endpoint(endpoint, proc, None, log_path)  # type: ignore[arg-type]
 
     def _start_remote(self) -> None:
