@@ -47,6 +47,18 @@ def test_a_child_is_its_module_run_as_main_with_its_own_arguments_environment_di
     assert (tmp_path / "child.log").read_text() == "reported\n"
 
 
+def test_a_child_inherits_the_descriptors_it_is_given_at_the_numbers_asked(zygote, tmp_path):
+    read_end, write_end = os.pipe()
+    log = open(tmp_path / "child.log", "w")
+    with log:
+        proc = zygote.spawn(CHILD, ["write", "3"], dict(os.environ), str(tmp_path), log.fileno(), log.fileno(),
+                            fds={3: write_end})
+    os.close(write_end)
+    assert proc.wait(timeout=30) == 0
+    assert os.read(read_end, 100) == b"through the inherited descriptor"
+    os.close(read_end)
+
+
 def test_exit_codes_signals_and_waits_answer_like_popen(zygote, tmp_path):
     assert fork(zygote, tmp_path, "exit", "3").wait(timeout=30) == 3
     sleeper = fork(zygote, tmp_path, "sleep")

@@ -1,5 +1,5 @@
-"""A module the zygote tests start with ``python -m``: ``report PATH`` writes what the process sees, ``exit N``
-exits with N, ``sleep`` waits to be killed, ``raise`` raises."""
+"""A module the zygote tests start with ``python -m``: ``report PATH`` writes what the process sees, ``write FD``
+writes to an inherited descriptor, ``exit N`` exits with N, ``sleep`` waits to be killed, ``raise`` raises."""
 
 import json
 import os
@@ -16,6 +16,8 @@ if __name__ == "__main__":
         with open(sys.argv[2], "w") as f:
             json.dump(seen, f)
         print("reported", flush=True)
+    elif what == "write":  # to an inherited descriptor
+        os.write(int(sys.argv[2]), b"through the inherited descriptor")
     elif what == "exit":
         sys.exit(int(sys.argv[2]))
     elif what == "sleep":

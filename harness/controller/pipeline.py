@@ -27,7 +27,7 @@ from harness.controller.predict import Prediction, predict
 from harness.controller.records import RunRecord, environment
 from harness.controller.session import ModelCache, WorkerPool, release_pool, worker_pool
 from harness.controller.stale_runs import end_dead_runs
-from harness.controller.runtime import run_workers, worker_zygote
+from harness.controller.runtime import run_workers, share_weights, worker_zygote
 from harness.loadgen.dilation import retry_tdf
 from harness.loadgen.errors import RunFailed
 from harness.worker.serve import compute_device, device_name
@@ -62,6 +62,8 @@ def run_experiment(exp: Experiment, rec: RunRecord, graph: ModelGraph | None = N
     if dilation.auto is not None:  # the profile set the TDF the warm-up runs at; the workers' compute sets the rest
         metrics["tdf_from_profile"] = dilation.tdf
         rec.set_tags({"tdf_set_by": dilation.set_by or "", "tdf_source": "profile"})
+    if not exp.runtime.remote:  # the local workers map the controller's weights instead of drawing them again
+        share_weights(exp.model, graph.module)
     end_setup()
     workers = strategy.workers(plan, dilation.tdf, dilation.pads)
     hook = strategy.make_hook(exp.method, decision.prepared, plan)

@@ -38,6 +38,8 @@ from harness.network.base import Network
 from harness.network.remote import RemoteNetwork
 from harness.network.topology import Topology
 from harness.network.zygote import Zygote, shared_zygote
+from harness.model.models import ModelSpec
+from harness.model.weights import WEIGHTS_FD_ENV, spec_key, write_shared
 
 from harness import PROJECT_ROOT
 
@@ -66,11 +68,27 @@ def worker_environment(token: str = "") -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SPLITBENCH_WORKER": "1",
            "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed weights go back to the OS, so peak RSS is honest
+    env.pop(WEIGHTS_FD_ENV, None)  # only a descriptor this controller passes
     if token:
         env["SPLITBENCH_TOKEN"] = token
     else:
         env.pop("SPLITBENCH_TOKEN", None)
     return env
+
+
+WEIGHTS_FD = 3  # where a local worker finds the weights its controller wrote (harness.model.weights)
+_shared_weights: list[tuple[str, int]] = []  # the last model shared: (spec key, memory file)
+
+
+def share_weights(spec: ModelSpec, module: torch.nn.Module) -> None:
+    """Let the local workers started from now on map ``module``'s weights for ``spec`` instead of drawing them
+    again from the seed (``harness.model.weights``); the memory file of the model shared before is closed."""
+    key = spec_key(spec)
+    if _shared_weights and _shared_weights[0][0] == key:
+        return
+    for _, fd in _shared_weights:
+        os.close(fd)
+    _shared_weights[:] = [(key, write_shared(spec, module))]
 
 
 def worker_zygote() -> Zygote:
@@ -145,9 +163,13 @@ class Controller:
         log_path = self.tmp / f"{endpoint}.log"
         # The harness's own workers build whatever model this run names: the user chose it here.
         args = [*self.worker_args, "--control", f"unix:{path}", "--allow-models", "*"]
+        fds = {}
+        if _shared_weights:
+            fds[WEIGHTS_FD] = _shared_weights[0][1]
+            env[WEIGHTS_FD_ENV] = str(WEIGHTS_FD)
         with log_path.open("w") as log:
             proc = self.topology.fork(  # type: ignore[attr-defined]  (local: a Topology)
-                endpoint, worker_zygote(), "harness.worker", args, env, str(PROJECT_ROOT), log)
+                endpoint, worker_zygote(), "harness.worker", args, env, str(PROJECT_ROOT), log, fds=fds)
         return _Endpoint(endpoint, proc, None, log_path)  # type: ignore[arg-type]
 
     def _start_remote(self) -> None:

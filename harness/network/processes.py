@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from harness.network.namespaces import enter_namespace, namespace_path
 from harness.network.zygote import ForkedProcess, Zygote
@@ -57,11 +57,12 @@ class Processes:
         return proc
 
     def fork(self, endpoint: str, namespace: str | None, zygote: Zygote, module: str, args: Sequence[str],
-             env: dict[str, str], cwd: str, log: Any, critical: bool = True) -> ForkedProcess:
-        """``python -m module args`` forked by ``zygote`` in its own session (and ``namespace``), writing to ``log``;
-        watched and killed like a spawned process."""
+             env: dict[str, str], cwd: str, log: Any, critical: bool = True,
+             fds: Mapping[int, int] | None = None) -> ForkedProcess:
+        """``python -m module args`` forked by ``zygote`` in its own session (and ``namespace``), writing to ``log``,
+        inheriting ``fds`` (its descriptor -> ours); watched and killed like a spawned process."""
         proc = zygote.spawn(module, args, env, cwd, log.fileno(), log.fileno(),
-                            None if namespace is None else namespace_path(namespace))
+                            None if namespace is None else namespace_path(namespace), fds)
         with self._lock:
             self.spawned.append(Spawned(endpoint, ["python", "-m", module, *args], proc, True, critical))
         return proc

@@ -23,7 +23,7 @@ import socket
 import subprocess
 import threading
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
@@ -303,11 +303,12 @@ class Topology:
             return self.processes.spawn(endpoint, self.netns(endpoint), argv, critical, **popen_kwargs)
 
     def fork(self, endpoint: str, zygote: Zygote, module: str, args: Sequence[str], env: dict[str, str], cwd: str,
-             log: Any, critical: bool = True) -> ForkedProcess:
+             log: Any, critical: bool = True, fds: Mapping[int, int] | None = None) -> ForkedProcess:
         """``python -m module args`` forked by ``zygote`` into ``endpoint``'s namespace, as :meth:`spawn` starts it."""
         with self._lock:
             self._require_up()
-            return self.processes.fork(endpoint, self.netns(endpoint), zygote, module, args, env, cwd, log, critical)
+            return self.processes.fork(endpoint, self.netns(endpoint), zygote, module, args, env, cwd, log, critical,
+                                       fds)
 
     def record(self) -> dict[str, Any]:
         """What the run records about its links: backend, dilation, compensation, per-link kernel settings."""

@@ -15,6 +15,7 @@ controller exited, or was killed); the children it started live on and are ended
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
@@ -24,9 +25,10 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 MAX_MESSAGE = 1 << 20
+MAX_FDS = 8  # standard output and error, and what a child inherits besides
 
 
 class ZygoteError(RuntimeError):
@@ -116,16 +118,19 @@ class Zygote:
         return None
 
     def spawn(self, module: str, args: Sequence[str], env: dict[str, str], cwd: str, stdout: int, stderr: int,
-              namespace: str | None = None, timeout_s: float = 60.0) -> ForkedProcess:
+              namespace: str | None = None, fds: Mapping[int, int] | None = None,
+              timeout_s: float = 60.0) -> ForkedProcess:
         """Fork ``python -m module args`` with ``env``, ``cwd`` and the file descriptors ``stdout``/``stderr``,
-        inside the network namespace bound at path ``namespace`` when one is given."""
+        inside the network namespace bound at path ``namespace`` when one is given; ``fds`` maps a descriptor
+        number in the child to one of this process's descriptors it inherits there."""
+        fds = dict(fds or {})
         request = json.dumps({"module": module, "args": list(args), "env": env, "cwd": cwd,
-                              "namespace": namespace}).encode()
+                              "namespace": namespace, "fds": list(fds)}).encode()
         with self._lock:
             with self._reply:
                 self._replies.clear()
             try:
-                socket.send_fds(self.sock, [request], [stdout, stderr])
+                socket.send_fds(self.sock, [request], [stdout, stderr, *fds.values()])
             except OSError as exc:
                 raise ZygoteError(f"the zygote cannot take requests: {exc}") from exc
             with self._reply:
@@ -171,16 +176,22 @@ def shared_zygote(preload: Sequence[str], env: dict[str, str], cwd: str) -> Zygo
 
 # -- the zygote process ----------------------------------------------------------------------------------------------
 
-def _child(sock: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
-    """In the forked child: become the requested ``python -m`` process; never returns."""
+def _child(sock: socket.socket, request: dict[str, Any], fds: list[int], own_fds: Sequence[int]) -> None:
+    """In the forked child: become the requested ``python -m`` process (``own_fds``: the zygote's, closed);
+    never returns."""
     code = 1
     try:
         os.setsid()
         _name_process(request["module"])
         sock.close()
-        for target, fd in zip((1, 2), fds):
-            os.dup2(fd, target)
+        signal.set_wakeup_fd(-1)
+        for fd in own_fds:
+            os.close(fd)
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]  # out of every target's way first
         for fd in fds:
+            os.close(fd)
+        for target, fd in zip((1, 2, *request.get("fds", ())), high):
+            os.dup2(fd, target)
             os.close(fd)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -256,7 +267,7 @@ def serve(sock: socket.socket) -> None:
         if sock not in readable:
             continue
         try:
-            data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 2)
+            data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
         except OSError:
             return
         if not data:
@@ -270,7 +281,7 @@ def serve(sock: socket.socket) -> None:
             sock.send(json.dumps({"error": str(exc)}).encode())
             continue
         if pid == 0:
-            _child(sock, request, fds)
+            _child(sock, request, fds, (wake_r, wake_w))
         for fd in fds:
             os.close(fd)
         sock.send(json.dumps({"pid": pid}).encode())

@@ -20,6 +20,7 @@ import torch
 from harness.model.graph import ModelGraph, graph_from_module
 from harness.model.memory import collector_paused, keep_activations_resident
 from harness.model.models import ModelSpec, build_model, make_input
+from harness.model.weights import WEIGHTS_FD_ENV, load_shared
 from harness.worker import wire
 from harness.worker.gate import Admitted, Gate
 from harness.worker.sealed import SealedSocket
@@ -43,10 +44,26 @@ def model_graph(spec: ModelSpec) -> ModelGraph:
     if key in _kept:
         return _kept[key]
     _kept.clear()  # another model: let the last one go before building this one
-    graph = graph_from_module(build_model(spec), spec)
+    shared = _shared_weights(spec)
+    graph = graph_from_module(shared if shared is not None else build_model(spec), spec)
     if _keeping:
         _kept[key] = graph
     return graph
+
+
+def _shared_weights(spec: ModelSpec) -> torch.nn.Module | None:
+    """The model its controller built, mapped from the memory file this local worker inherited (once: a later model
+    of a kept-alive worker is built from its seed); None on a board, or where the file holds another model."""
+    fd = os.environ.pop(WEIGHTS_FD_ENV, "")
+    if not fd.isdigit():
+        return None
+    try:
+        return load_shared(spec, int(fd))
+    finally:
+        try:
+            os.close(int(fd))
+        except OSError:
+            pass
 
 
 def now_ns() -> int:
