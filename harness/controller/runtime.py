@@ -28,10 +28,11 @@ from harness.worker import auth, wire
 from harness.worker.sealed import SealedSocket
 from harness.worker.channel import Receiver, Sender
 from harness.loadgen.clock import ClockEstimate, estimate_clock, to_controller_clock
-from harness.loadgen.dilation import AutoTdf, Repeats, calibrated_tdf
+from harness.loadgen.dilation import AutoTdf, Dilation, Repeats, calibrated_tdf
 from harness.loadgen.errors import RunFailed
 from harness.loadgen.result import RunResult, goodput_mbps
 from harness.loadgen.schedule import absorb, drive, wait_all
+from harness.controller.experiment import Runtime, Scenario
 from harness.controller.phases import count, note, phase
 from harness.network.link import LinkSpec
 from harness.network.base import Network
@@ -58,6 +59,25 @@ class WorkerSpec:
 
 
 Secrets = Union[str, Mapping[str, str], None]  # one for every worker, one per endpoint, or None: this run's own
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What a job's strategy puts on the network: its endpoints and their links, one worker per endpoint, the
+    endpoint every inference enters at, and how many inferences it keeps in flight (a spatial plan's batch may ask
+    for more than the scenario does)."""
+
+    endpoints: list[str]
+    links: list[tuple[str, str, LinkSpec]]
+    workers: list[WorkerSpec]
+    first: str
+    in_flight: int = 1
+    compensate_headers: bool = True  # the link config's: raise the kernel rate so TCP payload gets the bandwidth
+
+
+# What a run calls once its workers are up, for the hook it calls before issuing each inference (a dynamic run's
+# re-decision, a test's fault).
+MakeHook = Callable[[Topology, "Controller", RunResult], Callable[[int], None]]
 
 
 def worker_environment(token: str = "") -> dict[str, str]:
@@ -101,19 +121,18 @@ class Controller:
 
     worker_args: tuple[str, ...] = ("--once",)  # a worker serves this one run and exits after ``stop``
 
-    def __init__(self, topology: Network, workers: list[WorkerSpec], timeout_s: float,
-                 max_payload: int, token: Secrets = None, compute_device: str = "auto",
-                 link_timeout_s: float = 0.0, tmp: Path | None = None) -> None:
+    def __init__(self, topology: Network, workers: list[WorkerSpec], runtime: Runtime, token: Secrets = None,
+                 tmp: Path | None = None) -> None:
         self.topology = topology
         self.workers = workers
-        self.timeout_s = timeout_s
-        self.max_payload = max_payload
+        self.timeout_s = runtime.timeout_s
+        self.max_payload = runtime.max_payload
         # The control channel's secret: this run's own for the workers it spawns, or the boards' (one per board).
         self.token = token if isinstance(token, str) and token else secrets.token_hex(16)
         self.board_secrets = dict(token) if isinstance(token, Mapping) else {}
         self.link_token = secrets.token_hex(16)  # the workers' data links: this run's only, never the boards' secret
-        self.compute_device = compute_device
-        self.link_timeout_s = link_timeout_s
+        self.compute_device = runtime.compute_device
+        self.link_timeout_s = runtime.link_timeout_s
         self.devices: dict[str, str] = {}  # endpoint -> the processor it computed on (from its "built" report)
         self.tmp = tmp or Path(tempfile.mkdtemp(prefix="splitbench-"))  # control sockets and worker logs
         self.endpoints: dict[str, _Endpoint] = {}
@@ -122,7 +141,7 @@ class Controller:
         self.stopped: set[str] = set()  # endpoints that said 'stopped': their exit is no crash
         # compute key -> each endpoint's calibration samples, for workers that live on (a sweep's pool); None: none
         self.calibrations: dict[str, dict[str, list[dict[str, Any]]]] | None = None
-        self.deadline = time.monotonic() + timeout_s
+        self.deadline = time.monotonic() + runtime.timeout_s
 
     def start(self) -> None:
         if not self.topology.local:
@@ -406,52 +425,46 @@ def calibrate(controller: Controller, topology: Topology, links: list[tuple[str,
 class Pool(Protocol):
     """Live workers and topology kept across a sweep's jobs (``harness.controller.session.WorkerPool``)."""
 
-    def job(self, endpoints: list[str], links: list[tuple[str, str, LinkSpec]], workers: list[WorkerSpec],
-            tdf: float, backend: str | None, compensate_headers: bool) -> ContextManager[Topology]: ...
+    def job(self, deployment: Deployment, tdf: float, backend: str | None) -> ContextManager[Topology]: ...
 
-    def controller(self, topology: Topology, workers: list[WorkerSpec], timeout_s: float, max_payload: int,
-                   compute_device: str, link_timeout_s: float) -> Controller: ...
+    def controller(self, topology: Topology, workers: list[WorkerSpec], runtime: Runtime) -> Controller: ...
 
 
-def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], workers: list[WorkerSpec],
-                first: str, scenario: Mapping[str, Any], tdf: float, timeout_s: float, max_payload: int,
-                backend: str = "auto", compensate_headers: bool = True,
-                make_hook: Callable[[Topology, Controller, RunResult], Callable[[int], None]] | None = None,
-                progress: bool = True, remote: Mapping[str, str] | None = None,
-                token: Secrets = None, auto_tdf: AutoTdf | None = None,
-                compute_device: str = "auto", link_timeout_s: float = 0.0, pool: Pool | None = None) -> RunResult:
+def run_workers(deployment: Deployment, scenario: Scenario, runtime: Runtime, dilation: Dilation,
+                make_hook: MakeHook | None = None, progress: bool = True, pool: Pool | None = None) -> RunResult:
     """Build the topology, run the scenario's inferences through the workers, tear everything down.
 
-    With ``remote`` (endpoint -> ``tcp:HOST:PORT``), the workers already run on real machines: nothing is spawned,
-    shaped or dilated, and they must have been started with ``token`` (one secret, or one per endpoint). With
-    ``auto_tdf``, the workers calibrate the TDF after the warm-up, and a measured inference that overruns is repeated
-    at a higher TDF. With ``pool`` (a sweep), the topology and the workers are the pool's: kept for the next job,
-    reset for this one.
+    The scenario gives the warm-up and the measured inferences; the deployment how many are in flight. The run
+    starts at ``dilation.tdf`` (not ``runtime.tdf``: a job on real boards runs undilated whatever it says). With
+    ``runtime.remote`` (endpoint -> ``tcp:HOST:PORT``), the workers already run on real machines: nothing is
+    spawned, shaped or dilated, and they must have been started with ``runtime.token`` (one secret per endpoint).
+    With ``dilation.auto``, the workers calibrate the TDF after the warm-up, and a measured inference that overruns
+    is repeated at a higher TDF. With ``pool`` (a sweep), the topology and the workers are the pool's: kept for the
+    next job, reset for this one.
     """
-    requested = None if backend == "auto" else backend
-    pooled = pool is not None and not remote
+    requested = None if runtime.backend == "auto" else runtime.backend
+    pooled = pool is not None and not runtime.remote
     with ExitStack() as stack:
         with phase("network"):
             if pooled:
-                network: Any = pool.job(endpoints, links, workers, tdf, requested, compensate_headers)
+                network: Any = pool.job(deployment, dilation.tdf, requested)
             else:
-                network = RemoteNetwork(remote) if remote else Topology(
-                    endpoints, links, tdf=tdf, backend=requested, compensate_headers=compensate_headers)
+                network = RemoteNetwork(runtime.remote) if runtime.remote else Topology(
+                    deployment.endpoints, deployment.links, tdf=dilation.tdf, backend=requested,
+                    compensate_headers=deployment.compensate_headers)
             topology = stack.enter_context(network)
-        controller = (pool.controller(topology, workers, timeout_s, max_payload, compute_device, link_timeout_s)
-                      if pooled else
-                      Controller(topology, workers, timeout_s, max_payload, token, compute_device, link_timeout_s))
-        return _run_on(topology, controller, links, tdf, first, scenario, make_hook, progress, auto_tdf)
+        controller = (pool.controller(topology, deployment.workers, runtime) if pooled else
+                      Controller(topology, deployment.workers, runtime, runtime.token))
+        return _run_on(topology, controller, deployment, scenario, dilation, make_hook, progress)
 
 
-def _run_on(topology: Network, controller: Controller, links: list[tuple[str, str, LinkSpec]], tdf: float,
-            first: str, scenario: Mapping[str, Any],
-            make_hook: Callable[[Topology, Controller, RunResult], Callable[[int], None]] | None,
-            progress: bool, auto_tdf: AutoTdf | None) -> RunResult:
+def _run_on(topology: Network, controller: Controller, deployment: Deployment, scenario: Scenario,
+            dilation: Dilation, make_hook: MakeHook | None, progress: bool) -> RunResult:
     """Probe the links, start (or reset) the workers, drive the scenario, stop the workers."""
     for w in controller.workers:  # transport details depend on the topology: fill them in now
         w.setup = _resolve_addresses(w.setup, topology)
-    result = RunResult(tdf=tdf, backend=topology.backend, warmup=int(scenario["warmup"]),
+    links, auto_tdf = deployment.links, dilation.auto
+    result = RunResult(tdf=dilation.tdf, backend=topology.backend, warmup=scenario.warmup,
                        link_record=topology.record())
     if topology.local:
         with phase("network"):
@@ -467,8 +480,8 @@ def _run_on(topology: Network, controller: Controller, links: list[tuple[str, st
             repeats = Repeats(auto_tdf.tolerance_pct, auto_tdf.max_repeats,
                               lambda tdf: retime(controller, topology, list(links), result, tdf))
         with phase("inference"):
-            drive(controller, first, int(scenario["warmup"]) + int(scenario["inferences"]), int(scenario["warmup"]),
-                  int(scenario["in_flight"]), result, hook, progress, after_warmup, repeats)
+            drive(controller, deployment.first, scenario.total, scenario.warmup, deployment.in_flight, result, hook,
+                  progress, after_warmup, repeats)
             controller.stop(result)
         if result.repeats and controller.calibrations is not None:
             controller.calibrations.clear()  # an inference overran its calibrated budget: the next job times again

@@ -23,10 +23,10 @@ import torch
 
 from hardware.profiles import LocalProfile
 from harness.controller.predict import graph_of
-from harness.controller.runtime import Controller, WorkerSpec, _Endpoint
+from harness.controller.experiment import Runtime
+from harness.controller.runtime import Controller, Deployment, WorkerSpec, _Endpoint
 from harness.model.graph import ModelGraph, build_graph
 from harness.model.models import ModelSpec, make_input
-from harness.network.link import LinkSpec
 from harness.network.topology import Topology
 
 
@@ -74,10 +74,8 @@ class PooledController(Controller):
 
     worker_args = ("--once", "--keep-alive")
 
-    def __init__(self, pool: "WorkerPool", topology: Topology, workers: list[WorkerSpec], timeout_s: float,
-                 max_payload: int, compute_device: str, link_timeout_s: float) -> None:
-        super().__init__(topology, workers, timeout_s, max_payload, pool.token, compute_device, link_timeout_s,
-                         pool.tmp)
+    def __init__(self, pool: "WorkerPool", topology: Topology, workers: list[WorkerSpec], runtime: Runtime) -> None:
+        super().__init__(topology, workers, runtime, pool.token, pool.tmp)
         self.pool = pool
         self.calibrations = pool.calibrations
 
@@ -120,19 +118,19 @@ class WorkerPool:
         self.calibrations: dict[str, dict[str, list[dict[str, Any]]]] = {}  # what live workers timed (runtime.calibrate)
 
     @contextmanager
-    def job(self, endpoints: list[str], links: list[tuple[str, str, LinkSpec]], workers: list[WorkerSpec],
-            tdf: float, backend: str | None, compensate_headers: bool) -> Iterator[Topology]:
+    def job(self, deployment: Deployment, tdf: float, backend: str | None) -> Iterator[Topology]:
         """The topology for one job, reshaped to its TDF and link facts; any failure inside drops everything."""
-        setup = workers[0].setup
-        key = (tuple(endpoints), tuple((a, b) for a, b, _ in links), backend, compensate_headers,
+        setup = deployment.workers[0].setup
+        key = (tuple(deployment.endpoints), tuple((a, b) for a, b, _ in deployment.links), backend,
+               deployment.compensate_headers,
                json.dumps({k: setup.get(k) for k in ("kind", "model", "threads", "max_payload")}, sort_keys=True))
         if key != self.key or self.topology is None or not self.topology.up:
             self.close()
-            self._open(key, endpoints, links, tdf, backend, compensate_headers)
+            self._open(key, deployment, tdf, backend)
         else:
             assert self.topology is not None
             self.topology.tdf = tdf
-            for a, b, spec in links:
+            for a, b, spec in deployment.links:
                 self.topology.set_link(a, b, spec)
         try:
             assert self.topology is not None
@@ -141,18 +139,17 @@ class WorkerPool:
             self.close()  # a worker or link in doubt: the next job starts clean
             raise
 
-    def _open(self, key: tuple[Any, ...], endpoints: list[str], links: list[tuple[str, str, LinkSpec]], tdf: float,
-              backend: str | None, compensate_headers: bool) -> None:
+    def _open(self, key: tuple[Any, ...], deployment: Deployment, tdf: float, backend: str | None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="splitbench-pool-"))
         self.token = secrets.token_hex(16)
-        topology = Topology(endpoints, links, tdf=tdf, backend=backend, compensate_headers=compensate_headers)
+        topology = Topology(deployment.endpoints, deployment.links, tdf=tdf, backend=backend,
+                            compensate_headers=deployment.compensate_headers)
         topology.start()
         self.topology, self.key = topology, key
         self.builds += 1
 
-    def controller(self, topology: Topology, workers: list[WorkerSpec], timeout_s: float, max_payload: int,
-                   compute_device: str, link_timeout_s: float) -> Controller:
-        return PooledController(self, topology, workers, timeout_s, max_payload, compute_device, link_timeout_s)
+    def controller(self, topology: Topology, workers: list[WorkerSpec], runtime: Runtime) -> Controller:
+        return PooledController(self, topology, workers, runtime)
 
     def replace_worker(self, endpoint: str, spawn: Any) -> _Endpoint:
         """Spawn ``endpoint``'s worker, in place of one that exited."""
