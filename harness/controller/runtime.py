@@ -99,13 +99,22 @@ def worker_zygote() -> Zygote:
     return shared_zygote(WORKER_IMPORTS, worker_environment(), str(PROJECT_ROOT))
 
 
-class _Endpoint:
-    def __init__(self, name: str, process: Any, sock: socket.socket, log_path: Path) -> None:
+class WorkerHandle:
+    """One endpoint's worker as the controller holds it: its process (None for a board's), its control
+    connection (None until connected) and its log."""
+
+    def __init__(self, name: str, process: Any, sock: socket.socket | None, log_path: Path) -> None:
         self.name, self.process, self.sock, self.log_path = name, process, sock, log_path
         self.link: SealedSocket | None = None  # the control connection once authenticated: every frame sealed
         self.clock = ClockEstimate()  # a local worker reads this machine's clock
 
+    def hang_up(self) -> None:
+        """Close the control connection: a worker kept alive for more jobs exits when it sees it closed."""
+        if self.sock is not None:
+            self.sock.close()
+
     def crash_reason(self) -> str | None:
+        """Why the worker's process ended (its exit code and last log lines), or None while it runs."""
         if self.process is None:  # a remote worker: a lost connection is how it fails
             return None
         code = self.process.poll()
@@ -135,7 +144,7 @@ class Controller:
         self.link_timeout_s = runtime.link_timeout_s
         self.devices: dict[str, str] = {}  # endpoint -> the processor it computed on (from its "built" report)
         self.tmp = tmp or Path(tempfile.mkdtemp(prefix="splitbench-"))  # control sockets and worker logs
-        self.endpoints: dict[str, _Endpoint] = {}
+        self.endpoints: dict[str, WorkerHandle] = {}
         self.on_retime: list[Callable[[float], None]] = []
         self.selector = selectors.DefaultSelector()
         self.stopped: set[str] = set()  # endpoints that said 'stopped': their exit is no crash
@@ -148,14 +157,18 @@ class Controller:
             self._start_remote()
             return
         for w in self.workers:
-            self.endpoints[w.endpoint] = self._spawn(w.endpoint)
-        for w in self.workers:
-            ep = self.endpoints[w.endpoint]
-            ep.sock = self._connect(self.tmp / f"{w.endpoint}.sock", ep)
-            self._login(ep)
+            self.endpoints[w.endpoint] = self.worker_for(w.endpoint)
+        for ep in self.endpoints.values():
+            if ep.sock is None:  # a new worker: connect and answer its challenge (the secret reached it by env)
+                ep.sock = self._connect(self.tmp / f"{ep.name}.sock", ep)
+                self._login(ep)
         self._set_up()
 
-    def _spawn(self, endpoint: str) -> _Endpoint:
+    def worker_for(self, endpoint: str) -> WorkerHandle:
+        """The worker that serves ``endpoint`` in this run: a new one (a sweep's pool hands out its live ones)."""
+        return self.spawn(endpoint)
+
+    def spawn(self, endpoint: str) -> WorkerHandle:
         """Start ``endpoint``'s worker in its namespace, forked by this process's worker zygote (its imports done
         once); it listens on a Unix control socket in ``self.tmp``."""
         count("workers_started")
@@ -167,7 +180,7 @@ class Controller:
         with log_path.open("w") as log:
             proc = self.topology.fork(endpoint, worker_zygote(), "harness.worker", args, env,  # type: ignore[attr-defined]
                                       str(PROJECT_ROOT), log)
-        return _Endpoint(endpoint, proc, None, log_path)  # type: ignore[arg-type]
+        return WorkerHandle(endpoint, proc, None, log_path)
 
     def _start_remote(self) -> None:
         for w in self.workers:
@@ -179,7 +192,7 @@ class Controller:
                 sock = socket.create_connection(address, timeout=30)
             except OSError as exc:
                 raise RunFailed(f"cannot reach the worker of {w.endpoint!r} at {address}: {exc}") from exc
-            ep = self.endpoints[w.endpoint] = _Endpoint(w.endpoint, None, sock, self.tmp / f"{w.endpoint}.log")
+            ep = self.endpoints[w.endpoint] = WorkerHandle(w.endpoint, None, sock, self.tmp / f"{w.endpoint}.log")
             self._login(ep)
             assert ep.link is not None
             try:
@@ -190,7 +203,7 @@ class Controller:
                 raise RunFailed(f"worker {w.endpoint!r} at {address}: clock estimation failed: {exc}") from exc
         self._set_up()
 
-    def _login(self, ep: _Endpoint) -> None:
+    def _login(self, ep: WorkerHandle) -> None:
         """Mutual challenge-response (the secret never crosses the wire); from then on the connection is sealed."""
         try:
             ep.sock.settimeout(HANDSHAKE_TIMEOUT_S)
@@ -219,11 +232,11 @@ class Controller:
             if frame.kind == wire.Kind.JSON and frame.obj.get("event") == "ready":
                 pending.discard(ep.name)
 
-    def setup_message(self, ep: _Endpoint, setup: dict[str, Any]) -> dict[str, Any]:
+    def setup_message(self, ep: WorkerHandle, setup: dict[str, Any]) -> dict[str, Any]:
         """The message that gives an authenticated worker its setup."""
         return {"setup": setup}
 
-    def _connect(self, path: Path, ep: _Endpoint) -> socket.socket:
+    def _connect(self, path: Path, ep: WorkerHandle) -> socket.socket:
         while True:
             if (reason := ep.crash_reason()) is not None:
                 raise RunFailed(reason)
@@ -239,7 +252,7 @@ class Controller:
             time.sleep(0.02)
 
     @staticmethod
-    def link(ep: _Endpoint) -> SealedSocket:
+    def link(ep: WorkerHandle) -> SealedSocket:
         if ep.link is None:
             raise RunFailed(f"worker {ep.name!r} was never authenticated")
         return ep.link
@@ -247,7 +260,7 @@ class Controller:
     def send(self, endpoint: str, obj: dict[str, Any]) -> None:
         self.link(self.endpoints[endpoint]).send_json(obj)
 
-    def next_message(self) -> tuple[_Endpoint, wire.Frame]:
+    def next_message(self) -> tuple[WorkerHandle, wire.Frame]:
         """The next frame from any worker; raises :class:`RunFailed` on a crash, an error report or the timeout."""
         while True:
             crashed = [(ep.process.returncode == -signal.SIGTERM, reason) for ep in self.endpoints.values()
@@ -272,7 +285,7 @@ class Controller:
                     frame = to_controller_clock(frame, ep.clock, time.monotonic_ns())
                 return ep, frame
 
-    def _blame(self, reporter: _Endpoint, report: str) -> str:
+    def _blame(self, reporter: WorkerHandle, report: str) -> str:
         """A worker's error is often the echo of a peer's death (a reset connection): a dead peer is named first.
 
         A killed peer's sockets close before its exit is reaped, so the echo can arrive first: peers get a
@@ -304,7 +317,7 @@ class Controller:
         self.after_stop()
 
     def after_stop(self) -> None:
-        """Workers that served their one run exit now."""
+        """Workers that served their one run exit now (a sweep's pool keeps them waiting for the next job)."""
         for ep in self.endpoints.values():
             if ep.process is not None:
                 ep.process.wait(timeout=30)
@@ -316,9 +329,13 @@ class Controller:
 
     def close(self) -> None:
         self.selector.close()
+        self.end_workers()
+
+    def end_workers(self) -> None:
+        """Hang up on the workers, end any still running, remove their control sockets and logs (a sweep's pool
+        keeps them for the next job)."""
         for ep in self.endpoints.values():
-            if ep.sock is not None:
-                ep.sock.close()
+            ep.hang_up()
             if ep.process is not None and ep.process.poll() is None:
                 ep.process.kill()
                 ep.process.wait(timeout=10)

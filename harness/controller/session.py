@@ -17,14 +17,14 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from hardware.profiles import LocalProfile
 from harness.controller.predict import graph_of
 from harness.controller.experiment import Runtime
-from harness.controller.runtime import Controller, Deployment, WorkerSpec, _Endpoint
+from harness.controller.runtime import Controller, Deployment, WorkerHandle, WorkerSpec
 from harness.model.graph import ModelGraph, build_graph
 from harness.model.models import ModelSpec, make_input
 from harness.network.topology import Topology
@@ -79,19 +79,10 @@ class PooledController(Controller):
         self.pool = pool
         self.calibrations = pool.calibrations
 
-    def start(self) -> None:
-        for w in self.workers:
-            ep = self.pool.workers.get(w.endpoint)
-            if ep is None or ep.process.poll() is not None:
-                ep = self.pool.replace_worker(w.endpoint, self._spawn)
-            self.endpoints[w.endpoint] = ep
-        for ep in self.endpoints.values():
-            if ep.sock is None:  # a new worker: connect and answer its challenge (the pool's secret, by env)
-                ep.sock = self._connect(self.tmp / f"{ep.name}.sock", ep)
-                self._login(ep)
-        self._set_up()
+    def worker_for(self, endpoint: str) -> WorkerHandle:
+        return self.pool.worker(endpoint, self.spawn)
 
-    def setup_message(self, ep: _Endpoint, setup: dict[str, Any]) -> dict[str, Any]:
+    def setup_message(self, ep: WorkerHandle, setup: dict[str, Any]) -> dict[str, Any]:
         if ep.name in self.pool.served:
             return {"cmd": "reset", "setup": setup}  # on the connection it authenticated when it first connected
         return super().setup_message(ep, setup)
@@ -99,8 +90,8 @@ class PooledController(Controller):
     def after_stop(self) -> None:
         self.pool.served.update(self.endpoints)  # they now wait for the next job's setup
 
-    def close(self) -> None:
-        self.selector.close()  # the workers, their control sockets and logs stay with the pool
+    def end_workers(self) -> None:
+        pass  # the workers, their control sockets and logs stay with the pool
 
 
 class WorkerPool:
@@ -110,7 +101,7 @@ class WorkerPool:
         self.models = ModelCache()
         self.key: tuple[Any, ...] | None = None
         self.topology: Topology | None = None
-        self.workers: dict[str, _Endpoint] = {}
+        self.workers: dict[str, WorkerHandle] = {}
         self.served: set[str] = set()  # workers that finished a job and wait for a reset
         self.token = ""
         self.tmp: Path | None = None
@@ -151,11 +142,18 @@ class WorkerPool:
     def controller(self, topology: Topology, workers: list[WorkerSpec], runtime: Runtime) -> Controller:
         return PooledController(self, topology, workers, runtime)
 
-    def replace_worker(self, endpoint: str, spawn: Any) -> _Endpoint:
+    def worker(self, endpoint: str, spawn: Callable[[str], WorkerHandle]) -> WorkerHandle:
+        """``endpoint``'s live worker, or one ``spawn`` starts where there is none or it exited."""
+        live = self.workers.get(endpoint)
+        if live is not None and live.process.poll() is None:
+            return live
+        return self.replace_worker(endpoint, spawn)
+
+    def replace_worker(self, endpoint: str, spawn: Callable[[str], WorkerHandle]) -> WorkerHandle:
         """Spawn ``endpoint``'s worker, in place of one that exited."""
         old = self.workers.pop(endpoint, None)
-        if old is not None and old.sock is not None:
-            old.sock.close()
+        if old is not None:
+            old.hang_up()
         self.served.discard(endpoint)
         self.calibrations.clear()  # a new process: its parts are timed afresh
         assert self.tmp is not None
@@ -166,8 +164,7 @@ class WorkerPool:
     def close(self) -> None:
         """Hang up on the workers (they exit), then remove the topology, its processes and the sockets' folder."""
         for ep in self.workers.values():
-            if ep.sock is not None:
-                ep.sock.close()
+            ep.hang_up()
         self.workers.clear()
         self.served.clear()
         self.calibrations.clear()
