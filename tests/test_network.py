@@ -21,7 +21,7 @@ import torch
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from harness.controller.runtime import probe_link
+from harness.controller.probe import probe_link
 from harness.network import namespaces, shaping
 from harness.worker import wire
 from harness.network.link import BackendError, LinkSpec

@@ -15,25 +15,22 @@ import selectors
 import signal
 import socket
 import tempfile
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Protocol, Union
 
-import torch
-
 from harness.worker import auth, wire
 from harness.worker.sealed import SealedSocket
-from harness.worker.channel import Receiver, Sender
 from harness.loadgen.clock import ClockEstimate, estimate_clock, to_controller_clock
 from harness.loadgen.dilation import AutoTdf, Dilation, Repeats, calibrated_tdf
 from harness.loadgen.errors import RunFailed
-from harness.loadgen.result import RunResult, goodput_mbps
+from harness.loadgen.result import RunResult
 from harness.loadgen.schedule import absorb, drive, wait_all
 from harness.controller.experiment import Runtime, Scenario
 from harness.controller.phases import count, note, phase
+from harness.controller.probe import probe_link
 from harness.network.link import LinkSpec
 from harness.network.base import Network
 from harness.network.remote import RemoteNetwork
@@ -342,44 +339,6 @@ class Controller:
         for path in self.tmp.iterdir():
             path.unlink(missing_ok=True)
         self.tmp.rmdir()
-
-
-PROBE_REAL_S = 0.3  # a probe lasts about this long in real time, whatever the rate and TDF
-PROBE_PORT = 46999
-
-
-def probe_link(topology: Topology, a: str, b: str, port: int = PROBE_PORT) -> float:
-    """Goodput of the link a -> b (undilated Mbit/s), measured with the wire protocol before the workers start.
-
-    Every run records what its link really delivered, even when its plan sends nothing.
-    """
-    kernel_mbps = topology.bandwidth_mbps(a, b) / topology.tdf
-    nbytes = max(64 * 1024, int(kernel_mbps * 1e6 / 8 * PROBE_REAL_S))
-    spans: list[tuple[int, int]] = []
-    listener = topology.socket(b)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((topology.address(b, a), port))
-    listener.listen(1)
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            Receiver(conn, lambda *args, **kw: None, nbytes + 1024).recv()
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    try:
-        with topology.socket(a) as sock:
-            sock.connect((topology.address(b, a), port))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            pacer = topology.pacer(a, b)
-            Sender(sock, lambda seq, kind, start, end, **kw: spans.append((start, end)), pacer).send(
-                torch.zeros(nbytes, dtype=torch.uint8), 0, 0)
-        server.join(timeout=30)
-    finally:
-        listener.close()
-    start, end = spans[0]
-    return goodput_mbps(nbytes, (end - start) / 1e9 / topology.tdf)
 
 
 def retime(controller: Controller, topology: Topology, links: list[tuple[str, str, LinkSpec]], result: RunResult,
