@@ -35,6 +35,7 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 
+from harness.loadgen.result import goodput_mbps  # noqa: E402
 from harness.worker import wire  # noqa: E402
 from harness.network.link import LinkSpec  # noqa: E402
 from harness.network.shaping import available_backends  # noqa: E402
@@ -155,8 +156,8 @@ def table(rates: tuple[float, ...], sizes: dict[str, int], max_seconds: float, r
                 say(f"| {mbps:g} | {label} | skipped: > {max_seconds:g} s | | |")
                 continue
             (wire_s, raw_s), (plain_s, _) = comp[label], plain[label]
-            ratio = nbytes * 8 / wire_s / (mbps * 1e6)
-            ratio_plain = nbytes * 8 / plain_s / (mbps * 1e6)
+            ratio = goodput_mbps(nbytes, wire_s) / mbps
+            ratio_plain = goodput_mbps(nbytes, plain_s) / mbps
             say(f"| {mbps:g} | {label} | {ratio:.3f} | {ratio_plain:.3f} | {wire_s / raw_s:.3f} |")
     say(f"\nbackend {', '.join(sorted(used))} (offered: {', '.join(available_backends())}); tdf 1; "
         f"median of {repeats}; wire receiver {'reuses one buffer' if reuse_buffer else 'allocates each tensor'}; "

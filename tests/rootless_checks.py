@@ -19,7 +19,7 @@ import sys  # noqa: E402
 
 from pyroute2 import netns  # noqa: E402
 
-from harness.controller.runtime import probe_link  # noqa: E402
+from harness.controller.probe import probe_link  # noqa: E402
 from harness.network import namespaces, shaping  # noqa: E402
 from harness.network.link import LinkSpec  # noqa: E402
 from harness.network.topology import Topology  # noqa: E402

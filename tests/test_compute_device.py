@@ -13,13 +13,13 @@ import torch
 
 from hardware.profiles import LocalProfile, measure_node_ms
 from harness.controller.runtime import run_workers
+from harness.loadgen.dilation import Dilation
 from harness.model.graph import build_graph
 from harness.model.models import ModelSpec, build_model, make_input
-from harness.network.link import LinkSpec
 from harness.worker.serve import compute_device, device_name
 from harness.worker.stage import to_device, to_host
 from tests.conftest import run_cli
-from tests.test_runtime import cut_case
+from tests.test_runtime import cut_case, hand_runtime
 
 pytestmark = pytest.mark.e2e  # runs workers and profiles
 
@@ -59,10 +59,8 @@ def test_profile_mode_records_the_device_in_the_table(tracking_uri: str, tmp_pat
 def test_a_cpu_run_says_where_it_computed() -> None:
     case = cut_case(["scenario.warmup=0", "scenario.inferences=1"])
     device, server = case.hardware.cut_roles
-    workers, first = case.workers()
-    result = run_workers([device, server], [(device, server, LinkSpec.from_config(case.cfg.link))], workers, first,
-                         {"warmup": 0, "inferences": 1, "in_flight": 1}, 1.0, 300, 64 << 20, progress=False,
-                         compute_device="cpu")
+    result = run_workers(case.deployment(), case.exp.scenario, hand_runtime(max_payload_mb=64, compute_device="cpu"),
+                         Dilation(1.0), progress=False)
     assert set(result.devices) == {device, server}
     assert all(name.startswith("cpu") for name in result.devices.values())
     assert len(result.outputs) == 1
@@ -93,11 +91,8 @@ def test_cuda_profile_times_nodes_with_cuda_events() -> None:
 @needs_cuda
 def test_a_cuda_run_computes_on_the_gpu() -> None:
     case = cut_case(["scenario.warmup=1", "scenario.inferences=2"])
-    device, server = case.hardware.cut_roles
-    workers, first = case.workers()
-    result = run_workers([device, server], [(device, server, LinkSpec.from_config(case.cfg.link))], workers, first,
-                         {"warmup": 1, "inferences": 2, "in_flight": 1}, 1.0, 300, 64 << 20, progress=False,
-                         compute_device="cuda")
+    result = run_workers(case.deployment(), case.exp.scenario, hand_runtime(max_payload_mb=64, compute_device="cuda"),
+                         Dilation(1.0), progress=False)
     assert all("cpu" not in name for name in result.devices.values()), result.devices
     graph = case.graph
     with torch.no_grad():

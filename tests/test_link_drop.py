@@ -7,14 +7,13 @@ import threading
 import time
 
 import pytest
-from omegaconf import OmegaConf
 from pyroute2 import IPRoute
 
 from harness.controller.runtime import run_workers
+from harness.loadgen.dilation import Dilation
 from harness.loadgen.errors import RunFailed
-from harness.network.link import LinkSpec
 from tests.conftest import needs_root
-from tests.test_runtime import cut_case
+from tests.test_runtime import cut_case, hand_runtime
 
 DROP_S = 4.0
 LINK_TIMEOUT_S = 1.5
@@ -49,11 +48,10 @@ def test_a_link_down_for_seconds_mid_run_fails_with_a_clear_timeout() -> None:
                 threading.Timer(DROP_S, restore, (topology, device, server)).start()
         return before_issue
 
-    workers, first = case.workers()
     with pytest.raises(RunFailed) as err:
-        run_workers([device, server], [(device, server, LinkSpec.from_config(case.cfg.link))], workers, first,
-                    OmegaConf.to_container(case.cfg.scenario), 1.0, 300, 64 << 20, make_hook=make_hook,
-                    progress=False, link_timeout_s=LINK_TIMEOUT_S)
+        run_workers(case.deployment(), case.exp.scenario,
+                    hand_runtime(max_payload_mb=64, link_timeout_s=LINK_TIMEOUT_S), Dilation(1.0),
+                    make_hook=make_hook, progress=False)
     reason = str(err.value)
     assert dropped and "stalled" in reason and "runtime.link_timeout_s" in reason, reason
     assert f"{device!r}" in reason or f"{server!r}" in reason, reason

@@ -21,7 +21,8 @@ import torch
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from harness.controller.runtime import probe_link
+from harness.controller.probe import probe_link
+from harness.loadgen.result import goodput_mbps
 from harness.network import namespaces, shaping
 from harness.worker import wire
 from harness.network.link import BackendError, LinkSpec
@@ -86,7 +87,7 @@ def transfer_s(topo: Topology, src: str, dst: str, nbytes: int, pacers: bool = F
 
 
 def goodput_ratio(seconds: float, nbytes: int, mbps: float) -> float:
-    return nbytes * 8 / seconds / 1e6 / mbps
+    return goodput_mbps(nbytes, seconds) / mbps
 
 
 def gone(pid: int) -> bool:
@@ -352,7 +353,7 @@ def test_set_rate_changes_a_live_link_in_both_directions():
     def mbps_between(lo: int, hi: int, after: float = 0.0) -> float:
         points = [(t, n) for t, n in arrivals if lo <= n <= hi and t >= after]
         (t0, n0), (t1, n1) = points[0], points[-1]
-        return (n1 - n0) * 8 / (t1 - t0) / 1e6
+        return goodput_mbps(n1 - n0, t1 - t0)
 
     before = mbps_between(100_000, switch_at)
     resumed = next(n for _, n in arrivals if n >= switch_at)

@@ -27,7 +27,7 @@ import psutil
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pyroute2 import IPRoute, netns
 
 from hardware.topology import Hardware
@@ -36,12 +36,13 @@ from harness.worker import wire
 from harness.config import build_hardware, register, resolve
 from partitioners.base import cut_problem
 from harness.controller.cut import cut_workers
-from harness.controller.experiment import Experiment
+from harness.controller.experiment import Experiment, Runtime
 from harness.model.graph import ModelGraph, ancestors, build_graph, crossing_tensors
 from harness.model.models import ModelSpec, make_input
 from harness.network.link import LinkSpec
 from harness.loadgen.result import RunResult
-from harness.controller.runtime import WorkerSpec, run_workers
+from harness.controller.runtime import Deployment, run_workers
+from harness.loadgen.dilation import Dilation
 from harness.loadgen.errors import RunFailed
 from harness.worker.gate import HANDSHAKE_DEADLINE_S
 from partitioners.base import LinkState, Plan, cut_plan, device_side_of
@@ -75,16 +76,23 @@ class CutCase:
     node_ms: dict[str, dict[str, float]]
     crossing: list[str]
 
-    def workers(self) -> tuple[list[WorkerSpec], str]:
-        """Fresh worker specs (``run_workers`` fills in addresses, so a spec serves one run)."""
-        return cut_workers(self.exp, self.graph, self.plan, self.node_ms, tdf=1.0, pad=False), self.hardware.cut_roles[0]
+    def deployment(self) -> Deployment:
+        """The cut on its device-server link, with fresh worker specs (``run_workers`` fills in addresses, so a
+        deployment serves one run)."""
+        device, server = self.hardware.cut_roles
+        workers = cut_workers(self.exp, self.graph, self.plan, self.node_ms, tdf=1.0, pad=False)
+        return Deployment([device, server], [(device, server, LinkSpec.from_config(self.cfg.link))], workers, device,
+                          self.exp.scenario.in_flight)
 
     def run(self, make_hook: Callable[..., Any] | None = None, timeout_s: float = 300) -> RunResult:
-        device, server = self.hardware.cut_roles
-        workers, first = self.workers()
-        return run_workers([device, server], [(device, server, LinkSpec.from_config(self.cfg.link))], workers,
-                           first, OmegaConf.to_container(self.cfg.scenario), 1.0, timeout_s,
-                           int(self.cfg.runtime.max_payload_mb) << 20, make_hook=make_hook, progress=False)
+        return run_workers(self.deployment(), self.exp.scenario,
+                           hand_runtime(timeout_s=timeout_s, max_payload_mb=int(self.cfg.runtime.max_payload_mb)),
+                           Dilation(1.0), make_hook=make_hook, progress=False)
+
+
+def hand_runtime(**settings: Any) -> Runtime:
+    """The runtime of a run a test builds by hand: 300 s at most, no data-link timeout, unless ``settings`` say."""
+    return Runtime(**{"timeout_s": 300.0, "link_timeout_s": 0.0, **settings})
 
 
 def cut_case(overrides: list[str], cut_after: str = CUT_AFTER) -> CutCase:

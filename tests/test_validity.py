@@ -13,22 +13,21 @@ import time
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from harness.config import build_hardware, resolve
 from harness.controller import session
 from harness.controller.cut import cut_workers
-from harness.loadgen.dilation import AutoTdf, calibrated_tdf
+from harness.loadgen.dilation import AutoTdf, Dilation, calibrated_tdf
 from harness.loadgen.result import RunResult, overrun_pct
 from harness.loadgen.verdict import overrun_metrics, verdict
-from harness.controller.runtime import run_workers
+from harness.controller.runtime import Deployment, run_workers
 from harness.controller.traces import Trace, TracePlayer
 from harness.model.graph import ancestors, build_graph
 from harness.model.models import ModelSpec
 from harness.network.link import LinkSpec
 from partitioners.base import LinkState, cut_plan, cut_problem
 from tests.conftest import needs_root
-from tests.test_runtime import make_cfg, marker  # noqa: F401 (marker: the fixture that checks cleanup)
+from tests.test_runtime import hand_runtime, make_cfg, marker  # noqa: F401 (marker: the fixture that checks cleanup)
 
 TOLERANCE_PCT = 5.0
 WARMUP, INFERENCES = 1, 3
@@ -50,9 +49,10 @@ def stalled_run(stall: dict, max_repeats: int, pool: session.WorkerPool | None =
     workers = cut_workers(exp, graph, plan, node_ms, tdf=1.0, pad=True)
     workers[0].setup["stall"] = stall
     auto = AutoTdf(TOLERANCE_PCT, max_repeats, plan.predicted_latency_ms, together=False)
-    result = run_workers([device, server], [(device, server, LinkSpec(100.0))], workers, device,
-                         OmegaConf.to_container(cfg.scenario), 1.0, 300, int(cfg.runtime.max_payload_mb) << 20,
-                         progress=False, auto_tdf=auto, pool=pool)
+    deployment = Deployment([device, server], [(device, server, LinkSpec(100.0))], workers, device,
+                            exp.scenario.in_flight)
+    result = run_workers(deployment, exp.scenario, hand_runtime(max_payload_mb=int(cfg.runtime.max_payload_mb)),
+                         Dilation(1.0, pads=True, auto=auto), progress=False, pool=pool)
     return result, WARMUP + INFERENCES
 
 

@@ -22,7 +22,7 @@ from hardware.codec_costs import WireCosts, endpoint_scale, wire_costs
 from hardware.profiles import LocalProfile
 from harness.controller.cut import CutStrategy
 from harness.controller.experiment import Experiment
-from harness.loadgen.dilation import AutoTdf, calibrate_tdf
+from harness.loadgen.dilation import AutoTdf, Dilation, calibrate_tdf
 from harness.controller.spatial import SpatialStrategy
 from harness.model.graph import ModelGraph
 from partitioners.base import LinkState, Plan
@@ -58,16 +58,6 @@ def cut_wire_costs(exp: Experiment, graph: ModelGraph, node_ms: dict[str, dict[s
     scales = [1.0 if isinstance(exp.hardware.endpoints[e], LocalProfile) else endpoint_scale(node_ms[e], local_ms())
               for e in exp.hardware.cut_roles]
     return wire_costs(graph, exp.codecs, *scales, threads=exp.runtime.threads_per_worker)
-
-
-@dataclass
-class Dilation:
-    """The TDF a job starts at, and who sets it from there."""
-
-    tdf: float = 1.0
-    pads: bool = False  # compute is padded to the profile's time x TDF (emulated boards)
-    set_by: str | None = None  # the endpoint whose part needs the most headroom, when the profile set the TDF
-    auto: AutoTdf | None = None  # the workers calibrate after the warm-up and raise it on an overrun
 
 
 @dataclass

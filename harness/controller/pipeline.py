@@ -27,7 +27,7 @@ from harness.controller.predict import Prediction, predict
 from harness.controller.records import RunRecord, environment
 from harness.controller.session import ModelCache, WorkerPool, release_pool, worker_pool
 from harness.controller.stale_runs import end_dead_runs
-from harness.controller.runtime import run_workers, share_weights, worker_zygote
+from harness.controller.runtime import Deployment, run_workers, share_weights, worker_zygote
 from harness.loadgen.dilation import retry_tdf
 from harness.loadgen.errors import RunFailed
 from harness.worker.serve import compute_device, device_name
@@ -65,17 +65,11 @@ def run_experiment(exp: Experiment, rec: RunRecord, graph: ModelGraph | None = N
     if not exp.runtime.remote:  # the local workers map the controller's weights instead of drawing them again
         share_weights(exp.model, graph.module)
     end_setup()
-    workers = strategy.workers(plan, dilation.tdf, dilation.pads)
+    deployment = Deployment(strategy.endpoints, strategy.links, strategy.workers(plan, dilation.tdf, dilation.pads),
+                            strategy.first, strategy.in_flight(plan), exp.link.compensate_headers)
     hook = strategy.make_hook(exp.method, decision.prepared, plan)
     try:
-        result = run_workers(strategy.endpoints, strategy.links, workers, strategy.first,
-                             {"warmup": exp.scenario.warmup, "inferences": exp.scenario.inferences,
-                              "in_flight": strategy.in_flight(plan)},
-                             dilation.tdf, exp.runtime.timeout_s, exp.runtime.max_payload, backend=exp.runtime.backend,
-                             compensate_headers=exp.link.compensate_headers, make_hook=hook,
-                             remote=exp.runtime.remote, token=exp.runtime.token, auto_tdf=dilation.auto,
-                             compute_device=exp.runtime.compute_device,
-                             link_timeout_s=exp.runtime.link_timeout_s, pool=pool)
+        result = run_workers(deployment, exp.scenario, exp.runtime, dilation, make_hook=hook, pool=pool)
     finally:
         strategy.close()
     if (decisions := strategy.decisions()) is not None:

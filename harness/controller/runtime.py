@@ -15,24 +15,24 @@ import selectors
 import signal
 import socket
 import tempfile
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Protocol, Union
 
-import torch
+from torch import nn
 
 from harness.worker import auth, wire
 from harness.worker.sealed import SealedSocket
-from harness.worker.channel import Receiver, Sender
 from harness.loadgen.clock import ClockEstimate, estimate_clock, to_controller_clock
-from harness.loadgen.dilation import AutoTdf, Repeats, calibrated_tdf
+from harness.loadgen.dilation import AutoTdf, Dilation, Repeats, calibrated_tdf
 from harness.loadgen.errors import RunFailed
-from harness.loadgen.result import RunResult, goodput_mbps
+from harness.loadgen.result import RunResult
 from harness.loadgen.schedule import absorb, drive, wait_all
+from harness.controller.experiment import Runtime, Scenario
 from harness.controller.phases import count, note, phase
+from harness.controller.probe import probe_link
 from harness.network.link import LinkSpec
 from harness.network.base import Network
 from harness.network.remote import RemoteNetwork
@@ -62,6 +62,25 @@ class WorkerSpec:
 Secrets = Union[str, Mapping[str, str], None]  # one for every worker, one per endpoint, or None: this run's own
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """What a job's strategy puts on the network: its endpoints and their links, one worker per endpoint, the
+    endpoint every inference enters at, and how many inferences it keeps in flight (a spatial plan's batch may ask
+    for more than the scenario does)."""
+
+    endpoints: list[str]
+    links: list[tuple[str, str, LinkSpec]]
+    workers: list[WorkerSpec]
+    first: str
+    in_flight: int = 1
+    compensate_headers: bool = True  # the link config's: raise the kernel rate so TCP payload gets the bandwidth
+
+
+# What a run calls once its workers are up, for the hook it calls before issuing each inference (a dynamic run's
+# re-decision, a test's fault).
+MakeHook = Callable[[Topology, "Controller", RunResult], Callable[[int], None]]
+
+
 def worker_environment(token: str = "") -> dict[str, str]:
     """The environment of a worker this machine starts: one thread until the worker sets its own, allocations
     returned to the OS (so its peak RSS is honest), the run's secret (in the environment: ps shows command lines)."""
@@ -80,7 +99,7 @@ WEIGHTS_FD = 3  # where a local worker finds the weights its controller wrote (h
 _shared_weights: list[tuple[str, int]] = []  # the last model shared: (spec key, memory file)
 
 
-def share_weights(spec: ModelSpec, module: torch.nn.Module) -> None:
+def share_weights(spec: ModelSpec, module: nn.Module) -> None:
     """Let the local workers started from now on map ``module``'s weights for ``spec`` instead of drawing them
     again from the seed (``harness.model.weights``); the memory file of the model shared before is closed."""
     key = spec_key(spec)
@@ -97,13 +116,22 @@ def worker_zygote() -> Zygote:
     return shared_zygote(WORKER_IMPORTS, worker_environment(), str(PROJECT_ROOT))
 
 
-class _Endpoint:
-    def __init__(self, name: str, process: Any, sock: socket.socket, log_path: Path) -> None:
+class WorkerHandle:
+    """One endpoint's worker as the controller holds it: its process (None for a board's), its control
+    connection (None until connected) and its log."""
+
+    def __init__(self, name: str, process: Any, sock: socket.socket | None, log_path: Path) -> None:
         self.name, self.process, self.sock, self.log_path = name, process, sock, log_path
         self.link: SealedSocket | None = None  # the control connection once authenticated: every frame sealed
         self.clock = ClockEstimate()  # a local worker reads this machine's clock
 
+    def hang_up(self) -> None:
+        """Close the control connection: a worker kept alive for more jobs exits when it sees it closed."""
+        if self.sock is not None:
+            self.sock.close()
+
     def crash_reason(self) -> str | None:
+        """Why the worker's process ended (its exit code and last log lines), or None while it runs."""
         if self.process is None:  # a remote worker: a lost connection is how it fails
             return None
         code = self.process.poll()
@@ -119,42 +147,45 @@ class Controller:
 
     worker_args: tuple[str, ...] = ("--once",)  # a worker serves this one run and exits after ``stop``
 
-    def __init__(self, topology: Network, workers: list[WorkerSpec], timeout_s: float,
-                 max_payload: int, token: Secrets = None, compute_device: str = "auto",
-                 link_timeout_s: float = 0.0, tmp: Path | None = None) -> None:
+    def __init__(self, topology: Network, workers: list[WorkerSpec], runtime: Runtime, token: Secrets = None,
+                 tmp: Path | None = None) -> None:
         self.topology = topology
         self.workers = workers
-        self.timeout_s = timeout_s
-        self.max_payload = max_payload
+        self.timeout_s = runtime.timeout_s
+        self.max_payload = runtime.max_payload
         # The control channel's secret: this run's own for the workers it spawns, or the boards' (one per board).
         self.token = token if isinstance(token, str) and token else secrets.token_hex(16)
         self.board_secrets = dict(token) if isinstance(token, Mapping) else {}
         self.link_token = secrets.token_hex(16)  # the workers' data links: this run's only, never the boards' secret
-        self.compute_device = compute_device
-        self.link_timeout_s = link_timeout_s
+        self.compute_device = runtime.compute_device
+        self.link_timeout_s = runtime.link_timeout_s
         self.devices: dict[str, str] = {}  # endpoint -> the processor it computed on (from its "built" report)
         self.tmp = tmp or Path(tempfile.mkdtemp(prefix="splitbench-"))  # control sockets and worker logs
-        self.endpoints: dict[str, _Endpoint] = {}
+        self.endpoints: dict[str, WorkerHandle] = {}
         self.on_retime: list[Callable[[float], None]] = []
         self.selector = selectors.DefaultSelector()
         self.stopped: set[str] = set()  # endpoints that said 'stopped': their exit is no crash
         # compute key -> each endpoint's calibration samples, for workers that live on (a sweep's pool); None: none
         self.calibrations: dict[str, dict[str, list[dict[str, Any]]]] | None = None
-        self.deadline = time.monotonic() + timeout_s
+        self.deadline = time.monotonic() + runtime.timeout_s
 
     def start(self) -> None:
         if not self.topology.local:
             self._start_remote()
             return
         for w in self.workers:
-            self.endpoints[w.endpoint] = self._spawn(w.endpoint)
-        for w in self.workers:
-            ep = self.endpoints[w.endpoint]
-            ep.sock = self._connect(self.tmp / f"{w.endpoint}.sock", ep)
-            self._login(ep)
+            self.endpoints[w.endpoint] = self.worker_for(w.endpoint)
+        for ep in self.endpoints.values():
+            if ep.sock is None:  # a new worker: connect and answer its challenge (the secret reached it by env)
+                ep.sock = self._connect(self.tmp / f"{ep.name}.sock", ep)
+                self._login(ep)
         self._set_up()
 
-    def _spawn(self, endpoint: str) -> _Endpoint:
+    def worker_for(self, endpoint: str) -> WorkerHandle:
+        """The worker that serves ``endpoint`` in this run: a new one (a sweep's pool hands out its live ones)."""
+        return self.spawn(endpoint)
+
+    def spawn(self, endpoint: str) -> WorkerHandle:
         """Start ``endpoint``'s worker in its namespace, forked by this process's worker zygote (its imports done
         once); it listens on a Unix control socket in ``self.tmp``."""
         count("workers_started")
@@ -170,7 +201,7 @@ class Controller:
         with log_path.open("w") as log:
             proc = self.topology.fork(  # type: ignore[attr-defined]  (local: a Topology)
                 endpoint, worker_zygote(), "harness.worker", args, env, str(PROJECT_ROOT), log, fds=fds)
-        return _Endpoint(endpoint, proc, None, log_path)  # type: ignore[arg-type]
+        return WorkerHandle(endpoint, proc, None, log_path)
 
     def _start_remote(self) -> None:
         for w in self.workers:
@@ -182,7 +213,7 @@ class Controller:
                 sock = socket.create_connection(address, timeout=30)
             except OSError as exc:
                 raise RunFailed(f"cannot reach the worker of {w.endpoint!r} at {address}: {exc}") from exc
-            ep = self.endpoints[w.endpoint] = _Endpoint(w.endpoint, None, sock, self.tmp / f"{w.endpoint}.log")
+            ep = self.endpoints[w.endpoint] = WorkerHandle(w.endpoint, None, sock, self.tmp / f"{w.endpoint}.log")
             self._login(ep)
             assert ep.link is not None
             try:
@@ -193,7 +224,7 @@ class Controller:
                 raise RunFailed(f"worker {w.endpoint!r} at {address}: clock estimation failed: {exc}") from exc
         self._set_up()
 
-    def _login(self, ep: _Endpoint) -> None:
+    def _login(self, ep: WorkerHandle) -> None:
         """Mutual challenge-response (the secret never crosses the wire); from then on the connection is sealed."""
         try:
             ep.sock.settimeout(HANDSHAKE_TIMEOUT_S)
@@ -222,11 +253,11 @@ class Controller:
             if frame.kind == wire.Kind.JSON and frame.obj.get("event") == "ready":
                 pending.discard(ep.name)
 
-    def setup_message(self, ep: _Endpoint, setup: dict[str, Any]) -> dict[str, Any]:
+    def setup_message(self, ep: WorkerHandle, setup: dict[str, Any]) -> dict[str, Any]:
         """The message that gives an authenticated worker its setup."""
         return {"setup": setup}
 
-    def _connect(self, path: Path, ep: _Endpoint) -> socket.socket:
+    def _connect(self, path: Path, ep: WorkerHandle) -> socket.socket:
         while True:
             if (reason := ep.crash_reason()) is not None:
                 raise RunFailed(reason)
@@ -242,7 +273,7 @@ class Controller:
             time.sleep(0.02)
 
     @staticmethod
-    def link(ep: _Endpoint) -> SealedSocket:
+    def link(ep: WorkerHandle) -> SealedSocket:
         if ep.link is None:
             raise RunFailed(f"worker {ep.name!r} was never authenticated")
         return ep.link
@@ -250,7 +281,7 @@ class Controller:
     def send(self, endpoint: str, obj: dict[str, Any]) -> None:
         self.link(self.endpoints[endpoint]).send_json(obj)
 
-    def next_message(self) -> tuple[_Endpoint, wire.Frame]:
+    def next_message(self) -> tuple[WorkerHandle, wire.Frame]:
         """The next frame from any worker; raises :class:`RunFailed` on a crash, an error report or the timeout."""
         while True:
             crashed = [(ep.process.returncode == -signal.SIGTERM, reason) for ep in self.endpoints.values()
@@ -275,7 +306,7 @@ class Controller:
                     frame = to_controller_clock(frame, ep.clock, time.monotonic_ns())
                 return ep, frame
 
-    def _blame(self, reporter: _Endpoint, report: str) -> str:
+    def _blame(self, reporter: WorkerHandle, report: str) -> str:
         """A worker's error is often the echo of a peer's death (a reset connection): a dead peer is named first.
 
         A killed peer's sockets close before its exit is reaped, so the echo can arrive first: peers get a
@@ -307,7 +338,7 @@ class Controller:
         self.after_stop()
 
     def after_stop(self) -> None:
-        """Workers that served their one run exit now."""
+        """Workers that served their one run exit now (a sweep's pool keeps them waiting for the next job)."""
         for ep in self.endpoints.values():
             if ep.process is not None:
                 ep.process.wait(timeout=30)
@@ -319,53 +350,19 @@ class Controller:
 
     def close(self) -> None:
         self.selector.close()
+        self.end_workers()
+
+    def end_workers(self) -> None:
+        """Hang up on the workers, end any still running, remove their control sockets and logs (a sweep's pool
+        keeps them for the next job)."""
         for ep in self.endpoints.values():
-            if ep.sock is not None:
-                ep.sock.close()
+            ep.hang_up()
             if ep.process is not None and ep.process.poll() is None:
                 ep.process.kill()
                 ep.process.wait(timeout=10)
         for path in self.tmp.iterdir():
             path.unlink(missing_ok=True)
         self.tmp.rmdir()
-
-
-PROBE_REAL_S = 0.3  # a probe lasts about this long in real time, whatever the rate and TDF
-PROBE_PORT = 46999
-
-
-def probe_link(topology: Topology, a: str, b: str, port: int = PROBE_PORT) -> float:
-    """Goodput of the link a -> b (undilated Mbit/s), measured with the wire protocol before the workers start.
-
-    Every run records what its link really delivered, even when its plan sends nothing.
-    """
-    kernel_mbps = topology.bandwidth_mbps(a, b) / topology.tdf
-    nbytes = max(64 * 1024, int(kernel_mbps * 1e6 / 8 * PROBE_REAL_S))
-    spans: list[tuple[int, int]] = []
-    listener = topology.socket(b)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((topology.address(b, a), port))
-    listener.listen(1)
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            Receiver(conn, lambda *args, **kw: None, nbytes + 1024).recv()
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    try:
-        with topology.socket(a) as sock:
-            sock.connect((topology.address(b, a), port))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            pacer = topology.pacer(a, b)
-            Sender(sock, lambda seq, kind, start, end, **kw: spans.append((start, end)), pacer).send(
-                torch.zeros(nbytes, dtype=torch.uint8), 0, 0)
-        server.join(timeout=30)
-    finally:
-        listener.close()
-    start, end = spans[0]
-    return goodput_mbps(nbytes, (end - start) / 1e9 / topology.tdf)
 
 
 def retime(controller: Controller, topology: Topology, links: list[tuple[str, str, LinkSpec]], result: RunResult,
@@ -428,52 +425,46 @@ def calibrate(controller: Controller, topology: Topology, links: list[tuple[str,
 class Pool(Protocol):
     """Live workers and topology kept across a sweep's jobs (``harness.controller.session.WorkerPool``)."""
 
-    def job(self, endpoints: list[str], links: list[tuple[str, str, LinkSpec]], workers: list[WorkerSpec],
-            tdf: float, backend: str | None, compensate_headers: bool) -> ContextManager[Topology]: ...
+    def job(self, deployment: Deployment, tdf: float, backend: str | None) -> ContextManager[Topology]: ...
 
-    def controller(self, topology: Topology, workers: list[WorkerSpec], timeout_s: float, max_payload: int,
-                   compute_device: str, link_timeout_s: float) -> Controller: ...
+    def controller(self, topology: Topology, workers: list[WorkerSpec], runtime: Runtime) -> Controller: ...
 
 
-def run_workers(endpoints: list[str], links: list[tuple[str, str, LinkSpec]], workers: list[WorkerSpec],
-                first: str, scenario: Mapping[str, Any], tdf: float, timeout_s: float, max_payload: int,
-                backend: str = "auto", compensate_headers: bool = True,
-                make_hook: Callable[[Topology, Controller, RunResult], Callable[[int], None]] | None = None,
-                progress: bool = True, remote: Mapping[str, str] | None = None,
-                token: Secrets = None, auto_tdf: AutoTdf | None = None,
-                compute_device: str = "auto", link_timeout_s: float = 0.0, pool: Pool | None = None) -> RunResult:
+def run_workers(deployment: Deployment, scenario: Scenario, runtime: Runtime, dilation: Dilation,
+                make_hook: MakeHook | None = None, progress: bool = True, pool: Pool | None = None) -> RunResult:
     """Build the topology, run the scenario's inferences through the workers, tear everything down.
 
-    With ``remote`` (endpoint -> ``tcp:HOST:PORT``), the workers already run on real machines: nothing is spawned,
-    shaped or dilated, and they must have been started with ``token`` (one secret, or one per endpoint). With
-    ``auto_tdf``, the workers calibrate the TDF after the warm-up, and a measured inference that overruns is repeated
-    at a higher TDF. With ``pool`` (a sweep), the topology and the workers are the pool's: kept for the next job,
-    reset for this one.
+    The scenario gives the warm-up and the measured inferences; the deployment how many are in flight. The run
+    starts at ``dilation.tdf`` (not ``runtime.tdf``: a job on real boards runs undilated whatever it says). With
+    ``runtime.remote`` (endpoint -> ``tcp:HOST:PORT``), the workers already run on real machines: nothing is
+    spawned, shaped or dilated, and they must have been started with ``runtime.token`` (one secret per endpoint).
+    With ``dilation.auto``, the workers calibrate the TDF after the warm-up, and a measured inference that overruns
+    is repeated at a higher TDF. With ``pool`` (a sweep), the topology and the workers are the pool's: kept for the
+    next job, reset for this one.
     """
-    requested = None if backend == "auto" else backend
-    pooled = pool is not None and not remote
+    requested = None if runtime.backend == "auto" else runtime.backend
+    pooled = pool is not None and not runtime.remote
     with ExitStack() as stack:
         with phase("network"):
             if pooled:
-                network: Any = pool.job(endpoints, links, workers, tdf, requested, compensate_headers)
+                network: Any = pool.job(deployment, dilation.tdf, requested)
             else:
-                network = RemoteNetwork(remote) if remote else Topology(
-                    endpoints, links, tdf=tdf, backend=requested, compensate_headers=compensate_headers)
+                network = RemoteNetwork(runtime.remote) if runtime.remote else Topology(
+                    deployment.endpoints, deployment.links, tdf=dilation.tdf, backend=requested,
+                    compensate_headers=deployment.compensate_headers)
             topology = stack.enter_context(network)
-        controller = (pool.controller(topology, workers, timeout_s, max_payload, compute_device, link_timeout_s)
-                      if pooled else
-                      Controller(topology, workers, timeout_s, max_payload, token, compute_device, link_timeout_s))
-        return _run_on(topology, controller, links, tdf, first, scenario, make_hook, progress, auto_tdf)
+        controller = (pool.controller(topology, deployment.workers, runtime) if pooled else
+                      Controller(topology, deployment.workers, runtime, runtime.token))
+        return _run_on(topology, controller, deployment, scenario, dilation, make_hook, progress)
 
 
-def _run_on(topology: Network, controller: Controller, links: list[tuple[str, str, LinkSpec]], tdf: float,
-            first: str, scenario: Mapping[str, Any],
-            make_hook: Callable[[Topology, Controller, RunResult], Callable[[int], None]] | None,
-            progress: bool, auto_tdf: AutoTdf | None) -> RunResult:
+def _run_on(topology: Network, controller: Controller, deployment: Deployment, scenario: Scenario,
+            dilation: Dilation, make_hook: MakeHook | None, progress: bool) -> RunResult:
     """Probe the links, start (or reset) the workers, drive the scenario, stop the workers."""
     for w in controller.workers:  # transport details depend on the topology: fill them in now
         w.setup = _resolve_addresses(w.setup, topology)
-    result = RunResult(tdf=tdf, backend=topology.backend, warmup=int(scenario["warmup"]),
+    links, auto_tdf = deployment.links, dilation.auto
+    result = RunResult(tdf=dilation.tdf, backend=topology.backend, warmup=scenario.warmup,
                        link_record=topology.record())
     if topology.local:
         with phase("network"):
@@ -489,8 +480,8 @@ def _run_on(topology: Network, controller: Controller, links: list[tuple[str, st
             repeats = Repeats(auto_tdf.tolerance_pct, auto_tdf.max_repeats,
                               lambda tdf: retime(controller, topology, list(links), result, tdf))
         with phase("inference"):
-            drive(controller, first, int(scenario["warmup"]) + int(scenario["inferences"]), int(scenario["warmup"]),
-                  int(scenario["in_flight"]), result, hook, progress, after_warmup, repeats)
+            drive(controller, deployment.first, scenario.total, scenario.warmup, deployment.in_flight, result, hook,
+                  progress, after_warmup, repeats)
             controller.stop(result)
         if result.repeats and controller.calibrations is not None:
             controller.calibrations.clear()  # an inference overran its calibrated budget: the next job times again

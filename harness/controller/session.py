@@ -17,16 +17,16 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from hardware.profiles import LocalProfile
 from harness.controller.predict import graph_of
-from harness.controller.runtime import Controller, WorkerSpec, _Endpoint
+from harness.controller.experiment import Runtime
+from harness.controller.runtime import Controller, Deployment, WorkerHandle, WorkerSpec
 from harness.model.graph import ModelGraph, build_graph
 from harness.model.models import ModelSpec, make_input
-from harness.network.link import LinkSpec
 from harness.network.topology import Topology
 
 
@@ -74,26 +74,15 @@ class PooledController(Controller):
 
     worker_args = ("--once", "--keep-alive")
 
-    def __init__(self, pool: "WorkerPool", topology: Topology, workers: list[WorkerSpec], timeout_s: float,
-                 max_payload: int, compute_device: str, link_timeout_s: float) -> None:
-        super().__init__(topology, workers, timeout_s, max_payload, pool.token, compute_device, link_timeout_s,
-                         pool.tmp)
+    def __init__(self, pool: "WorkerPool", topology: Topology, workers: list[WorkerSpec], runtime: Runtime) -> None:
+        super().__init__(topology, workers, runtime, pool.token, pool.tmp)
         self.pool = pool
         self.calibrations = pool.calibrations
 
-    def start(self) -> None:
-        for w in self.workers:
-            ep = self.pool.workers.get(w.endpoint)
-            if ep is None or ep.process.poll() is not None:
-                ep = self.pool.replace_worker(w.endpoint, self._spawn)
-            self.endpoints[w.endpoint] = ep
-        for ep in self.endpoints.values():
-            if ep.sock is None:  # a new worker: connect and answer its challenge (the pool's secret, by env)
-                ep.sock = self._connect(self.tmp / f"{ep.name}.sock", ep)
-                self._login(ep)
-        self._set_up()
+    def worker_for(self, endpoint: str) -> WorkerHandle:
+        return self.pool.worker(endpoint, self.spawn)
 
-    def setup_message(self, ep: _Endpoint, setup: dict[str, Any]) -> dict[str, Any]:
+    def setup_message(self, ep: WorkerHandle, setup: dict[str, Any]) -> dict[str, Any]:
         if ep.name in self.pool.served:
             return {"cmd": "reset", "setup": setup}  # on the connection it authenticated when it first connected
         return super().setup_message(ep, setup)
@@ -101,8 +90,8 @@ class PooledController(Controller):
     def after_stop(self) -> None:
         self.pool.served.update(self.endpoints)  # they now wait for the next job's setup
 
-    def close(self) -> None:
-        self.selector.close()  # the workers, their control sockets and logs stay with the pool
+    def end_workers(self) -> None:
+        pass  # the workers, their control sockets and logs stay with the pool
 
 
 class WorkerPool:
@@ -112,7 +101,7 @@ class WorkerPool:
         self.models = ModelCache()
         self.key: tuple[Any, ...] | None = None
         self.topology: Topology | None = None
-        self.workers: dict[str, _Endpoint] = {}
+        self.workers: dict[str, WorkerHandle] = {}
         self.served: set[str] = set()  # workers that finished a job and wait for a reset
         self.token = ""
         self.tmp: Path | None = None
@@ -120,19 +109,19 @@ class WorkerPool:
         self.calibrations: dict[str, dict[str, list[dict[str, Any]]]] = {}  # what live workers timed (runtime.calibrate)
 
     @contextmanager
-    def job(self, endpoints: list[str], links: list[tuple[str, str, LinkSpec]], workers: list[WorkerSpec],
-            tdf: float, backend: str | None, compensate_headers: bool) -> Iterator[Topology]:
+    def job(self, deployment: Deployment, tdf: float, backend: str | None) -> Iterator[Topology]:
         """The topology for one job, reshaped to its TDF and link facts; any failure inside drops everything."""
-        setup = workers[0].setup
-        key = (tuple(endpoints), tuple((a, b) for a, b, _ in links), backend, compensate_headers,
+        setup = deployment.workers[0].setup
+        key = (tuple(deployment.endpoints), tuple((a, b) for a, b, _ in deployment.links), backend,
+               deployment.compensate_headers,
                json.dumps({k: setup.get(k) for k in ("kind", "model", "threads", "max_payload")}, sort_keys=True))
         if key != self.key or self.topology is None or not self.topology.up:
             self.close()
-            self._open(key, endpoints, links, tdf, backend, compensate_headers)
+            self._open(key, deployment, tdf, backend)
         else:
             assert self.topology is not None
             self.topology.tdf = tdf
-            for a, b, spec in links:
+            for a, b, spec in deployment.links:
                 self.topology.set_link(a, b, spec)
         try:
             assert self.topology is not None
@@ -141,24 +130,30 @@ class WorkerPool:
             self.close()  # a worker or link in doubt: the next job starts clean
             raise
 
-    def _open(self, key: tuple[Any, ...], endpoints: list[str], links: list[tuple[str, str, LinkSpec]], tdf: float,
-              backend: str | None, compensate_headers: bool) -> None:
+    def _open(self, key: tuple[Any, ...], deployment: Deployment, tdf: float, backend: str | None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="splitbench-pool-"))
         self.token = secrets.token_hex(16)
-        topology = Topology(endpoints, links, tdf=tdf, backend=backend, compensate_headers=compensate_headers)
+        topology = Topology(deployment.endpoints, deployment.links, tdf=tdf, backend=backend,
+                            compensate_headers=deployment.compensate_headers)
         topology.start()
         self.topology, self.key = topology, key
         self.builds += 1
 
-    def controller(self, topology: Topology, workers: list[WorkerSpec], timeout_s: float, max_payload: int,
-                   compute_device: str, link_timeout_s: float) -> Controller:
-        return PooledController(self, topology, workers, timeout_s, max_payload, compute_device, link_timeout_s)
+    def controller(self, topology: Topology, workers: list[WorkerSpec], runtime: Runtime) -> Controller:
+        return PooledController(self, topology, workers, runtime)
 
-    def replace_worker(self, endpoint: str, spawn: Any) -> _Endpoint:
+    def worker(self, endpoint: str, spawn: Callable[[str], WorkerHandle]) -> WorkerHandle:
+        """``endpoint``'s live worker, or one ``spawn`` starts where there is none or it exited."""
+        live = self.workers.get(endpoint)
+        if live is not None and live.process.poll() is None:
+            return live
+        return self.replace_worker(endpoint, spawn)
+
+    def replace_worker(self, endpoint: str, spawn: Callable[[str], WorkerHandle]) -> WorkerHandle:
         """Spawn ``endpoint``'s worker, in place of one that exited."""
         old = self.workers.pop(endpoint, None)
-        if old is not None and old.sock is not None:
-            old.sock.close()
+        if old is not None:
+            old.hang_up()
         self.served.discard(endpoint)
         self.calibrations.clear()  # a new process: its parts are timed afresh
         assert self.tmp is not None
@@ -169,8 +164,7 @@ class WorkerPool:
     def close(self) -> None:
         """Hang up on the workers (they exit), then remove the topology, its processes and the sockets' folder."""
         for ep in self.workers.values():
-            if ep.sock is not None:
-                ep.sock.close()
+            ep.hang_up()
         self.workers.clear()
         self.served.clear()
         self.calibrations.clear()
