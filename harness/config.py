@@ -15,6 +15,7 @@ import inspect
 import os
 import re
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -75,17 +76,24 @@ class LinkConfig:
     trace: Optional[str] = None
 
 
-@dataclass
-class ScenarioConfig:
-    """The scenario group's schema: its defaults are :class:`Scenario`'s."""
+def schema_of(typed: type, name: str, replace: dict[str, tuple[Any, Any]] | None = None,
+              drop: tuple[str, ...] = ()) -> type:
+    """A Hydra schema with ``typed``'s fields, types and defaults, so that each is written once, there; ``replace``
+    gives a field the config spells otherwise (name -> type, default; a new name is added), ``drop`` leaves a field
+    out of the config. A field without a default is MISSING (the group's YAML must set it)."""
+    replace, hints = dict(replace or {}), typing.get_type_hints(typed)
+    fields = []
+    for f in dataclasses.fields(typed):
+        if f.name in drop:
+            continue
+        kind, default = replace.pop(f.name, (hints[f.name], f.default))
+        fields.append((f.name, kind, MISSING if default is dataclasses.MISSING else default))
+    fields += [(key, kind, default) for key, (kind, default) in replace.items()]
+    return dataclasses.make_dataclass(name, fields)
 
-    name: str = MISSING
-    warmup: int = Scenario.warmup
-    inferences: int = Scenario.inferences
-    in_flight: int = Scenario.in_flight
-    deadline_ms: Optional[float] = Scenario.deadline_ms
-    estimator: str = Scenario.estimator
-    interval_ms: float = Scenario.interval_ms
+
+# The scenario group's schema: Scenario's fields and defaults.
+ScenarioConfig = schema_of(Scenario, "ScenarioConfig")
 
 
 @dataclass
@@ -105,29 +113,11 @@ class ExperimentConfig:
     name: str = DEFAULT_EXPERIMENT
 
 
-@dataclass
-class RuntimeConfig:
-    """The ``runtime`` node's schema: every option that :class:`Runtime` holds as it is (:data:`SHARED_RUNTIME`) has
-    its default there, written once; ``tdf`` reads ``auto`` as None, and the boards' secrets are read from
-    ``token_file`` or the environment, never from the config."""
-
-    threads_per_worker: int = Runtime.threads_per_worker
-    tdf: Any = "auto"
-    tdf_margin: float = Runtime.tdf_margin
-    overrun_tolerance_pct: float = Runtime.overrun_tolerance_pct
-    max_repeats: int = Runtime.max_repeats
-    timeout_s: float = Runtime.timeout_s
-    base_port: int = Runtime.base_port
-    max_payload_mb: int = Runtime.max_payload_mb
-    backend: str = Runtime.backend
-    remote: Any = None  # endpoint -> tcp:HOST:PORT of workers already running on real boards
-    token_file: Optional[str] = None  # a file holding their shared secret (else $SPLITBENCH_TOKEN); never the secret
-    compute_device: str = Runtime.compute_device
-    link_timeout_s: float = Runtime.link_timeout_s
-    reuse: bool = Runtime.reuse
-    max_real_minutes: Optional[float] = Runtime.max_real_minutes
-    retries: int = Runtime.retries
-    retry_tdf_factor: float = Runtime.retry_tdf_factor
+# The runtime node's schema: Runtime's fields and defaults, except that ``tdf`` reads ``auto`` as None, ``remote`` is
+# checked by hand (endpoint -> tcp:HOST:PORT of workers already running on real boards), and the boards' secrets are
+# read from ``token_file`` or the environment, never from the config.
+RuntimeConfig = schema_of(Runtime, "RuntimeConfig", replace={"tdf": (Any, "auto"), "remote": (Any, None),
+                                                             "token_file": (Optional[str], None)}, drop=("token",))
 
 
 # The runtime options the typed Runtime takes as they are written (the rest: tdf, remote, token_file/token).

@@ -33,7 +33,7 @@ ESTIMATORS = ("probe", "smoothed", "last", "oracle", "fixed")
 @dataclass(frozen=True)
 class Scenario:
     """How inferences are issued (after MLPerf LoadGen's scenarios). The defaults here are the config's
-    (``harness.config.ScenarioConfig`` reads them); a scenario YAML holds only what differs."""
+    (``harness.config`` makes the scenario group's schema from this class); a scenario YAML holds only what differs."""
 
     name: str
     warmup: int = 1
@@ -50,8 +50,8 @@ class Scenario:
 
 @dataclass(frozen=True)
 class Runtime:
-    """How the harness runs the workers. The defaults here are the config's (``harness.config.RuntimeConfig``
-    reads them), written once."""
+    """How the harness runs the workers. The fields and defaults here are the config's, written once
+    (``harness.config`` makes the ``runtime`` node's schema from this class)."""
 
     threads_per_worker: int = 1  # torch threads in each worker (the local profile is measured with the same count)
     tdf: float | None = None  # None (runtime.tdf=auto): the workers time their own parts after the warm-up
