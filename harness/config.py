@@ -36,6 +36,7 @@ from harness.model.graph import TraceFailure
 from harness.model.codecs import FEATURE_CODECS, INPUT_CODECS, Codecs
 from harness.model.models import INPUTS, ModelBuildError, ModelSpec, import_hint, import_target
 from harness.network.link import LinkSpec
+from harness.network.remote import bad_addresses
 from harness.worker.auth import MAKE_SECRET, secret_problem
 from partitioners.base import Partitioner
 
@@ -253,10 +254,10 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.experiment.name != REPORTS, f"experiment.name={REPORTS!r} holds the report's figures (make report), "
                                              "never runs: name your experiment otherwise")
     link, scenario, runtime, hw = cfg.link, cfg.scenario, cfg.runtime, cfg.hardware
-    _require(link.bandwidth_mbps > 0, f"link.bandwidth_mbps must be > 0 Mbit/s, got {link.bandwidth_mbps}")
-    _require(link.delay_ms >= 0, f"link.delay_ms must be >= 0, got {link.delay_ms}")
-    _require(link.jitter_ms >= 0, f"link.jitter_ms must be >= 0, got {link.jitter_ms}")
-    _require(0 <= link.loss_pct < 100, f"link.loss_pct must be in [0, 100), got {link.loss_pct}")
+    try:
+        LinkSpec.from_config(link)  # a link's facts are checked once, where they are kept
+    except ValueError as exc:
+        raise ConfigError(f"link.{exc}") from None
     _require(scenario.name in SCENARIOS, f"scenario {scenario.name!r} is not one of {list(SCENARIOS)}")
     _require(scenario.inferences >= 1, f"scenario.inferences must be >= 1, got {scenario.inferences}")
     _require(scenario.warmup >= 0, f"scenario.warmup must be >= 0, got {scenario.warmup}")
@@ -306,8 +307,8 @@ def validate(cfg: DictConfig) -> None:
                  f"method {cfg.method.name!r} splits feature maps across edge servers and needs a star topology; "
                  f"hardware {hw.name!r} is a {hw.topology}. Accepted: hardware=4x_1080ti, 4x_xavier or 4x_local")
     if runtime.remote:
-        bad = {e: a for e, a in runtime.remote.items() if not str(a).startswith("tcp:") or ":" not in str(a)[4:]}
-        _require(not bad, f"runtime.remote addresses must look like tcp:HOST:PORT, got {bad}")
+        _require(not (bad := bad_addresses(runtime.remote)),
+                 f"runtime.remote addresses must look like tcp:HOST:PORT, got {bad}")
 
 
 def validate_codec(cfg: DictConfig, kind: str) -> None:

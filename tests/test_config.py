@@ -59,7 +59,7 @@ def test_unknown_model_lists_the_accepted_ones() -> None:
 
 
 def test_negative_bandwidth_is_refused_with_its_value() -> None:
-    with pytest.raises(ConfigError, match=r"link.bandwidth_mbps must be > 0 Mbit/s, got -5"):
+    with pytest.raises(ConfigError, match=r"link.bandwidth_mbps must be a finite number > 0 \(Mbit/s\), got -5"):
         validate(make(["link.bandwidth_mbps=-5"]))
 
 

@@ -121,7 +121,7 @@ def qdisc_rate(namespace: str, ifname: str) -> int:
 # -- configuration errors (no root needed) -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"bandwidth_mbps": 0}, "bandwidth_mbps must be a finite number > 0, got 0"),
+    ({"bandwidth_mbps": 0}, r"bandwidth_mbps must be a finite number > 0 \(Mbit/s\), got 0"),
     ({"bandwidth_mbps": float("nan")}, "bandwidth_mbps must be"),
     ({"bandwidth_mbps": 1, "delay_ms": -1}, "delay_ms must be a finite number >= 0, got -1"),
     ({"bandwidth_mbps": 1, "jitter_ms": float("inf")}, "jitter_ms must be"),

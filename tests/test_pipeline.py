@@ -89,5 +89,5 @@ def test_crashed_worker_marks_run_failed_and_sweep_goes_on(tracking_uri: str, tm
 def test_bad_value_stops_before_any_run(tracking_uri: str, tmp_path: Path) -> None:
     proc = run_cli(["link.bandwidth_mbps=-1"], tracking_uri, tmp_path)
     assert proc.returncode != 0
-    assert "link.bandwidth_mbps must be > 0 Mbit/s, got -1" in proc.stderr
+    assert "link.bandwidth_mbps must be a finite number > 0 (Mbit/s), got -1" in proc.stderr
     assert not (tmp_path / "mlflow.db").exists() or runs(tracking_uri).empty

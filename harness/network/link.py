@@ -19,7 +19,7 @@ class LinkSpec:
     def __post_init__(self) -> None:
         if not (isinstance(self.bandwidth_mbps, (int, float)) and math.isfinite(self.bandwidth_mbps)
                 and self.bandwidth_mbps > 0):
-            raise ValueError(f"bandwidth_mbps must be a finite number > 0, got {self.bandwidth_mbps!r}")
+            raise ValueError(f"bandwidth_mbps must be a finite number > 0 (Mbit/s), got {self.bandwidth_mbps!r}")
         for name in ("delay_ms", "jitter_ms"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):

@@ -6,6 +6,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 
+def bad_addresses(controls: Mapping[str, Any]) -> dict[str, Any]:
+    """The endpoints whose control address is not ``tcp:HOST:PORT``, with that address."""
+    return {e: a for e, a in controls.items() if not str(a).startswith("tcp:") or ":" not in str(a)[4:]}
+
+
 class RemoteNetwork:
     """Workers already running on real machines (``python -m harness.worker --control tcp:HOST:PORT``).
 
@@ -19,8 +24,7 @@ class RemoteNetwork:
     local = False
 
     def __init__(self, controls: Mapping[str, str]) -> None:
-        bad = {e: a for e, a in controls.items() if not str(a).startswith("tcp:") or ":" not in str(a)[4:]}
-        if bad:
+        if bad := bad_addresses(controls):
             raise ValueError(f"runtime.remote addresses must look like tcp:HOST:PORT, got {bad}")
         self.controls = {e: str(a) for e, a in controls.items()}
 
