@@ -21,9 +21,10 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 
-# The inner loop: everything but the end-to-end tests (no workers, no run.py, no namespaces).
+# The inner loop: everything but the end-to-end tests (no workers, no run.py, no namespaces) and the few marked slow
+# (every method against DADS on real models); `make test` runs them all.
 test-fast: setup
-	$(PY) -m pytest -q -m "not e2e"
+	$(PY) -m pytest -q -m "not e2e and not slow"
 
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -1,5 +1,5 @@
 """Shared fixtures: a private MLflow store per test, root detection for namespace tests, run.py as a subprocess, and
-the ``e2e`` mark (``make test-fast`` leaves those tests out)."""
+the ``e2e`` mark (``make test-fast`` leaves those tests out, and those marked ``slow``)."""
 
 from __future__ import annotations
 
