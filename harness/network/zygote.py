@@ -68,8 +68,11 @@ class Zygote:
 
     def __init__(self, preload: Sequence[str], env: dict[str, str], cwd: str | None = None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # In a session of its own: a Ctrl-C at the terminal is the controller's to handle (mid-import it would print
+        # the zygote's traceback); the zygote ends when the controller's end of the socket closes.
         self.proc = subprocess.Popen([sys.executable, "-m", "harness.network.zygote", str(theirs.fileno()), *preload],
-                                     pass_fds=[theirs.fileno()], env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+                                     pass_fds=[theirs.fileno()], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
         theirs.close()
         self.sock = ours
         self.exited = threading.Event()  # set (and cleared) whenever an exit is reported
