@@ -35,6 +35,7 @@ class AutoTdf:
     repeats: int = CALIBRATION_REPEATS
     quantile: float = CALIBRATION_QUANTILE
 
+
 @dataclass
 class Dilation:
     """The TDF a job starts at, and who sets it from there."""
@@ -43,6 +44,7 @@ class Dilation:
     pads: bool = False  # compute is padded to the profile's time x TDF (emulated boards)
     set_by: str | None = None  # the endpoint whose part needs the most headroom, when the profile set the TDF
     auto: AutoTdf | None = None  # the workers calibrate after the warm-up and raise it on an overrun
+
 
 def tdf_needed(spans: list[tuple[float, float]], allowed_ms: float, floor: float = 1e-3) -> float:
     """The smallest TDF (at least ``floor``) at which ``spans`` overrun their budgets by at most ``allowed_ms``."""

@@ -47,6 +47,8 @@ def write_shared(spec: ModelSpec, module: nn.Module) -> int:
 def load_shared(spec: ModelSpec, fd: int) -> nn.Module | None:
     """The model for ``spec`` with the weights in memory file ``fd``, in eval mode; None where the file holds
     another spec or the model cannot be made that way (then build it from the seed)."""
+    # Only ever the memory file this machine's controller wrote and passed by descriptor (never bytes from a
+    # network: a board drops the variable at start); weights_only admits tensors and plain containers, no code.
     try:
         saved = torch.load(f"/proc/self/fd/{fd}", weights_only=True, mmap=True)
     except (OSError, RuntimeError, ValueError, EOFError):

@@ -52,7 +52,7 @@ class ForkedProcess:
         while self.poll() is None:
             if deadline is not None and time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
-            self.zygote.exited.wait(0.02)
+            time.sleep(0.02)
         return self.returncode  # type: ignore[return-value]
 
     def send_signal(self, sig: int) -> None:
@@ -75,7 +75,6 @@ class Zygote:
                                      start_new_session=True)
         theirs.close()
         self.sock = ours
-        self.exited = threading.Event()  # set (and cleared) whenever an exit is reported
         self._codes: dict[int, int] = {}
         self._replies: list[dict[str, Any]] = []
         self._reply = threading.Condition()
@@ -93,13 +92,10 @@ class Zygote:
                 with self._reply:
                     self._replies.append({"error": "the zygote exited"})
                     self._reply.notify_all()
-                self.exited.set()
                 return
             msg = json.loads(data)
             if "exited" in msg:
                 self._codes[int(msg["exited"])] = int(msg["code"])
-                self.exited.set()
-                self.exited.clear()
             else:
                 with self._reply:
                     self._replies.append(msg)

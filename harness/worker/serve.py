@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from harness.model.models import ModelBuildError, ModelSpec, import_target
+from harness.model.weights import WEIGHTS_FD_ENV
 from harness.worker import auth, wire
 from harness.worker.gate import Admitted, Gate
 from harness.worker.sealed import SealedSocket
@@ -383,6 +384,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="after a run, take the next run's setup on the same control connection and keep the "
                              "model built (the harness's sweeps)")
     args = parser.parse_args(argv)
+    if not args.once:  # a board builds every model from its seed: it maps no memory file, whatever its environment
+        os.environ.pop(WEIGHTS_FD_ENV, None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     max_payload = args.max_payload_mb << 20
     token = read_token(args.token_file)
