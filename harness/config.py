@@ -470,13 +470,14 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
-_USER_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # read before main_with_one_line_errors sets it
+_user_full_error: bool | None = None  # what the user asked for, read before main_with_one_line_errors sets it
 
 
 def one_line(exc: Exception) -> None:
     """Exit with ``exc``'s one line if it is a configuration error (and HYDRA_FULL_ERROR=1 was not asked for)."""
     line = explain(exc)
-    if line is not None and not _USER_FULL_ERROR:
+    full = _user_full_error if _user_full_error is not None else os.environ.get("HYDRA_FULL_ERROR") == "1"
+    if line is not None and not full:
         print(f"error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -495,6 +496,8 @@ def one_line_errors() -> Iterator[None]:
 def main_with_one_line_errors(main: Callable[[], Any]) -> None:
     """Run a Hydra main; a configuration error (composition included) prints one line and exits 2.
     ``HYDRA_FULL_ERROR=1`` keeps the traceback."""
+    global _user_full_error
+    _user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own trimmed traceback
     try:
         main()

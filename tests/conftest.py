@@ -1,16 +1,22 @@
-"""Shared fixtures: a private MLflow store per test, root detection for namespace tests, run.py as a subprocess, and
-the ``e2e`` mark (``make test-fast`` leaves those tests out, and those marked ``slow``)."""
+"""Shared fixtures: a private MLflow store per test, root detection for namespace tests, run.py and the other scripts
+as processes of their own, and the ``e2e`` mark (``make test-fast`` leaves those tests out, and those marked
+``slow``)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 import pytest
+
+from harness.network.zygote import READ_AT_START, ForkedProcess, Zygote
 
 ROOT = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
@@ -56,13 +62,56 @@ def last_attempts(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["tags.retried_as"].isna() | (df["tags.retried_as"] == "")]
 
 
+# What run.py, the benchmarks and the notebook import before they do anything (~5 s of CPU each time): a process of
+# the suite forks from one that imported them once, and is otherwise the process ``python SCRIPT`` starts.
+PRELOAD = ("harness.controller.pipeline", "harness.controller.summary", "harness.config", "hydra", "mlflow")
+_forkers: dict[tuple[tuple[str, str], ...], Zygote] = {}
+
+
+def start_python(script: Path, args: Sequence[str], cwd: Path, env: dict[str, str], stdout: int, stderr: int
+                 ) -> ForkedProcess:
+    """Start ``python script args`` in ``cwd`` with exactly ``env``, in a session of its own, writing to the
+    descriptors ``stdout`` and ``stderr``; its handle answers like a ``Popen``'s."""
+    key = tuple(sorted((k, v) for k, v in env.items() if k.startswith(READ_AT_START)))
+    forker = _forkers.get(key)
+    if forker is None or not forker.alive():
+        forker = _forkers[key] = Zygote(PRELOAD, env, str(ROOT))
+    return forker.spawn(str(script), list(args), env, str(cwd), stdout, stderr, script=True)
+
+
+def run_python(script: Path, args: Sequence[str], cwd: Path, env: dict[str, str], timeout: float = 600
+               ) -> subprocess.CompletedProcess:
+    """``python script args`` in ``cwd`` with exactly ``env``, its output captured, as ``subprocess.run`` would:
+    in a session of its own, killed with its group when it outlives ``timeout``."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = start_python(script, args, cwd, env, out.fileno(), err.fileno())
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        finally:
+            streams = []
+            for f in (out, err):
+                f.seek(0)
+                streams.append(f.read().decode(errors="replace"))
+    return subprocess.CompletedProcess([sys.executable, str(script), *args], code, *streams)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _forkers_end() -> object:
+    yield
+    for forker in _forkers.values():
+        forker.close()
+
+
 def run_cli(args: list[str], tracking_uri: str, cwd: Path, timeout: float = 600,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python run.py args`` as a user would, recording to ``tracking_uri``; outputs go under ``cwd``."""
     full_env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args,
-                           f"hydra.run.dir={cwd}/outputs", f"hydra.sweep.dir={cwd}/multirun"],
-                          cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return run_python(ROOT / "run.py", [*args, f"hydra.run.dir={cwd}/outputs", f"hydra.sweep.dir={cwd}/multirun"],
+                      cwd, full_env, timeout)
 
 
 # Where a run records when nobody says where (ignored by git, so looked at by name): a test must never use them.

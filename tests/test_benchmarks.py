@@ -6,21 +6,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.test_mincut import HAS_ORTOOLS
-from tests.conftest import ROOT, needs_root
+from tests.conftest import ROOT, needs_root, run_python
 
 pytestmark = pytest.mark.e2e  # runs the benchmark scripts
 
 
 def bench(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = run_python(ROOT / "benchmarks" / script, args, ROOT, env, timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
 
+from harness.network.zygote import ForkedProcess
 from tests.boards import TOKEN, boards, free_port, remote_override, start_board, stop_board
-from tests.conftest import IS_ROOT, ROOT, run_cli
+from tests.conftest import IS_ROOT, ROOT, run_cli, start_python
 
 pytestmark = pytest.mark.e2e  # real board worker processes and run.py
 
@@ -76,11 +75,11 @@ def test_a_worker_100000_s_ahead_gives_the_same_latency_and_no_record_holds_the_
     assert not [name for name, text in hydra.items() if TOKEN in text]
     assert TOKEN not in outputs
     assert not [p.name for p in tmp_path.glob("*.log") if TOKEN in p.read_text(errors="replace")]
-    # Last: the same latency on either clock (without the offset: 10^8 ms). The two runs compute on two different
-    # worker processes, unshaped and undilated, whose real ResNet-18 times differ by up to ~15 % on this machine
-    # (10.9 % quiet, 16 % loaded), far inside what a missed conversion would show.
-    assert abs(moved["metrics.latency_p50_ms"] / ref["metrics.latency_p50_ms"] - 1) <= 0.25, \
-        (moved["metrics.latency_p50_ms"], ref["metrics.latency_p50_ms"])
+    # Last: the same latency on either clock (an offset missed anywhere would show as 10^8 ms). The two runs compute
+    # on two different worker processes, unshaped and undilated, whose real ResNet-18 times differ by 11-27 % on
+    # this machine (quiet to loaded): a factor of two bounds that noise, and is far inside a missed conversion.
+    ratio = moved["metrics.latency_p50_ms"] / ref["metrics.latency_p50_ms"]
+    assert 0.5 <= ratio <= 2, (moved["metrics.latency_p50_ms"], ref["metrics.latency_p50_ms"])
 
 
 def test_a_secret_given_as_config_is_refused_before_hydra_records_it(tracking_uri: str, tmp_path: Path) -> None:
@@ -101,15 +100,16 @@ def test_a_model_the_board_does_not_allow_fails_the_run_naming_it(tracking_uri: 
     assert "'torchvision.models.resnet18' is not allowed" in run["tags.invalid_reason"]
 
 
-def start_run(args: list[str], tracking_uri: str, tmp_path: Path, name: str) -> tuple[subprocess.Popen, Path]:
+def start_run(args: list[str], tracking_uri: str, tmp_path: Path, name: str) -> tuple[ForkedProcess, Path]:
     err = tmp_path / f"{name}.err"
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(ROOT), "SPLITBENCH_TOKEN": TOKEN}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={tmp_path}/outputs"],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err.open("w"))
+    with open(os.devnull, "w") as out, err.open("w") as log:
+        proc = start_python(ROOT / "run.py", [*args, f"hydra.run.dir={tmp_path}/outputs"], tmp_path, env,
+                            out.fileno(), log.fileno())
     return proc, err
 
 
-def wait_for_inferences(proc: subprocess.Popen, err: Path, timeout_s: float = 180) -> None:
+def wait_for_inferences(proc: ForkedProcess, err: Path, timeout_s: float = 180) -> None:
     """Until the run's progress bar shows inferences under way."""
     deadline = time.monotonic() + timeout_s
     while "inferences:" not in err.read_text(errors="replace"):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -21,6 +20,7 @@ from harness.model.images import PHOTOGRAPHS, NaturalInputError, natural_batch, 
 from harness.model.models import ModelSpec, make_input
 from harness.config import ConfigError, resolve, validate
 from harness.worker.cut_stage import crossing_codecs
+from tests.conftest import run_python
 from tests.test_config import make
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,10 +169,9 @@ def test_model_input_auto_means_photographs_only_where_the_input_is_compressed()
 
 
 def run(*overrides: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "run.py", *overrides, f"hydra.run.dir={tmp_path}/out",
-                           f"hydra.sweep.dir={tmp_path}/multi"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-                                            **env})
+    return run_python(ROOT / "run.py", [*overrides, f"hydra.run.dir={tmp_path}/out",
+                                        f"hydra.sweep.dir={tmp_path}/multi"],
+                      ROOT, {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", **env}, timeout=900)
 
 
 @pytest.mark.e2e

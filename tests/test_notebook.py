@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.config import register, resolve_objective, validate
 
-from tests.conftest import ROOT, last_attempts, needs_root, run_cli
+from tests.conftest import ROOT, last_attempts, needs_root, run_cli, run_python
 
 pytestmark = pytest.mark.e2e  # executes the notebook and composes every preset's jobs
 
@@ -202,9 +202,6 @@ def test_notebook_names_what_is_missing_instead_of_failing(tmp_path: Path) -> No
 
 def test_only_finished_valid_runs_count(tmp_path: Path) -> None:
     """Tags are set before a run ends: a run tagged valid but KILLED (or still RUNNING) must not reach a table."""
-    import subprocess
-    import sys
-
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -221,8 +218,7 @@ def test_only_finished_valid_runs_count(tmp_path: Path) -> None:
             client.set_terminated(run_id, status)
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CIC_EXPERIMENT": "cic_paper_quick",  # the cut tables only
            "HALP_EXPERIMENT": "absent", "RELIABILITY_EXPERIMENT": "absent", "PAPER_FIGURES_DIR": ""}
-    proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=SCRIPT.parent, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_python(SCRIPT, [], SCRIPT.parent, env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cic_paper_quick: 1 valid measured runs, 0 predicted, 2 left out" in proc.stdout
     assert "11.11" in proc.stdout and "22.22" not in proc.stdout and "33.33" not in proc.stdout
@@ -244,9 +240,6 @@ def make_run(client, experiment: str, status: str, valid: str, params: dict[str,
 def test_notebook_reads_the_users_own_runs(tmp_path: Path) -> None:
     """All experiments by default; INVALID runs out of the tables and counted; a custom model named by its factory;
     DADS's ResNet-18 figure only beside DADS's setting; the quick presets named."""
-    import subprocess
-    import sys
-
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -280,9 +273,8 @@ def test_notebook_reads_the_users_own_runs(tmp_path: Path) -> None:
                  {"predicted_latency_ms": 930 / speedup, "predicted_speedup": speedup})
 
     def notebook(**env: str) -> str:
-        proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=SCRIPT.parent, capture_output=True, text=True,
-                              timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PAPER_FIGURES_DIR": "",
-                                                **env})
+        proc = run_python(SCRIPT, [], SCRIPT.parent, timeout=300,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PAPER_FIGURES_DIR": "", **env})
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stdout
 
@@ -309,13 +301,9 @@ def test_notebook_reads_the_users_own_runs(tmp_path: Path) -> None:
 
 def run_script(uri: str, cwd: Path, **env: str) -> str:
     """The notebook as `make report` runs it (a script), from another folder, with only these settings."""
-    import subprocess
-    import sys
-
     settings = {k: v for k, v in os.environ.items() if k not in ("EXPERIMENTS", "PAPER_FIGURES_DIR")
                 and not k.endswith("_EXPERIMENT")}
-    proc = subprocess.run([sys.executable, str(SCRIPT)], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**settings, "MLFLOW_TRACKING_URI": uri, **env})
+    proc = run_python(SCRIPT, [], cwd, {**settings, "MLFLOW_TRACKING_URI": uri, **env}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 

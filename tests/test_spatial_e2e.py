@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import needs_root, run_cli
+from tests.conftest import last_attempts, needs_root, run_cli
 
 VGG_64 = ["model=vgg16", "model.input_shape=[1,3,64,64]"]
 
@@ -89,7 +89,7 @@ def test_spatial_sweep_on_dilated_1080ti_star_is_valid(tracking_uri: str, tmp_pa
     proc = run_cli(["-m", *VGG_64, "scenario.inferences=1", "hardware=4x_1080ti", "hardware.num_servers=2",
                     "method=halp,modnn", "runtime.tdf_margin=5"], tracking_uri, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    df = recorded(tracking_uri)
+    df = last_attempts(recorded(tracking_uri))  # an attempt that overran on a busy machine is retried by design
     assert sorted(df["params.method.name"]) == ["halp", "modnn"]
     assert (df["status"] == "FINISHED").all(), df["tags.invalid_reason"].tolist()
     assert (df["tags.valid"] == "true").all()

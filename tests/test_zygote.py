@@ -47,6 +47,18 @@ def test_a_child_is_its_module_run_as_main_with_its_own_arguments_environment_di
     assert (tmp_path / "child.log").read_text() == "reported\n"
 
 
+def test_a_script_child_is_what_python_path_starts(zygote, tmp_path):
+    script, out = ROOT / "tests" / "zygote_child.py", tmp_path / "seen.json"
+    with open(tmp_path / "child.log", "w") as log:
+        proc = zygote.spawn(str(script), ["report", str(out)], dict(os.environ), str(tmp_path), log.fileno(),
+                            log.fileno(), script=True)
+    assert proc.wait(timeout=30) == 0
+    seen = json.loads(out.read_text())
+    assert seen["argv0"] == str(script) and seen["argv"] == ["report", str(out)]
+    assert seen["path0"] == str(script.parent)  # its folder first on the import path, as ``python PATH`` puts it
+    assert seen["cwd"] == str(tmp_path) and seen["session"] == proc.pid
+
+
 def test_a_child_inherits_the_descriptors_it_is_given_at_the_numbers_asked(zygote, tmp_path):
     read_end, write_end = os.pipe()
     log = open(tmp_path / "child.log", "w")

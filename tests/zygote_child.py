@@ -1,4 +1,4 @@
-"""A module the zygote tests start with ``python -m``: ``report PATH`` writes what the process sees, ``write FD``
+"""A module the zygote tests start with ``python -m`` (or as a script): ``report PATH`` writes what the process sees, ``write FD``
 writes to an inherited descriptor, ``exit N`` exits with N, ``sleep`` waits to be killed, ``raise`` raises."""
 
 import json
@@ -10,7 +10,7 @@ import time
 if __name__ == "__main__":
     what = sys.argv[1]
     if what == "report":
-        seen = {"argv": sys.argv[1:], "marker": os.environ.get("ZYGOTE_TEST_MARKER"), "cwd": os.getcwd(),
+        seen = {"argv": sys.argv[1:], "argv0": sys.argv[0], "path0": sys.path[0], "marker": os.environ.get("ZYGOTE_TEST_MARKER"), "cwd": os.getcwd(),
                 "pid": os.getpid(), "session": os.getsid(0), "stdin": sys.stdin.read(),
                 "interfaces": [name for _, name in socket.if_nameindex()]}
         with open(sys.argv[2], "w") as f:

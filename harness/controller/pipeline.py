@@ -222,7 +222,7 @@ def _record_job(exp: Experiment, pool: WorkerPool | None, multirun: bool, launch
     budget = exp.runtime.max_real_minutes
     if exp.mode == "predict" or budget is not None:
         with phases.phase("setup"):
-            prediction = predict(exp)
+            prediction = predict(exp, graph)
         if exp.mode == "predict":
             return record_prediction(exp, prediction, tags, None)
         if prediction.real_minutes > budget:

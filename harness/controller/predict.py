@@ -69,10 +69,10 @@ def graph_of(spec: ModelSpec) -> ModelGraph:
     return _graph_of(json.dumps(spec.to_dict(), sort_keys=True))
 
 
-def predict(exp: Experiment) -> Prediction:
+def predict(exp: Experiment, graph: ModelGraph | None = None) -> Prediction:
     """Decide and calibrate as a measured run would (``harness.controller.job``), then read latency, throughput and
-    real time off the cost model."""
-    graph = graph_of(exp.model)
+    real time off the cost model; ``graph``: the model's, where the caller built it already."""
+    graph = graph if graph is not None else graph_of(exp.model)
     local_ms = lambda: LocalProfile(threads=exp.runtime.threads_per_worker).node_ms(graph)  # noqa: E731
     decision = plan_job(exp, graph, local_ms)
     dilation = decision.dilation

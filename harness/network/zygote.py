@@ -117,13 +117,14 @@ class Zygote:
         return None
 
     def spawn(self, module: str, args: Sequence[str], env: dict[str, str], cwd: str, stdout: int, stderr: int,
-              namespace: str | None = None, fds: Mapping[int, int] | None = None,
-              timeout_s: float = 60.0) -> ForkedProcess:
-        """Fork ``python -m module args`` with ``env``, ``cwd`` and the file descriptors ``stdout``/``stderr``,
-        inside the network namespace bound at path ``namespace`` when one is given; ``fds`` maps a descriptor
-        number in the child to one of this process's descriptors it inherits there."""
+              namespace: str | None = None, fds: Mapping[int, int] | None = None, timeout_s: float = 60.0,
+              script: bool = False) -> ForkedProcess:
+        """Fork ``python -m module args`` (``python module args`` with ``script``: ``module`` is then a file's path)
+        with ``env``, ``cwd`` and the file descriptors ``stdout``/``stderr``, inside the network namespace bound at
+        path ``namespace`` when one is given; ``fds`` maps a descriptor number in the child to one of this
+        process's descriptors it inherits there."""
         fds = dict(fds or {})
-        request = json.dumps({"module": module, "args": list(args), "env": env, "cwd": cwd,
+        request = json.dumps({"module": module, "script": script, "args": list(args), "env": env, "cwd": cwd,
                               "namespace": namespace, "fds": list(fds)}).encode()
         with self._lock:
             with self._reply:
@@ -176,12 +177,12 @@ def shared_zygote(preload: Sequence[str], env: dict[str, str], cwd: str) -> Zygo
 # -- the zygote process ----------------------------------------------------------------------------------------------
 
 def _child(sock: socket.socket, request: dict[str, Any], fds: list[int], own_fds: Sequence[int]) -> None:
-    """In the forked child: become the requested ``python -m`` process (``own_fds``: the zygote's, closed);
-    never returns."""
+    """In the forked child: become the requested ``python -m`` (or ``python PATH``) process (``own_fds``: the
+    zygote's, closed); never returns."""
     code = 1
     try:
         os.setsid()
-        _name_process(request["module"])
+        _name_process(os.path.basename(request["module"]))
         sock.close()
         signal.set_wakeup_fd(-1)
         for fd in own_fds:
@@ -205,7 +206,11 @@ def _child(sock: socket.socket, request: dict[str, Any], fds: list[int], own_fds
             enter_namespace(request["namespace"])
         import runpy
         sys.argv = [request["module"], *request["args"]]
-        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        if request.get("script"):  # as ``python PATH`` would: the script's folder first on the import path
+            sys.path[0] = os.path.dirname(os.path.abspath(request["module"]))
+            runpy.run_path(request["module"], run_name="__main__")
+        else:
+            runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -291,6 +296,7 @@ def main(argv: Sequence[str]) -> None:
     for module in argv[1:]:
         __import__(module)
     serve(sock)
+    os._exit(0)  # nothing to flush or finalise: tearing down torch's modules would only take seconds
 
 
 if __name__ == "__main__":
