@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Iterator
 
 from harness.worker.sealed import SealedSocket
-from tests.conftest import ROOT
+from harness.network.zygote import ForkedProcess
+from tests.conftest import ROOT, start_python
 
 TOKEN = "test-secret-5c0e9a41d27b8f36"  # 32 bytes: a board refuses secrets under 16
 
@@ -32,7 +33,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+def wait_listening(port: int, proc: subprocess.Popen | ForkedProcess, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         assert proc.poll() is None, f"the worker on port {port} exited with code {proc.returncode}"
@@ -45,17 +46,22 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> 
 
 
 def start_board(port: int, log: Path, prefix: list[str] | None = None, args: list[str] | None = None,
-                token: str = TOKEN) -> subprocess.Popen:
-    """One board worker, in its own process group (its run's child included) so that it can be killed whole."""
+                token: str = TOKEN) -> subprocess.Popen | ForkedProcess:
+    """One board worker, in its own process group (its run's child included) so that it can be killed whole; one
+    started under a ``prefix`` command (a time namespace) is a process of its own, others are forked."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SPLITBENCH_TOKEN": token}
-    proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "harness.worker", "--control",
-                             f"tcp:127.0.0.1:{port}", *(args or [])], env=env, cwd=ROOT, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    argv = ["--control", f"tcp:127.0.0.1:{port}", *(args or [])]
+    with log.open("w") as out:
+        if prefix:
+            proc = subprocess.Popen([*prefix, sys.executable, "-m", "harness.worker", *argv], env=env, cwd=ROOT,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        else:
+            proc = start_python("harness.worker", argv, ROOT, env, out.fileno(), out.fileno(), module=True)
     wait_listening(port, proc)
     return proc
 
 
-def stop_board(proc: subprocess.Popen) -> None:
+def stop_board(proc: subprocess.Popen | ForkedProcess) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -4,14 +4,16 @@ as processes of their own, and the ``e2e`` mark (``make test-fast`` leaves those
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import pandas as pd
 import pytest
@@ -25,6 +27,49 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="network namespaces and kern
 
 # A test is end to end when it records runs (a private MLflow store), builds namespaces (root), or says so itself.
 E2E_FIXTURES = {"tracking_uri"}
+
+
+# ``make test`` runs two tests at a time (pytest-xdist): a test marked ``exclusive`` bounds a timing that a second
+# test's load would move (goodput, a trace followed per second, a VM's emulated CPU), so it runs alone. Every test
+# holds the machine's lock, made by the session's main process: shared, or exclusively when marked; a turnstile lets a
+# waiting exclusive test in before the next shared one.
+LOCKS_ENV = "SPLITBENCH_TEST_LOCKS"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        os.environ[LOCKS_ENV] = tempfile.mkdtemp(prefix="splitbench-tests-")  # the workers inherit it
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and LOCKS_ENV in os.environ:
+        shutil.rmtree(os.environ.pop(LOCKS_ENV), ignore_errors=True)
+
+
+@contextmanager
+def machine_share(exclusive: bool) -> Iterator[None]:
+    folder = os.environ.get(LOCKS_ENV)
+    if folder is None:  # one test at a time anyway
+        yield
+        return
+    with open(Path(folder) / "turnstile", "a") as turnstile, open(Path(folder) / "machine", "a") as machine:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(machine, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            if not exclusive:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(machine, fcntl.LOCK_UN)
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    with machine_share(item.get_closest_marker("exclusive") is not None):
+        yield
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -64,27 +109,29 @@ def last_attempts(df: pd.DataFrame) -> pd.DataFrame:
 
 # What run.py, the benchmarks and the notebook import before they do anything (~5 s of CPU each time): a process of
 # the suite forks from one that imported them once, and is otherwise the process ``python SCRIPT`` starts.
-PRELOAD = ("harness.controller.pipeline", "harness.controller.summary", "harness.config", "hydra", "mlflow")
+PRELOAD = ("harness.controller.pipeline", "harness.controller.summary", "harness.config", "hydra", "mlflow",
+           "mlflow.store.tracking.sqlalchemy_store")
 _forkers: dict[tuple[tuple[str, str], ...], Zygote] = {}
 
 
-def start_python(script: Path, args: Sequence[str], cwd: Path, env: dict[str, str], stdout: int, stderr: int
-                 ) -> ForkedProcess:
-    """Start ``python script args`` in ``cwd`` with exactly ``env``, in a session of its own, writing to the
-    descriptors ``stdout`` and ``stderr``; its handle answers like a ``Popen``'s."""
+def start_python(script: Path | str, args: Sequence[str], cwd: Path, env: dict[str, str], stdout: int, stderr: int,
+                 module: bool = False) -> ForkedProcess:
+    """Start ``python script args`` (``python -m script args`` with ``module``) in ``cwd`` with exactly ``env``, in a
+    session of its own, writing to the descriptors ``stdout`` and ``stderr``; its handle answers like a ``Popen``'s."""
     key = tuple(sorted((k, v) for k, v in env.items() if k.startswith(READ_AT_START)))
     forker = _forkers.get(key)
     if forker is None or not forker.alive():
         forker = _forkers[key] = Zygote(PRELOAD, env, str(ROOT))
-    return forker.spawn(str(script), list(args), env, str(cwd), stdout, stderr, script=True)
+    return forker.spawn(str(script), list(args), env, str(cwd), stdout, stderr, script=not module)
 
 
-def run_python(script: Path, args: Sequence[str], cwd: Path, env: dict[str, str], timeout: float = 600
-               ) -> subprocess.CompletedProcess:
-    """``python script args`` in ``cwd`` with exactly ``env``, its output captured, as ``subprocess.run`` would:
-    in a session of its own, killed with its group when it outlives ``timeout``."""
+def run_python(script: Path | str, args: Sequence[str], cwd: Path, env: dict[str, str], timeout: float = 600,
+               module: bool = False) -> subprocess.CompletedProcess:
+    """``python script args`` (``python -m script args`` with ``module``) in ``cwd`` with exactly ``env``, its output
+    captured, as ``subprocess.run`` would: in a session of its own, killed with its group when it outlives
+    ``timeout``."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = start_python(script, args, cwd, env, out.fileno(), err.fileno())
+        proc = start_python(script, args, cwd, env, out.fileno(), err.fileno(), module)
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -96,7 +143,8 @@ def run_python(script: Path, args: Sequence[str], cwd: Path, env: dict[str, str]
             for f in (out, err):
                 f.seek(0)
                 streams.append(f.read().decode(errors="replace"))
-    return subprocess.CompletedProcess([sys.executable, str(script), *args], code, *streams)
+    return subprocess.CompletedProcess([sys.executable, *(["-m"] if module else []), str(script), *args], code,
+                                       *streams)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,8 +14,6 @@ import json
 import os
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from harness.worker.sealed import IntegrityError, SealedSocket
 from harness.worker.stage import DataHandshake, accept_data_links, connect_data
 from harness.worker.wire import HEADER, MAGIC, MAX_DIMS, VERSION, Kind
 from tests.boards import TOKEN, challenge_when_free, free_port, start_board, stop_board
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_python
 
 pytestmark = pytest.mark.e2e  # attacks real board worker processes
 
@@ -336,9 +334,8 @@ def test_the_boards_own_payload_bound_holds_whatever_the_setup_asks(board: tuple
 @pytest.mark.parametrize("secret, problem", [("short-secret", "12 bytes; at least 16"), (" ", "only whitespace"),
                                              ("", "only whitespace")])
 def test_a_weak_secret_stops_the_worker_at_start(secret: str, problem: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "harness.worker", "--control", f"tcp:127.0.0.1:{free_port()}"],
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "SPLITBENCH_TOKEN": secret}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = run_python("harness.worker", ["--control", f"tcp:127.0.0.1:{free_port()}"], ROOT,
+                      {**os.environ, "PYTHONPATH": str(ROOT), "SPLITBENCH_TOKEN": secret}, timeout=120, module=True)
     assert proc.returncode != 0
     assert problem in proc.stderr and "secrets.token_hex(32)" in proc.stderr, proc.stderr
 

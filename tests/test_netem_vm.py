@@ -49,7 +49,7 @@ LOSS_COUNT = 4000
 LOSS_QUANTILE = 0.0005  # each tail of the binomial bounds
 
 LACKING = missing()
-pytestmark = [pytest.mark.e2e, pytest.mark.slow,
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.exclusive,  # the emulated CPU takes both cores
               pytest.mark.skipif(bool(LACKING), reason=f"the netem VM cannot start: {'; '.join(LACKING)}")]
 
 

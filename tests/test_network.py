@@ -31,6 +31,8 @@ from harness.network.shaping import available_backends
 from harness.network.topology import Topology
 from harness.worker.pacer import Pacer
 
+pytestmark = pytest.mark.exclusive  # goodput and rates measured on veths: a concurrent test's load moves them
+
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "sbt"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root (CI runs as root)")

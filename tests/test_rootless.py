@@ -107,6 +107,7 @@ scenario: {inferences: 2}
 
 
 @pytest.mark.e2e
+@pytest.mark.exclusive  # the pre-run goodput probe within 5 %
 @needs_userns
 def test_rootless_cut_and_spatial_runs_are_kernel_shaped_valid_and_leave_nothing(tracking_uri: str,
                                                                                  tmp_path: Path) -> None:
@@ -168,6 +169,7 @@ def test_a_signal_to_a_rootless_holder_leaves_nothing(sig: signal.Signals) -> No
 
 
 @pytest.mark.e2e
+@pytest.mark.exclusive  # goodput within 5 %
 @needs_userns
 def test_a_live_rootless_process_probes_goodput_as_root_does_and_an_exception_leaves_nothing() -> None:
     kernel_cases = [case for case in PROBE_CASES if case[0] != "userspace"]

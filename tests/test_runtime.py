@@ -12,8 +12,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -46,7 +44,7 @@ from harness.loadgen.dilation import Dilation
 from harness.loadgen.errors import RunFailed
 from harness.worker.gate import HANDSHAKE_DEADLINE_S
 from partitioners.base import LinkState, Plan, cut_plan, device_side_of
-from tests.conftest import ROOT, needs_root
+from tests.conftest import ROOT, needs_root, start_python
 
 CONF = ROOT / "conf"
 PREFIX = namespaces.DEFAULT_PREFIX
@@ -242,10 +240,12 @@ def test_sigint_to_run_py_mid_run_ends_the_mlflow_run_and_leaves_nothing(trackin
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(ROOT), MARK: marker}
     args = [*SMALL, "method=server_only", "link.bandwidth_mbps=2", "scenario.inferences=60",
             f"hydra.run.dir={tmp_path}/outputs"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    read_end, write_end = os.pipe()
+    with open(os.devnull, "w") as devnull:
+        proc = start_python(ROOT / "run.py", args, tmp_path, env, devnull.fileno(), write_end)
+    os.close(write_end)
     stderr: list[bytes] = []
-    reader = threading.Thread(target=lambda: stderr.extend(iter(lambda: proc.stderr.read(64), b"")), daemon=True)
+    reader = threading.Thread(target=lambda: stderr.extend(iter(lambda: os.read(read_end, 4096), b"")), daemon=True)
     reader.start()
     try:
         # Mid-run: the progress lines (at each tenth of the 61) show inferences done (each sends the 48 KiB input at
@@ -265,6 +265,7 @@ def test_sigint_to_run_py_mid_run_ends_the_mlflow_run_and_leaves_nothing(trackin
             proc.kill()
             proc.wait()
     reader.join(timeout=5)
+    os.close(read_end)
     text = b"".join(stderr).decode(errors="replace")
     assert proc.returncode != 0, text[-3000:]
     assert_nothing_left(proc.pid, marker)

@@ -74,6 +74,7 @@ def followed_within(uri: str, run: pd.Series, tmp_path: Path, tolerance: Callabl
 
 
 @needs_root
+@pytest.mark.exclusive  # the link's rate per second of the trace
 def test_dynamic_link_follows_the_trace_and_deadlines_count_right(tracking_uri: str, tmp_path: Path) -> None:
     # server_only ships the 48 KiB input every inference: its transfers measure the link in every step of the
     # trace (0-2 s at 18.88, 2-4 s at 5.85, 4-6 s at 1.1 Mbit/s); 13 arrivals 450 ms apart walk 5.85 s of it.
@@ -104,6 +105,7 @@ def test_dynamic_link_follows_the_trace_and_deadlines_count_right(tracking_uri: 
 
 
 @needs_root
+@pytest.mark.exclusive  # the link's rate per second of the trace
 def test_a_mahimahi_trace_is_replayed_within_10_percent_per_second(tracking_uri: str, tmp_path: Path) -> None:
     # The shipped Mahimahi walk changes rate nearly every 100 ms between 1 and 20 Mbit/s; server_only's 48 KiB
     # input measures the link at every arrival, 12 arrivals 450 ms apart over 5.4 s of it.
@@ -305,6 +307,7 @@ def _steps(decisions: list[dict]) -> list[list[dict]]:
 
 
 @needs_root
+@pytest.mark.exclusive  # the link's rate per second of the trace
 def test_probe_estimate_follows_every_step_while_the_plan_sends_nothing(tracking_uri: str, tmp_path: Path) -> None:
     # device_only sends nothing, so only the probe can see the link: 20 arrivals 500 ms apart walk all five steps.
     proc = run_cli(["model=resnet18", "model.input_shape=[1,3,64,64]", "hardware=local_pair", "method=device_only",
@@ -340,6 +343,7 @@ def test_the_dynamic_issue_run_is_valid_at_default_settings(tracking_uri: str, t
 
 
 @needs_root
+@pytest.mark.exclusive  # the switch back lands within one decision of the recovery
 def test_a_plan_that_retreated_to_the_device_comes_back_when_the_link_recovers(tracking_uri: str,
                                                                               tmp_path: Path) -> None:
     # AlexNet from a Raspberry Pi 3B: CIC cuts after the features at 5.85 Mbit/s and keeps everything on the device

@@ -25,7 +25,7 @@ from harness.controller import pipeline
 from harness.controller.stale_runs import (HOST_TAG, PID_TAG, START_TIME_TAG, controller_tags, end_dead_runs,
                                            this_host)
 from harness.network import namespaces
-from tests.conftest import ROOT, needs_root
+from tests.conftest import ROOT, needs_root, start_python
 
 register()
 
@@ -161,8 +161,7 @@ def test_a_controller_killed_mid_run_leaves_a_run_that_cleanup_ends_killed(track
             "link.bandwidth_mbps=1.1", "scenario.inferences=50", "runtime.max_real_minutes=null",
             f"hydra.run.dir={tmp_path}/outputs"]
     with open(tmp_path / "run.log", "w") as out:
-        controller = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, env=env,
-                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        controller = start_python(ROOT / "run.py", args, tmp_path, env, out.fileno(), out.fileno())
     workers: list[int] = []
     try:
         # mid-run: its namespaces exist (so its run is open) and workers compute inside them

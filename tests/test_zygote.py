@@ -82,6 +82,18 @@ def test_exit_codes_signals_and_waits_answer_like_popen(zygote, tmp_path):
     assert sleeper.wait(timeout=30) == -signal.SIGKILL and sleeper.returncode == -signal.SIGKILL
 
 
+def test_a_child_ends_as_an_interpreter_does(zygote, tmp_path):
+    """Non-daemon threads are waited for, then ``atexit`` handlers run (a topology's teardown is one); Ctrl-C raises
+    KeyboardInterrupt, and uncaught it ends the process by SIGINT."""
+    assert fork(zygote, tmp_path, "atexit").wait(timeout=30) == 0
+    assert (tmp_path / "child.log").read_text() == "thread finished\natexit handler ran\n"
+    sleeper = fork(zygote, tmp_path, "sleep")
+    assert wait_for(lambda: "sleeping" in (tmp_path / "child.log").read_text())
+    sleeper.send_signal(signal.SIGINT)
+    assert sleeper.wait(timeout=30) == -signal.SIGINT
+    assert "KeyboardInterrupt" in (tmp_path / "child.log").read_text()
+
+
 def test_a_child_that_raises_exits_1_with_its_traceback_in_its_log(zygote, tmp_path):
     assert fork(zygote, tmp_path, "raise").wait(timeout=30) == 1
     assert "ValueError: the child's own error" in (tmp_path / "child.log").read_text()

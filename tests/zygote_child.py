@@ -1,10 +1,13 @@
 """A module the zygote tests start with ``python -m`` (or as a script): ``report PATH`` writes what the process sees, ``write FD``
-writes to an inherited descriptor, ``exit N`` exits with N, ``sleep`` waits to be killed, ``raise`` raises."""
+writes to an inherited descriptor, ``exit N`` exits with N, ``sleep`` waits to be killed, ``raise`` raises,
+``atexit`` exits while a thread still works and with a handler registered."""
 
+import atexit
 import json
 import os
 import socket
 import sys
+import threading
 import time
 
 if __name__ == "__main__":
@@ -25,3 +28,6 @@ if __name__ == "__main__":
         time.sleep(600)
     elif what == "raise":
         raise ValueError("the child's own error")
+    elif what == "atexit":
+        atexit.register(lambda: print("atexit handler ran", flush=True))
+        threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished", flush=True))).start()

@@ -196,7 +196,8 @@ def _child(sock: socket.socket, request: dict[str, Any], fds: list[int], own_fds
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as Python starts: Ctrl-C raises KeyboardInterrupt
+        for sig in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         os.chdir(request["cwd"])
         os.environ.clear()
@@ -216,15 +217,33 @@ def _child(sock: socket.socket, request: dict[str, Any], fds: list[int], own_fds
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, (int, type(None))):
             print(exc.code, file=sys.stderr)
-    except BaseException:  # noqa: BLE001  (the child must never return into the zygote's loop)
+    except BaseException as exc:  # noqa: BLE001  (the child must never return into the zygote's loop)
         import traceback
         traceback.print_exc()
+        if isinstance(exc, KeyboardInterrupt):
+            code = -signal.SIGINT
     finally:
         try:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            _exit_as_python_does(code)
         finally:
-            os._exit(code)
+            os._exit(code if code >= 0 else 128 - code)
+
+
+def _exit_as_python_does(code: int) -> None:
+    """What an interpreter's exit does that a program can see: wait for its non-daemon threads, run its ``atexit``
+    handlers (a topology's teardown is one), flush its streams; and after an uncaught ``KeyboardInterrupt``, end by
+    SIGINT. Finalising the modules it imported is left out: only seconds of tearing torch down."""
+    import atexit
+    import threading
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]
+        atexit._run_exitfuncs()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if code == -signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _name_process(module: str) -> None:
