@@ -11,9 +11,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 import pytest
@@ -29,11 +28,14 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="network namespaces and kern
 E2E_FIXTURES = {"tracking_uri"}
 
 
-# ``make test`` runs two tests at a time (pytest-xdist): a test marked ``exclusive`` bounds a timing that a second
-# test's load would move (goodput, a trace followed per second, a VM's emulated CPU), so it runs alone. Every test
-# holds the machine's lock, made by the session's main process: shared, or exclusively when marked; a turnstile lets a
-# waiting exclusive test in before the next shared one.
+# ``make test`` runs two tests at a time (pytest-xdist, ``--dist loadgroup``). A test marked ``exclusive`` bounds a
+# timing that a second test's load would move (goodput, a trace followed per second, a VM's emulated CPU): it runs
+# alone. Every test holds the machine's lock (made by the session's main process), shared, or exclusively when marked;
+# a turnstile lets a waiting exclusive test in before the next shared one. The exclusive tests form one group, run
+# first and back to back, holding the lock from the first to the last; the end-to-end tests come next, so that the
+# short ones fill the end. A module whose tests share an expensive module fixture names an ``xdist_group`` itself.
 LOCKS_ENV = "SPLITBENCH_TEST_LOCKS"
+_held: list[Any] = []  # this worker's open lock files while it holds the machine exclusively
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,30 +48,45 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(os.environ.pop(LOCKS_ENV), ignore_errors=True)
 
 
-@contextmanager
-def machine_share(exclusive: bool) -> Iterator[None]:
-    folder = os.environ.get(LOCKS_ENV)
-    if folder is None:  # one test at a time anyway
-        yield
-        return
-    with open(Path(folder) / "turnstile", "a") as turnstile, open(Path(folder) / "machine", "a") as machine:
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
-        try:
-            fcntl.flock(machine, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        finally:
-            if not exclusive:
-                fcntl.flock(turnstile, fcntl.LOCK_UN)
-        try:
-            yield
-        finally:
-            fcntl.flock(machine, fcntl.LOCK_UN)
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
+def _lock(exclusive: bool) -> list[Any]:
+    folder = Path(os.environ[LOCKS_ENV])
+    turnstile, machine = open(folder / "turnstile", "a"), open(folder / "machine", "a")
+    fcntl.flock(turnstile, fcntl.LOCK_EX)
+    fcntl.flock(machine, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    if not exclusive:
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+    return [machine, turnstile]
+
+
+def _unlock(files: list[Any]) -> None:
+    for f in files:  # closing drops the lock
+        f.close()
+
+
+def _exclusive(item: pytest.Item | None) -> bool:
+    return item is not None and item.get_closest_marker("exclusive") is not None
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    with machine_share(item.get_closest_marker("exclusive") is not None):
+    if LOCKS_ENV not in os.environ:  # one test at a time anyway
         yield
+        return
+    if _exclusive(item):
+        if not _held:
+            _held.extend(_lock(exclusive=True))
+        try:
+            yield
+        finally:
+            if not _exclusive(nextitem):
+                _unlock(_held)
+                _held.clear()
+        return
+    shared = _lock(exclusive=False)
+    try:
+        yield
+    finally:
+        _unlock(shared)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -78,6 +95,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                                for mark in item.iter_markers())
         if E2E_FIXTURES & set(getattr(item, "fixturenames", ())) or needs_namespaces:
             item.add_marker(pytest.mark.e2e)
+        if _exclusive(item):
+            item.add_marker(pytest.mark.xdist_group("exclusive"))
+    items.sort(key=lambda item: (not _exclusive(item), item.get_closest_marker("e2e") is None))
 
 
 @pytest.fixture(scope="session")
