@@ -31,9 +31,10 @@ E2E_FIXTURES = {"tracking_uri"}
 # ``make test`` runs two tests at a time (pytest-xdist, ``--dist loadgroup``). A test marked ``exclusive`` bounds a
 # timing that a second test's load would move (goodput, a trace followed per second, a VM's emulated CPU): it runs
 # alone. Every test holds the machine's lock (made by the session's main process), shared, or exclusively when marked;
-# a turnstile lets a waiting exclusive test in before the next shared one. The exclusive tests form one group, run
-# first and back to back, holding the lock from the first to the last; the end-to-end tests come next, so that the
-# short ones fill the end. A module whose tests share an expensive module fixture names an ``xdist_group`` itself.
+# a turnstile lets a waiting exclusive test in before the next shared one. The end-to-end tests go first and the
+# short ones fill the end; the exclusive tests form one group that comes last (the other worker's last test, short,
+# is all they wait for) and runs back to back under one hold of the lock. A module whose tests share an expensive
+# module fixture names an ``xdist_group`` itself.
 LOCKS_ENV = "SPLITBENCH_TEST_LOCKS"
 _held: list[Any] = []  # this worker's open lock files while it holds the machine exclusively
 
@@ -97,7 +98,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
         if _exclusive(item):
             item.add_marker(pytest.mark.xdist_group("exclusive"))
-    items.sort(key=lambda item: (not _exclusive(item), item.get_closest_marker("e2e") is None))
+    items.sort(key=lambda item: (_exclusive(item), item.get_closest_marker("e2e") is None))
 
 
 @pytest.fixture(scope="session")

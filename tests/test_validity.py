@@ -57,6 +57,7 @@ def stalled_run(stall: dict, max_repeats: int, pool: session.WorkerPool | None =
 
 
 @needs_root
+@pytest.mark.exclusive  # exactly the injected stall overruns: a concurrent test's load adds others
 def test_one_stalled_inference_is_repeated_at_a_higher_tdf_and_the_run_stays_valid(marker: str) -> None:
     stalled = WARMUP + 1  # the second measured inference
     result, expected = stalled_run({"from_seq": stalled, "count": 1, "ms": STALL_MS}, max_repeats=2)
@@ -76,6 +77,7 @@ def test_one_stalled_inference_is_repeated_at_a_higher_tdf_and_the_run_stays_val
 
 
 @needs_root
+@pytest.mark.exclusive  # exactly the injected stall overruns: a concurrent test's load adds others
 def test_kept_alive_workers_reuse_their_calibration_until_an_inference_overruns(marker: str) -> None:
     pool = session.WorkerPool()
     try:
