@@ -90,6 +90,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         _unlock(shared)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         needs_namespaces = any(mark.name == "skipif" and "need root" in str(mark.kwargs.get("reason", ""))
