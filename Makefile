@@ -18,15 +18,14 @@ setup: $(VENV)/.installed
 run: setup
 	$(PY) run.py
 
-# Two tests at a time; a test marked exclusive runs alone, and tests that share an expensive module fixture run on one
-# worker (tests/conftest.py).
+# Two tests at a time, a module's tests on one worker; a test marked exclusive runs alone (tests/conftest.py).
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadscope
 
 # The inner loop: everything but the end-to-end tests (no workers, no run.py, no namespaces) and the few marked slow
 # (every method against DADS on real models); `make test` runs them all.
 test-fast: setup
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not e2e and not slow"
+	$(PY) -m pytest -q -n 2 --dist loadscope -m "not e2e and not slow"
 
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

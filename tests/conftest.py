@@ -28,13 +28,13 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="network namespaces and kern
 E2E_FIXTURES = {"tracking_uri"}
 
 
-# ``make test`` runs two tests at a time (pytest-xdist, ``--dist loadgroup``). A test marked ``exclusive`` bounds a
-# timing that a second test's load would move (goodput, a trace followed per second, a VM's emulated CPU): it runs
-# alone. Every test holds the machine's lock (made by the session's main process), shared, or exclusively when marked;
-# a turnstile lets a waiting exclusive test in before the next shared one. The end-to-end tests go first and the
-# short ones fill the end; the exclusive tests form one group that comes last (the other worker's last test, short,
-# is all they wait for) and runs back to back under one hold of the lock. A module whose tests share an expensive
-# module fixture names an ``xdist_group`` itself.
+# ``make test`` runs two tests at a time (pytest-xdist, ``--dist loadscope``: a module's tests on one worker, so its
+# module fixtures are built once). A test marked ``exclusive`` bounds a timing that a second test's load would move
+# (goodput, a trace followed per second, a VM's emulated CPU): it runs alone. Every test holds the machine's lock
+# (made by the session's main process), shared, or exclusively when marked; a turnstile lets a waiting exclusive test
+# in before the next shared one, and consecutive exclusive tests hold it from the first to the last. The end-to-end
+# tests go first and the exclusive ones last, so that short tests fill the end. (``xdist_group`` would gather the
+# exclusive tests of all modules, but pytest-xdist 3.8 cannot rename pytest 9's node ids, so it groups nothing.)
 LOCKS_ENV = "SPLITBENCH_TEST_LOCKS"
 _held: list[Any] = []  # this worker's open lock files while it holds the machine exclusively
 
@@ -90,15 +90,12 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         _unlock(shared)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         needs_namespaces = any(mark.name == "skipif" and "need root" in str(mark.kwargs.get("reason", ""))
                                for mark in item.iter_markers())
         if E2E_FIXTURES & set(getattr(item, "fixturenames", ())) or needs_namespaces:
             item.add_marker(pytest.mark.e2e)
-        if _exclusive(item):
-            item.add_marker(pytest.mark.xdist_group("exclusive"))
     items.sort(key=lambda item: (_exclusive(item), item.get_closest_marker("e2e") is None))
 
 

@@ -27,8 +27,6 @@ from partitioners.qdmp import QDMP, cut_vertices
 from hardware.codec_costs import WireCosts, wire_costs
 from harness.model.codecs import Codecs
 
-pytestmark = pytest.mark.xdist_group("mincut")  # one worker traces the models of model_problems once
-
 ROOT = Path(__file__).resolve().parent.parent
 BANDWIDTHS = [float(b) for b in np.logspace(-1, 3, 30)] + [0.13, 1.1, 5.85, 18.88]
 REL = 1e-9

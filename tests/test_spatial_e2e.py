@@ -16,8 +16,6 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import last_attempts, needs_root, run_cli
 
-pytestmark = pytest.mark.xdist_group("spatial_e2e")  # one worker builds the local star's runs once
-
 VGG_64 = ["model=vgg16", "model.input_shape=[1,3,64,64]"]
 
 
