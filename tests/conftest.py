@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 import pytest
 
-from harness.network.zygote import READ_AT_START, ForkedProcess, Zygote
+from harness.network.zygote import ForkedProcess, Zygotes
 
 ROOT = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
@@ -130,17 +130,14 @@ def last_attempts(df: pd.DataFrame) -> pd.DataFrame:
 # the suite forks from one that imported them once, and is otherwise the process ``python SCRIPT`` starts.
 PRELOAD = ("harness.controller.pipeline", "harness.controller.summary", "harness.config", "hydra", "mlflow",
            "mlflow.store.tracking.sqlalchemy_store")
-_forkers: dict[tuple[tuple[str, str], ...], Zygote] = {}
+_forkers = Zygotes()  # the suite's own: a test that restarts the workers' zygotes (close_shared) keeps these
 
 
 def start_python(script: Path | str, args: Sequence[str], cwd: Path, env: dict[str, str], stdout: int, stderr: int,
                  module: bool = False) -> ForkedProcess:
     """Start ``python script args`` (``python -m script args`` with ``module``) in ``cwd`` with exactly ``env``, in a
     session of its own, writing to the descriptors ``stdout`` and ``stderr``; its handle answers like a ``Popen``'s."""
-    key = tuple(sorted((k, v) for k, v in env.items() if k.startswith(READ_AT_START)))
-    forker = _forkers.get(key)
-    if forker is None or not forker.alive():
-        forker = _forkers[key] = Zygote(PRELOAD, env, str(ROOT))
+    forker = _forkers.get(PRELOAD, env, str(ROOT))
     return forker.spawn(str(script), list(args), env, str(cwd), stdout, stderr, script=not module)
 
 
@@ -169,8 +166,7 @@ def run_python(script: Path | str, args: Sequence[str], cwd: Path, env: dict[str
 @pytest.fixture(scope="session", autouse=True)
 def _forkers_end() -> object:
     yield
-    for forker in _forkers.values():
-        forker.close()
+    _forkers.close()
 
 
 def run_cli(args: list[str], tracking_uri: str, cwd: Path, timeout: float = 600,

@@ -159,19 +159,38 @@ class Zygote:
 # loader): children of one zygote share these; every other variable is each child's own.
 READ_AT_START = ("MALLOC_", "OMP_", "MKL_", "KMP_", "GOMP_", "PYTHON", "LD_", "TORCH_", "CUDA_")
 
-_zygotes: dict[tuple[Any, ...], Zygote] = {}
-_zygotes_lock = threading.Lock()
+class Zygotes:
+    """Zygotes kept for reuse, one per preload, folder and start-time environment."""
+
+    def __init__(self) -> None:
+        self._zygotes: dict[tuple[Any, ...], Zygote] = {}
+        self._lock = threading.Lock()
+
+    def get(self, preload: Sequence[str], env: dict[str, str], cwd: str) -> Zygote:
+        """The zygote for ``preload`` whose start-time environment is ``env``'s, started in ``cwd`` (the first entry
+        of its children's import path); started now if there is none, or it died."""
+        key = (tuple(preload), cwd, tuple(sorted((k, v) for k, v in env.items() if k.startswith(READ_AT_START))))
+        with self._lock:
+            zygote = self._zygotes.get(key)
+            if zygote is None or not zygote.alive():
+                zygote = self._zygotes[key] = Zygote(preload, env, cwd)
+            return zygote
+
+    def close(self) -> None:
+        """End every zygote kept; the next :meth:`get` starts afresh (with the environment then)."""
+        with self._lock:
+            zygotes = list(self._zygotes.values())
+            self._zygotes.clear()
+        for zygote in zygotes:
+            zygote.close()
+
+
+_shared = Zygotes()
 
 
 def shared_zygote(preload: Sequence[str], env: dict[str, str], cwd: str) -> Zygote:
-    """This process's zygote for ``preload`` whose start-time environment is ``env``'s, started in ``cwd`` (the
-    first entry of its children's import path); started now if there is none, or it died."""
-    key = (tuple(preload), cwd, tuple(sorted((k, v) for k, v in env.items() if k.startswith(READ_AT_START))))
-    with _zygotes_lock:
-        zygote = _zygotes.get(key)
-        if zygote is None or not zygote.alive():
-            zygote = _zygotes[key] = Zygote(preload, env, cwd)
-        return zygote
+    """This process's zygote for ``preload``, ``env``'s start-time settings and ``cwd`` (:meth:`Zygotes.get`)."""
+    return _shared.get(preload, env, cwd)
 
 
 # -- the zygote process ----------------------------------------------------------------------------------------------
@@ -257,11 +276,7 @@ def _name_process(module: str) -> None:
 
 def close_shared() -> None:
     """End this process's shared zygotes; the next :func:`shared_zygote` starts afresh (with the environment then)."""
-    with _zygotes_lock:
-        zygotes = list(_zygotes.values())
-        _zygotes.clear()
-    for zygote in zygotes:
-        zygote.close()
+    _shared.close()
 
 
 def _reap(sock: socket.socket) -> None:
