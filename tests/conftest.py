@@ -5,6 +5,7 @@ as processes of their own, and the ``e2e`` mark (``make test-fast`` leaves those
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -28,13 +29,15 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="network namespaces and kern
 E2E_FIXTURES = {"tracking_uri"}
 
 
-# ``make test`` runs two tests at a time (pytest-xdist, ``--dist loadscope``: a module's tests on one worker, so its
-# module fixtures are built once). A test marked ``exclusive`` bounds a timing that a second test's load would move
-# (goodput, a trace followed per second, a VM's emulated CPU): it runs alone. Every test holds the machine's lock
-# (made by the session's main process), shared, or exclusively when marked; a turnstile lets a waiting exclusive test
-# in before the next shared one, and consecutive exclusive tests hold it from the first to the last. The end-to-end
-# tests go first and the exclusive ones last, so that short tests fill the end. (``xdist_group`` would gather the
-# exclusive tests of all modules, but pytest-xdist 3.8 cannot rename pytest 9's node ids, so it groups nothing.)
+# ``make test`` runs two tests at a time (pytest-xdist, ``--dist loadscope``). A test marked ``exclusive`` bounds a
+# timing that a second test's load would move (goodput, a trace followed per second, real time): it runs alone. Every
+# test holds the machine's lock (made by the session's main process), shared, or exclusively when marked; a turnstile
+# lets a waiting exclusive test in before the next shared one, and consecutive exclusive tests hold it from the first
+# to the last. The workers write which unit each test is scheduled in (``pytest_collection_modifyitems``), and the
+# main process hands out those units in collection order (``UnitScheduling``): all exclusive tests as one unit, first
+# (so that no shared test is cut short waiting for them, and none waits on a long one); a module whose tests share a
+# module fixture as one unit (built once); every other test on its own, end-to-end ones first, so that the last
+# units, the ones that decide when both workers are done, are short.
 LOCKS_ENV = "SPLITBENCH_TEST_LOCKS"
 _held: list[Any] = []  # this worker's open lock files while it holds the machine exclusively
 
@@ -96,7 +99,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                                for mark in item.iter_markers())
         if E2E_FIXTURES & set(getattr(item, "fixturenames", ())) or needs_namespaces:
             item.add_marker(pytest.mark.e2e)
-    items.sort(key=lambda item: (_exclusive(item), item.get_closest_marker("e2e") is None))
+    items.sort(key=lambda item: (not _exclusive(item), item.get_closest_marker("e2e") is None))
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and LOCKS_ENV in os.environ:
+        units = {item.nodeid: _unit(item) for item in items}
+        (Path(os.environ[LOCKS_ENV]) / f"units.{worker}.json").write_text(json.dumps(units))
+
+
+def _unit(item: pytest.Item) -> str:
+    """What the test is scheduled with: the exclusive tests together, any other with its module (module fixtures and
+    the module's caches are built once)."""
+    return "exclusive" if _exclusive(item) else item.nodeid.split("::")[0]
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        """``loadscope`` with the units the workers wrote, in collection order."""
+
+        def __init__(self, config: pytest.Config, log: Any = None) -> None:
+            super().__init__(config, log)
+            config.option.loadscopereorder = False  # keep the collection's order: exclusive first, then end to end
+            self.units: dict[str, str] = {}
+
+        def _split_scope(self, nodeid: str) -> str:
+            if not self.units:  # every worker has collected (and written) before the first unit is split
+                for path in Path(os.environ[LOCKS_ENV]).glob("units.*.json"):
+                    self.units.update(json.loads(path.read_text()))
+            return self.units.get(nodeid) or super()._split_scope(nodeid)
+
+    return UnitScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

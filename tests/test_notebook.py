@@ -45,7 +45,7 @@ def preset_jobs(preset: str) -> list[list[str]]:
     return [[f"experiment={preset}", *job] for job in itertools.chain.from_iterable(batches)]
 
 
-MAX_COMPOSED_JOBS = 40  # composing takes ~0.25 s a job; the predict-only presets sweep hundreds
+MAX_COMPOSED_JOBS = 20  # composing takes ~0.25 s a job; the predict-only presets sweep hundreds
 
 
 def covering_sample(jobs: list[list[str]], size: int) -> list[list[str]]:
@@ -194,9 +194,9 @@ def test_notebook_prints_the_runs_values_beside_the_papers(paper_store: tuple[st
 
 
 def test_notebook_names_what_is_missing_instead_of_failing(tmp_path: Path) -> None:
-    out = execute_notebook({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}",
-                            "CIC_EXPERIMENT": "cic_paper", "HALP_EXPERIMENT": "halp_paper",
-                            "RELIABILITY_EXPERIMENT": "halp_reliability", "DYNAMIC_EXPERIMENT": "dynamic_payoff"})
+    out = run_script(f"sqlite:///{tmp_path / 'empty.db'}", tmp_path, CIC_EXPERIMENT="cic_paper",
+                     HALP_EXPERIMENT="halp_paper", RELIABILITY_EXPERIMENT="halp_reliability",
+                     DYNAMIC_EXPERIMENT="dynamic_payoff")
     for name in ("cic_paper", "halp_paper", "halp_reliability", "dynamic_payoff"):
         assert f"MISSING experiment '{name}'" in out and f"experiment={name}" in out
     assert out.count("(no valid runs for this table)") == 9  # (a1-3), (b), (c), (d), (e1-2), (f)
