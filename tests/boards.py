@@ -4,6 +4,7 @@ loopback: shared by the remote-worker, clock, control-channel and fault tests.""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,10 +28,29 @@ def sealed_pair() -> tuple[SealedSocket, SealedSocket]:
     return SealedSocket(controller, to_worker, to_controller), SealedSocket(worker, to_controller, to_worker)
 
 
-def free_port() -> int:
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(span: int = 4) -> int:
+    """A free port with the ``span - 1`` after it free too (a run's data ports are its base port and the next), below
+    the kernel's ephemeral range and in a stretch of this xdist worker's own. A port the kernel handed out (bind to
+    port 0) lies in the ephemeral range, where any process's next outgoing connection can take it before the board or
+    the run binds it: seen as a board's 'Address already in use' with three tests at a time."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])  # 32768 by default
+    stretch = (ephemeral - 10_000) // 8
+    low = 10_000 + (worker % 8) * stretch
+    for _ in range(200):
+        base = random.randrange(low, low + stretch - span)
+        if all(_bindable(port) for port in range(base, base + span)):
+            return base
+    raise RuntimeError(f"no {span} free consecutive ports in {low}-{low + stretch}")
 
 
 def wait_listening(port: int, proc: subprocess.Popen | ForkedProcess, timeout_s: float = 60) -> None:

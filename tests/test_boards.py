@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -155,3 +156,18 @@ def test_a_board_worker_killed_mid_run_fails_the_run_naming_it(tracking_uri: str
     run = runs(tracking_uri).iloc[0]
     assert run["status"] == "FAILED"
     assert "worker 'server'" in run["tags.invalid_reason"], run["tags.invalid_reason"]
+
+
+def test_a_data_port_already_taken_on_a_board_fails_the_run_naming_it(tracking_uri: str, tmp_path: Path) -> None:
+    base = free_port()
+    with boards(tmp_path) as ports, socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 1))  # where the server board's run listens for the device's tensors
+        taken.listen(1)
+        proc = run_cli([*SMALL, "scenario.inferences=1", remote_override(ports), f"runtime.base_port={base}"],
+                       tracking_uri, tmp_path, env={"SPLITBENCH_TOKEN": TOKEN})
+    assert proc.returncode != 0
+    run = runs(tracking_uri).iloc[0]
+    assert run["status"] == "FAILED"
+    reason = run["tags.invalid_reason"]
+    assert "worker 'server'" in reason and "Address already in use" in reason and str(base + 1) in reason, reason
+    assert "ending this run" not in (tmp_path / "server.log").read_text()  # not taken for a lost controller

@@ -348,8 +348,15 @@ def _serve_child(sock: SealedSocket, max_payload: int, allowed_models: Sequence[
         except OSError:
             pass
         code = 2
-    except (wire.ConnectionClosed, OSError) as exc:
+    except (wire.ConnectionClosed, ConnectionError, TimeoutError) as exc:
         log.warning("the controller's connection was lost: %s; ending this run", exc)
+        code = 2
+    except OSError as exc:  # the board's own, e.g. the run's data port taken: the controller records why
+        log.warning("the run failed: %s", exc)
+        try:
+            sock.send_json({"event": "error", "reason": f"{type(exc).__name__}: {exc}"})
+        except OSError:
+            pass
         code = 2
     except BaseException:  # noqa: BLE001  (whatever happened, the child must not return into the listener loop)
         log.exception("the run failed")
