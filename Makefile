@@ -18,9 +18,10 @@ setup: $(VENV)/.installed
 run: setup
 	$(PY) run.py
 
-# Two tests at a time, a module's tests on one worker; a test marked exclusive runs alone (tests/conftest.py).
+# Three tests at a time (on 2 cores too: much of a test is waiting on real time), a module's tests on one worker; the
+# tests marked exclusive run first, alone (tests/conftest.py).
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadscope
+	$(PY) -m pytest -q -n 3 --dist loadscope
 
 # The inner loop: everything but the end-to-end tests (no workers, no run.py, no namespaces) and the few marked slow
 # (every method against DADS on real models); `make test` runs them all.
