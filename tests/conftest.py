@@ -29,15 +29,15 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="network namespaces and kern
 E2E_FIXTURES = {"tracking_uri"}
 
 
-# ``make test`` runs two tests at a time (pytest-xdist, ``--dist loadscope``). A test marked ``exclusive`` bounds a
-# timing that a second test's load would move (goodput, a trace followed per second, real time): it runs alone. Every
+# ``make test`` runs three tests at a time (pytest-xdist, ``--dist loadscope``). A test marked ``exclusive`` bounds a
+# timing that another test's load would move (goodput, a trace followed per second, real time): it runs alone. Every
 # test holds the machine's lock (made by the session's main process), shared, or exclusively when marked; a turnstile
 # lets a waiting exclusive test in before the next shared one, and consecutive exclusive tests hold it from the first
 # to the last. The workers write which unit each test is scheduled in (``pytest_collection_modifyitems``), and the
 # main process hands out those units in collection order (``UnitScheduling``): all exclusive tests as one unit, first
-# (so that no shared test is cut short waiting for them, and none waits on a long one); a module whose tests share a
-# module fixture as one unit (built once); every other test on its own, end-to-end ones first, so that the last
-# units, the ones that decide when both workers are done, are short.
+# (so that they do not wait on a long test, and no worker waits for them mid-run); then each module as one unit (its
+# module fixtures and caches built once), end-to-end modules first, so that the last units, the ones that decide when
+# every worker is done, are short. (pytest-xdist's own loadscope orders modules by their number of tests.)
 LOCKS_ENV = "SPLITBENCH_TEST_LOCKS"
 _held: list[Any] = []  # this worker's open lock files while it holds the machine exclusively
 

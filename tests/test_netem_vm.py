@@ -22,9 +22,10 @@ links with backend netem there, as a run does. One boot, one JSON result; the te
 
 Skipped only where the VM cannot start: not root, or vng, QEMU, busybox or a kernel with netem missing (the reason
 names each and its install command). Where KVM cannot run the stock kernel, QEMU emulates the CPU (TCG): then the
-boot takes ~15 s, Python's imports in the guest ~7 s, and the whole test ~1 min on 2 cores. The guest gets one CPU:
-its emulation is then one host thread, and the test runs beside another (goodput, delay and loss measured this way
-with a second test's load on the other core stayed as far inside their bounds as on a quiet machine).
+boot takes ~15 s, Python's imports in the guest ~7 s, and the whole test ~1 min on 2 cores. The guest gets one CPU
+(its emulation is then one host thread) and, as root, QEMU runs at nice -10, so the test runs beside others: under
+three busy processes on 2 cores the delay's 5-95 % range stayed at 9.2 ms at that priority, and widened to 10.5 ms
+of the allowed 9 +- 1.5 without it.
 """
 
 from __future__ import annotations
