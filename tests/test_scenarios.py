@@ -330,8 +330,8 @@ def test_probe_estimate_follows_every_step_while_the_plan_sends_nothing(tracking
 @needs_root
 def test_the_dynamic_issue_run_is_valid_at_default_settings(tracking_uri: str, tmp_path: Path) -> None:
     # ResNet-50 cut between a Jetson AGX Xavier and a GTX 1080 Ti (dilated) while the link steps, re-deciding on the
-    # default estimator's measurements: the path of the issue's run, smaller (112x112, 6 arrivals over two steps of
-    # the trace) to fit CI.
+    # default estimator's measurements: the path of the issue's run, smaller (112x112, 6 arrivals over at least two
+    # steps of the trace) to fit CI.
     proc = run_cli(["model=resnet50", "model.input_shape=[1,3,112,112]", "hardware=xavier_1080ti", "method=cic",
                     "scenario=dynamic", "link=trace_stepped", "scenario.inferences=6"], tracking_uri, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -341,7 +341,7 @@ def test_the_dynamic_issue_run_is_valid_at_default_settings(tracking_uri: str, t
     assert len(counted) == 1 and counted.iloc[0]["tags.valid"] == "true", df.get("tags.invalid_reason")
     decisions = artifact(tracking_uri, counted.iloc[0]["run_id"], "decisions.json", tmp_path)
     assert len(decisions) >= 6 + 1 and {d["estimator"] for d in decisions} == {"probe"}  # warm-up, repeats
-    assert {d["true_mbps"] for d in decisions} == {18.88, 5.85}
+    assert {18.88, 5.85} <= {d["true_mbps"] for d in decisions}  # repeats at a raised TDF may reach the next step
 
 
 @needs_root
