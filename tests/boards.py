@@ -1,5 +1,6 @@
 """Workers as an operator starts them on real boards (``python -m harness.worker --control tcp:...``), here on
-loopback: shared by the remote-worker, clock, control-channel and fault tests."""
+loopback: shared by the remote-worker, clock, control-channel and fault tests; and free ports for any server a test
+starts."""
 
 from __future__ import annotations
 

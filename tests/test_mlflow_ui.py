@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from tests.boards import free_port
 from tests.conftest import ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -34,12 +34,6 @@ RUNS = {  # run name -> (method, latency_ms)
     "cic-vgg16-xavier_1080ti-18.88mbps": ("cic", 51.27),
     "dads-vgg16-xavier_1080ti-18.88mbps": ("dads", 48.93),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

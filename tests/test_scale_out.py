@@ -27,6 +27,7 @@ JOBS = ["server_only", "neurosurgeon"]  # two, both over the link: enough to see
 
 
 def free_port() -> int:
+    """A port the kernel picks (not tests.boards.free_port's: Ray keeps 10002-19999 for its workers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -215,11 +215,16 @@ def _run(setup: dict[str, Any], control: Control, allowed_models: Sequence[str],
     except (wire.ConnectionClosed, OSError):
         raise
     except Exception as exc:  # a setup this worker cannot run: the controller records why, then this run ends
-        try:
-            control.send({"event": "error", "reason": f"{type(exc).__name__}: {exc}"})
-        except OSError:
-            pass
+        report_error(control, exc)
         raise
+
+
+def report_error(control: Control, exc: BaseException) -> None:
+    """Tell the controller why this run ends (it records the reason); a connection already gone is told nothing."""
+    try:
+        control.send({"event": "error", "reason": f"{type(exc).__name__}: {exc}"})
+    except OSError:
+        pass
 
 
 def check_payload_bound(setup: dict[str, Any], board_bound: int) -> None:
@@ -338,9 +343,10 @@ def _die_with_parent(parent: int) -> None:
 def _serve_child(sock: SealedSocket, max_payload: int, allowed_models: Sequence[str]) -> None:
     """The forked child of :func:`serve_boards`: serve the run on the authenticated connection, then exit."""
     code = 0
+    control = Control(sock, max_payload)
     try:
         _die_with_parent(os.getppid())
-        session(Control(sock, max_payload), allowed_models)
+        session(control, allowed_models)
     except wire.FrameError as exc:  # a frame that broke the protocol or its seal: this session is over
         log.warning("control connection ended: %s", exc)
         try:
@@ -353,10 +359,7 @@ def _serve_child(sock: SealedSocket, max_payload: int, allowed_models: Sequence[
         code = 2
     except OSError as exc:  # the board's own, e.g. the run's data port taken: the controller records why
         log.warning("the run failed: %s", exc)
-        try:
-            sock.send_json({"event": "error", "reason": f"{type(exc).__name__}: {exc}"})
-        except OSError:
-            pass
+        report_error(control, exc)
         code = 2
     except BaseException:  # noqa: BLE001  (whatever happened, the child must not return into the listener loop)
         log.exception("the run failed")
