@@ -5,20 +5,23 @@ latency its own plan predicts from the local profile.
 Each job runs as a user runs it: ``python run.py -m model=M hardware=local_pair method=device_only,server_only,dads
 link.bandwidth_mbps=R1,R2`` (one sweep per model and repeat, workers kept alive across its jobs; device-only does not
 depend on the rate, so it runs twice per sweep), into a store and profile cache of its own, so every repeat measures
-its profiles afresh. Per job: predicted ms, the measured median of each repeat, measured / predicted (median over
+its profiles afresh. A model's jobs measure at least ``--seconds`` of device-only inference (the count from the
+model's device-only prediction, ``run.py mode=predict``, first): ten inferences of a 6 ms model are 60 ms, one
+moment of a machine whose speed drifts. Per job: predicted ms, the measured median of each repeat, measured / predicted (median over
 the repeats), the spread between repeats ((max - min) / median), and ``compute_over_profile`` (real compute over the
 profile's time for the same nodes, median over inferences and repeats), which separates the profile's error from
 the rest (link, wire, process hops). Goal on a quiet machine: median |measured / predicted - 1| <= 3 %, every job
 within 10 %.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/reality.py                        # 8 models, 2 repeats (~25 min)
-    PYTHONPATH=. .venv/bin/python benchmarks/reality.py --models resnet18 --repeats 1 --inferences 4
+    PYTHONPATH=. .venv/bin/python benchmarks/reality.py                        # 8 models, 3 repeats (~25 min)
+    PYTHONPATH=. .venv/bin/python benchmarks/reality.py --models resnet18 --repeats 1 --inferences 4 --seconds 0
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -40,12 +43,29 @@ MODELS = {"alexnet": [], "vgg16": [], "resnet50": [], "densenet121": [], "google
 METHODS = ("device_only", "server_only", "dads")
 RATES_MBPS = (18.88, 100.0)
 GOAL_MEDIAN, GOAL_EACH = 0.03, 0.10
+MAX_INFERENCES = 300
 
 
-def sweep(model: str, extra: list[str], args: argparse.Namespace, folder: Path) -> None:
+def inferences_for(models: list[str], args: argparse.Namespace, folder: Path) -> dict[str, int]:
+    """Each model's measured inferences per job: at least ``--inferences``, and enough for ``--seconds`` at its
+    device-only latency as the cost model predicts it (``run.py mode=predict``, no worker started)."""
+    if args.seconds <= 0:
+        return {model: args.inferences for model in models}
+    counts = {}
+    for model in models:
+        where = folder / model
+        run_sweep([f"model={model}", *MODELS[model], "hardware=local_pair", "method=device_only", "mode=predict",
+                   "experiment.name=reality_counts"], where, model, SPLITBENCH_CACHE=str(folder / "cache"))
+        mlflow.set_tracking_uri(store_of(where))
+        predicted_ms = float(mlflow.search_runs(search_all_experiments=True)["metrics.predicted_latency_ms"].iloc[0])
+        counts[model] = min(MAX_INFERENCES, max(args.inferences, math.ceil(args.seconds * 1e3 / predicted_ms)))
+    return counts
+
+
+def sweep(model: str, inferences: int, args: argparse.Namespace, folder: Path) -> None:
     """One ``run.py -m`` over the methods and rates of one model, recorded to the store in ``folder``."""
-    run_sweep([f"model={model}", *extra, "hardware=local_pair", f"method={','.join(args.methods)}",
-               f"link.bandwidth_mbps={','.join(str(r) for r in args.rates)}", f"scenario.inferences={args.inferences}",
+    run_sweep([f"model={model}", *MODELS[model], "hardware=local_pair", f"method={','.join(args.methods)}",
+               f"link.bandwidth_mbps={','.join(str(r) for r in args.rates)}", f"scenario.inferences={inferences}",
                "scenario.warmup=2", "experiment.name=reality", "runtime.max_real_minutes=null"], folder, model,
               SPLITBENCH_CACHE=str(folder / "cache"))
 
@@ -96,24 +116,29 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--rates", nargs="+", type=float, default=list(RATES_MBPS))
-    parser.add_argument("--repeats", type=int, default=2, help="sweeps per model (run-to-run spread)")
-    parser.add_argument("--inferences", type=int, default=10, help="measured inferences per job")
+    parser.add_argument("--repeats", type=int, default=3, help="sweeps per model (run-to-run spread)")
+    parser.add_argument("--inferences", type=int, default=10, help="measured inferences per job, at least")
+    parser.add_argument("--seconds", type=float, default=1.0,
+                        help="and enough for this long at the model's device-only latency (0: --inferences only)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     began = time.time()
     load = os.getloadavg()[0]
     all_rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="reality-") as tmp:
+        counts = inferences_for(args.models, args, Path(tmp, "counts"))
         for repeat in range(args.repeats):
             folder = Path(tmp, f"r{repeat}")
             folder.mkdir()
             for model in args.models:
-                print(f"repeat {repeat + 1}/{args.repeats}: {model} ({time.time() - began:.0f} s)", file=sys.stderr)
-                sweep(model, MODELS[model], args, folder)
+                print(f"repeat {repeat + 1}/{args.repeats}: {model}, {counts[model]} inferences a job "
+                      f"({time.time() - began:.0f} s)", file=sys.stderr)
+                sweep(model, counts[model], args, folder)
             all_rows += runs(store_of(folder))
     lines, errors = table(all_rows)
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, load average {load:.2f} at the start; hardware=local_pair "
-          f"(TDF 1); {args.inferences} inferences per job, {args.repeats} repeat(s); "
+          f"(TDF 1); measured inferences per job: {', '.join(f'{m} {n}' for m, n in counts.items())}; "
+          f"{args.repeats} repeat(s); "
           f"{(time.time() - began) / 60:.1f} min")
     print("| model | method | Mbit/s | predicted ms | measured p50 ms (per repeat) | measured / predicted | "
           "spread between repeats | compute / profile |")

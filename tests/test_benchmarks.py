@@ -91,10 +91,11 @@ def test_sweep_overhead_splits_each_job_and_counts_the_workers_it_started() -> N
 def test_reality_holds_a_real_run_against_its_prediction(tmp_path: Path) -> None:
     out_json = tmp_path / "reality.json"
     out = bench("reality.py", "--models", "custom", "--methods", "device_only", "server_only", "--rates", "100",
-                "--repeats", "1", "--inferences", "3", "--json", str(out_json)).stdout
+                "--repeats", "1", "--inferences", "3", "--seconds", "0.02", "--json", str(out_json)).stdout
     rows = json.loads(out_json.read_text())
     assert {(r["model"], r["method"]) for r in rows} == {("custom", "device_only"), ("custom", "server_only")}
     assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 and r["ci"][0] <= r["measured_ms"] <= r["ci"][1]
                for r in rows)
     assert any(r["compute"] for r in rows)  # local_pair computes unpadded: real compute over the profile
     assert "| custom | device_only | - |" in out and "median |measured / predicted - 1|" in out
+    assert "measured inferences per job: custom " in out  # at least 3, and 20 ms at its predicted latency

@@ -36,6 +36,7 @@ def test_single_run_records_every_metric_and_artifact(tracking_uri: str, tmp_pat
     assert run["metrics.tdf"] == 1.0  # local_pair: nothing dilated
     assert run["params.model.name"] == "resnet18" and run["params.link.bandwidth_mbps"] == "50.0"
     assert run["metrics.latency_p50_ms"] <= run["metrics.latency_p99_ms"]
+    assert 0 <= run["metrics.issue_hop_ms"] < run["metrics.latency_p50_ms"]  # the device said when commands came
     assert run["tags.check_overrun"].startswith("pass") and run["tags.check_outputs"] == "pass: 4 of 4 outputs received"
     assert run["tags.check_percentiles"].startswith("fail: 3 measured inferences; p90 needs 10")  # 3 cannot give p99
     assert any(run[f"metrics.peak_rss_mb_{e}"] > 0 for e in ("device", "server") if f"metrics.peak_rss_mb_{e}" in df)

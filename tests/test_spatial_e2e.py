@@ -55,6 +55,7 @@ def test_spatial_runs_are_valid_and_exact(local_star: tuple[str, pd.DataFrame, P
     assert (df["metrics.max_abs_error"] <= 1e-5).all(), df["metrics.max_abs_error"].tolist()
     assert (df["metrics.tdf"] == 1.0).all()
     assert (df["metrics.bytes_transferred"] > 0).all()  # on 4x_local both methods use their secondaries
+    assert (df["metrics.issue_hop_ms"] >= 0).all()  # the host said when its commands came
 
 
 @needs_root

@@ -153,6 +153,22 @@ def test_progress_in_a_log_is_plain_lines_at_the_tenths(capsys: pytest.CaptureFi
     assert capsys.readouterr().err == ""
 
 
+def test_an_inference_starts_when_its_first_endpoint_receives_its_command() -> None:
+    """The controller's hop to the first endpoint is the harness's, not the system's: the latency starts at the
+    command's arrival there, reported (issue_hop_ms) but left out; never before the issue (a clock offset's error),
+    and at the issue where the endpoint did not say."""
+    from harness.controller.measure import latency_metrics
+    from harness.loadgen.result import RunResult, latency_ms, started_ns
+
+    result = RunResult(tdf=2.0, backend="tbf", warmup=0)
+    for seq in range(3):
+        result.starts_ns[seq], result.ends_ns[seq] = seq * 10**8, seq * 10**8 + 20 * 10**6
+    result.received_ns = {0: 10**6, 1: 10**8 - 5}  # seq 1 "before" its issue; seq 2 not reported
+    assert [started_ns(result, s) for s in range(3)] == [10**6, 10**8, 2 * 10**8]
+    assert [latency_ms(result, s) for s in range(3)] == [9.5, 10.0, 10.0]  # emulated: real ms / TDF
+    assert latency_metrics(result)["issue_hop_ms"] == 0.25  # the median over the inferences that reported one
+
+
 def test_the_verdict_is_named_checks_and_only_some_invalidate() -> None:
     """Outputs and overruns decide validity; whether the percentiles are supported and whose clock stamped the
     completions are recorded beside it (tags check_<name>) without invalidating the run."""
@@ -168,9 +184,10 @@ def test_the_verdict_is_named_checks_and_only_some_invalidate() -> None:
     assert judged["outputs"].passed and judged["overrun"].passed and verdict(result, 12, TOLERANCE_PCT) is None
     assert not judged["percentiles"].passed and not judged["percentiles"].invalidates
     assert judged["percentiles"].detail.startswith("11 measured inferences; p99 needs 100")
-    assert judged["stamps"].tag() == "pass: completions stamped by this machine's clock"
+    assert judged["stamps"].tag() == "pass: starts and completions stamped by this machine's clock"
     result.clocks = {"server": {"offset_ms": 3.0, "uncertainty_ms": 2.5, "completion_stamp": "controller"}}
-    assert checks(result, 12, TOLERANCE_PCT)[-1].tag().startswith("fail: completions stamped on arrival for server")
+    assert checks(result, 12, TOLERANCE_PCT)[-1].tag().startswith(
+        "fail: starts stamped on issue and completions on arrival for server")
     del result.outputs[5]
     assert verdict(result, 12, TOLERANCE_PCT) == "11 of 12 outputs received"
     assert [c.name for c in checks(result, 12, TOLERANCE_PCT)] == ["outputs", "percentiles", "stamps"]

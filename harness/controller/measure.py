@@ -14,19 +14,23 @@ import torch  # noqa: E402
 
 from harness.analysis.intervals import median_interval, throughput_interval  # noqa: E402
 from harness.loadgen.result import (GOODPUT_MIN_BYTES, GOODPUT_MIN_MS, RunResult, goodput_mbps,  # noqa: E402
-                                    latencies_ms, measured_seqs)
+                                    issue_hop_ms, latencies_ms, measured_seqs)
 from harness.controller.traces import Trace  # noqa: E402
 from harness.model.graph import ModelGraph  # noqa: E402
 from harness.model.models import make_input  # noqa: E402
 
 
 def latency_metrics(result: RunResult) -> dict[str, float]:
+    """The measured latencies' mean, percentiles and spread, and the median hop from the controller to the first
+    endpoint that they leave out (``issue_hop_ms``, where that endpoint said when its commands arrived)."""
     lat = latencies_ms(result)
     if not len(lat):
         return {}
-    return {"latency_ms": float(lat.mean()), "latency_p50_ms": float(np.percentile(lat, 50)),
-            "latency_p90_ms": float(np.percentile(lat, 90)), "latency_p99_ms": float(np.percentile(lat, 99)),
-            "latency_std_ms": float(lat.std())}
+    metrics = {"latency_ms": float(lat.mean()), "latency_p50_ms": float(np.percentile(lat, 50)),
+               "latency_p90_ms": float(np.percentile(lat, 90)), "latency_p99_ms": float(np.percentile(lat, 99)),
+               "latency_std_ms": float(lat.std())}
+    hops = [issue_hop_ms(result, s) for s in measured_seqs(result) if s in result.received_ns]
+    return {**metrics, "issue_hop_ms": float(np.median(hops))} if hops else metrics
 
 
 def completion_gaps_s(result: RunResult) -> list[float]:

@@ -12,7 +12,7 @@ from harness.worker.sealed import SealedSocket
 
 CLOCK_PINGS = 16  # ping exchanges per remote worker at set-up; the one with the smallest round trip is kept
 
-CLOCK_TRUST_MS = 1.0  # above this offset uncertainty, an inference's completion is stamped on arrival instead
+CLOCK_TRUST_MS = 1.0  # above this offset uncertainty, an inference's start is its issue and its completion its arrival
 
 
 @dataclass
@@ -52,7 +52,7 @@ def estimate_clock(link: SealedSocket, pings: int = CLOCK_PINGS) -> ClockEstimat
 
 def to_controller_clock(frame: wire.Frame, clock: ClockEstimate, arrived_ns: int) -> wire.Frame:
     """A worker's report with its stamps converted into the controller's clock (and an untrusted clock's completion
-    replaced by the report's arrival)."""
+    replaced by the report's arrival, its command's arrival dropped: the inference then starts when issued)."""
     if frame.kind is not wire.Kind.JSON or frame.obj is None or frame.obj.get("event") != "spans":
         return frame
     obj = dict(frame.obj)
@@ -60,4 +60,9 @@ def to_controller_clock(frame: wire.Frame, clock: ClockEstimate, arrived_ns: int
                      "end_ns": int(span["end_ns"]) - clock.offset_ns} for span in obj.get("spans", [])]
     if "done_ns" in obj:
         obj["done_ns"] = int(obj["done_ns"]) - clock.offset_ns if clock.trusted else arrived_ns
+    if "received_ns" in obj:
+        if clock.trusted:
+            obj["received_ns"] = int(obj["received_ns"]) - clock.offset_ns
+        else:
+            del obj["received_ns"]
     return wire.Frame(frame.kind, frame.seq, frame.tag, obj=obj)

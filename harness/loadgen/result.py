@@ -17,7 +17,8 @@ class RunResult:
     tdf: float  # the TDF now (the last one, after any calibration or raise)
     backend: str
     warmup: int
-    starts_ns: dict[int, int] = field(default_factory=dict)
+    starts_ns: dict[int, int] = field(default_factory=dict)  # issued by the controller
+    received_ns: dict[int, int] = field(default_factory=dict)  # its command arrived at the first endpoint
     ends_ns: dict[int, int] = field(default_factory=dict)
     seq_tdf: dict[int, float] = field(default_factory=dict)  # the TDF each inference ran at
     outputs: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -41,9 +42,23 @@ def measured_seqs(result: RunResult) -> list[int]:
     return sorted(s for s in result.ends_ns
                   if s >= result.warmup and s in result.starts_ns and s not in result.discarded)
 
+def started_ns(result: RunResult, seq: int) -> int:
+    """When inference ``seq`` started: its command's arrival at the first endpoint, where its input is made as a
+    camera's frame would be (the controller's hop to that endpoint is the harness's, not the system's), or its
+    issue where that endpoint did not say (or its clock is not trusted). Never before its issue."""
+    issued = result.starts_ns[seq]
+    return max(issued, result.received_ns.get(seq, issued))
+
+
+def issue_hop_ms(result: RunResult, seq: int) -> float:
+    """Emulated ms from inference ``seq``'s issue to its command's arrival at the first endpoint (left out of its
+    latency)."""
+    return (started_ns(result, seq) - result.starts_ns[seq]) / 1e6 / result.tdf_of(seq)
+
+
 def latency_ms(result: RunResult, seq: int) -> float:
-    """Inference ``seq``'s emulated latency: (completion at the last endpoint − issue) / its TDF."""
-    return (result.ends_ns[seq] - result.starts_ns[seq]) / 1e6 / result.tdf_of(seq)
+    """Inference ``seq``'s emulated latency: (completion at the last endpoint − start) / its TDF."""
+    return (result.ends_ns[seq] - started_ns(result, seq)) / 1e6 / result.tdf_of(seq)
 
 def latencies_ms(result: RunResult) -> np.ndarray:
     """Per measured inference, its emulated latency in ms."""

@@ -57,6 +57,8 @@ def absorb(frame: wire.Frame, result: RunResult) -> int | None:
         result.outputs[frame.seq] = frame.tensor
     elif frame.kind == wire.Kind.JSON and frame.obj.get("event") == "spans":
         result.spans.extend(frame.obj["spans"])
+        if "received_ns" in frame.obj:
+            result.received_ns[int(frame.obj["seq"])] = int(frame.obj["received_ns"])
         if frame.obj.get("final"):
             result.ends_ns[frame.obj["seq"]] = int(frame.obj["done_ns"])
             return int(frame.obj["seq"])

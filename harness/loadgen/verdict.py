@@ -67,14 +67,15 @@ def percentiles_check(result: RunResult) -> Check:
     return Check("percentiles", not short, detail, invalidates=False)
 
 def stamps_check(result: RunResult) -> Check:
-    """Whose clock stamped each completion: a remote worker's, within its offset's uncertainty, or the controller's
-    on arrival where that uncertainty was too large to trust."""
+    """Whose clock stamped each inference's start and completion: a remote worker's, within its offset's
+    uncertainty, or the controller's (the start on issue, the completion on arrival) where that uncertainty was too
+    large to trust."""
     untrusted = {e: c["uncertainty_ms"] for e, c in result.clocks.items() if c.get("completion_stamp") == "controller"}
     if untrusted:
-        return Check("stamps", False, "completions stamped on arrival for " + ", ".join(
+        return Check("stamps", False, "starts stamped on issue and completions on arrival for " + ", ".join(
             f"{e} (clock uncertain by {ms:.2f} ms)" for e, ms in untrusted.items()), invalidates=False)
     where = "remote workers' clocks" if result.clocks else "this machine's clock"
-    return Check("stamps", True, f"completions stamped by {where}", invalidates=False)
+    return Check("stamps", True, f"starts and completions stamped by {where}", invalidates=False)
 
 def checks(result: RunResult, expected: int, tolerance_pct: float) -> list[Check]:
     """The verdict's criteria, in the order they are judged (MLPerf's VALID/INVALID: the measurer decides, not the

@@ -148,12 +148,16 @@ class CutStage:
                             "real_ms": time_repeats(lambda: plan.work(inputs, self.device), int(command["repeats"]))})
         self.control.send({"event": "calibrated", "samples": samples})
 
-    def finish(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor]) -> None:
+    def finish(self, seq: int, plan: StagePlan, values: dict[str, torch.Tensor], received_ns: int | None = None
+               ) -> None:
+        """Report inference ``seq``'s spans (and its result from the last part); the first part also says when its
+        command arrived, where the inference's latency starts."""
         end = now_ns()
         if plan.is_last:
             self.control.send_tensor(values[self.setup["result"]].contiguous(), seq)
-        self.control.send({"event": "spans", "seq": seq, "spans": self.timeline.take(seq), "done_ns": end,
-                           "final": plan.is_last})
+        report = {"event": "spans", "seq": seq, "spans": self.timeline.take(seq), "done_ns": end,
+                  "final": plan.is_last}
+        self.control.send(report if received_ns is None else {**report, "received_ns": received_ns})
 
     def send_loop(self) -> None:
         """Sender thread: ships each inference's crossing tensors, each acknowledged by the peer."""
@@ -227,12 +231,13 @@ class CutStage:
 
     def infer(self, command: dict[str, Any]) -> None:
         """Start an inference: make its input here, compute this part, hand the crossing tensors to the sender."""
+        received = now_ns()
         seq, plan = int(command["seq"]), self.plan
         assert self.inputs is not None
         values, leaving = self.compute(seq, plan, {self.setup["input"]: self.inputs.take(seq)})
         if plan.sends:
             self.outbox.put((seq, plan.sends, leaving))
-        self.finish(seq, plan, values)
+        self.finish(seq, plan, values, received_ns=received)
         self.inputs.prepare_next()
 
     def _serve_later(self, inputs: queue.Queue) -> None:

@@ -60,6 +60,7 @@ class _Task:
     """A task on the host: the input of its current block and the pieces of that block still out."""
 
     value: torch.Tensor
+    received_ns: int  # when its command arrived: the inference's latency starts here
     block: int = 0
     pieces: list[tuple[tuple[int, int], torch.Tensor]] = field(default_factory=list)
     missing: set[str] = field(default_factory=set)
@@ -215,7 +216,7 @@ class SpatialStage:
 
     def _host_suffix(self, seq: int) -> None:
         with self.lock:
-            value = self.tasks[seq].value
+            value, received = self.tasks[seq].value, self.tasks[seq].received_ns
         if self.suffix is not None:
             suffix, name, result = self.suffix, self.suffix.inputs[0], self.result_name
 
@@ -231,7 +232,7 @@ class SpatialStage:
         done = now_ns()
         self.control.send_tensor(value.contiguous(), seq)
         self.control.send({"event": "spans", "seq": seq, "spans": self.timeline.take(seq), "done_ns": done,
-                           "final": True})
+                           "received_ns": received, "final": True})
         with self.lock:
             del self.tasks[seq]
             if self.parked:
@@ -248,9 +249,9 @@ class SpatialStage:
             threading.Thread(target=guard(target, self.control), daemon=True).start()
 
         def arrive(command: dict[str, Any]) -> None:
-            seq = int(command["seq"])
+            received, seq = now_ns(), int(command["seq"])
             assert self.inputs is not None
-            task = _Task(self.inputs.take(seq))
+            task = _Task(self.inputs.take(seq), received)
             with self.lock:
                 self.tasks[seq] = task
                 if self.plan.get("pipelined") or len(self.tasks) == 1:
