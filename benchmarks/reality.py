@@ -13,7 +13,7 @@ profile's time for the same nodes, median over inferences and repeats), which se
 the rest (link, wire, process hops). Goal on a quiet machine: median |measured / predicted - 1| <= 3 %, every job
 within 10 %.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/reality.py                        # 8 models, 3 repeats (~25 min)
+    PYTHONPATH=. .venv/bin/python benchmarks/reality.py                        # 8 models, 5 repeats (~35 min)
     PYTHONPATH=. .venv/bin/python benchmarks/reality.py --models resnet18 --repeats 1 --inferences 4 --seconds 0
 """
 
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--rates", nargs="+", type=float, default=list(RATES_MBPS))
-    parser.add_argument("--repeats", type=int, default=3, help="sweeps per model (run-to-run spread)")
+    parser.add_argument("--repeats", type=int, default=5, help="sweeps per model (run-to-run spread)")
     parser.add_argument("--inferences", type=int, default=10, help="measured inferences per job, at least")
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="and enough for this long at the model's device-only latency (0: --inferences only)")

@@ -31,6 +31,7 @@ from harness.model.memory import collector_paused, keep_activations_resident
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
 MAX_REPEATS = 200  # a measured profile's repeats, however small the model
+RUNS_A_REPEAT = 3  # a repeat runs the model three times: stamped, then twice whole (the second one timed)
 TIMING = "in-context, resident, 1 s, warm"  # how node times are measured; in the cache key: a new way measures again
 
 
@@ -192,7 +193,8 @@ def measure_node_times(graph: ModelGraph, warmup: int = 2, repeats: int = 7, dev
             _whole_run(module, example, device)  # untimed: the stamped run left its own code and data in the caches
             whole_ms = _whole_run(module, example, device)
             if i == max(warmup - 1, 0) and min_seconds > 0:  # enough repeats for min_seconds at this pace
-                total = max(total, warmup + min(MAX_REPEATS, math.ceil(min_seconds * 1e3 / (2 * whole_ms))))
+                needed = math.ceil(min_seconds * 1e3 / (RUNS_A_REPEAT * whole_ms))
+                total = max(total, warmup + min(MAX_REPEATS, needed))
             if i >= warmup:
                 whole.append(whole_ms)
                 for n, t in times.items():

@@ -261,9 +261,8 @@ def test_a_profile_repeats_a_small_model_for_its_minimum_time(monkeypatch: pytes
     # The whole model's time as a 2 ms model's, whatever the machine's load: the number of repeats follows from it.
     monkeypatch.setattr(profiles, "_whole_run", lambda *a: runs.append(1) or 2.0)
     profiles.measure_node_times(graph, warmup=1, repeats=3, min_seconds=0.2)
-    # 0.2 s at 2 ms a pass (and as long again for the stamped passes): 50 repeats, each with an untimed whole run
-    # before the timed one
-    assert len(runs) == 2 * (1 + 50)
+    # 0.2 s at three runs of 2 ms a repeat (stamped, whole untimed, whole timed): 34 repeats, two whole runs each
+    assert len(runs) == 2 * (1 + 34)
     runs.clear()
     profiles.measure_node_times(graph, warmup=1, repeats=3)
     assert len(runs) == 2 * (1 + 3)
