@@ -7,11 +7,11 @@ link.bandwidth_mbps=R1,R2`` (one sweep per model and repeat, workers kept alive 
 depend on the rate, so it runs twice per sweep), into a store and profile cache of its own, so every repeat measures
 its profiles afresh. A model's jobs measure at least ``--seconds`` of device-only inference (the count from the
 model's device-only prediction, ``run.py mode=predict``, first): ten inferences of a 6 ms model are 60 ms, one
-moment of a machine whose speed drifts. Per job: predicted ms, the measured median of each repeat, measured / predicted (median over
-the repeats), the spread between repeats ((max - min) / median), and ``compute_over_profile`` (real compute over the
-profile's time for the same nodes, median over inferences and repeats), which separates the profile's error from
-the rest (link, wire, process hops). Goal on a quiet machine: median |measured / predicted - 1| <= 3 %, every job
-within 10 %.
+moment of a machine whose speed drifts. Per job: predicted ms, the measured median of each repeat, measured /
+predicted (median over the repeats), the spread between repeats ((max - min) / median), and
+``compute_over_profile`` (real compute over the profile's time for the same nodes, median over inferences and
+repeats), which separates the profile's error from the rest (link, wire, process hops). Goal on a quiet machine:
+median |measured / predicted - 1| <= 3 %, every job within 10 %.
 
     PYTHONPATH=. .venv/bin/python benchmarks/reality.py                        # 8 models, 5 repeats (~35 min)
     PYTHONPATH=. .venv/bin/python benchmarks/reality.py --models resnet18 --repeats 1 --inferences 4 --seconds 0
