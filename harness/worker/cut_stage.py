@@ -157,7 +157,9 @@ class CutStage:
             self.control.send_tensor(values[self.setup["result"]].contiguous(), seq)
         report = {"event": "spans", "seq": seq, "spans": self.timeline.take(seq), "done_ns": end,
                   "final": plan.is_last}
-        self.control.send(report if received_ns is None else {**report, "received_ns": received_ns})
+        if received_ns is not None:
+            report["received_ns"] = received_ns
+        self.control.send(report)
 
     def send_loop(self) -> None:
         """Sender thread: ships each inference's crossing tensors, each acknowledged by the peer."""
