@@ -5,7 +5,7 @@ does, then prints one JSON line:
 - ``python -m tests.rootless_checks probe CASES_JSON``: its privilege and backends, the pre-run goodput probe for
   each (backend, Mbit/s, TDF) case, and what a topology left after an exception inside its block;
 - ``python -m tests.rootless_checks hold``: holds a topology with a process spawned in it and says what identifies
-  them (pids, namespace inodes), until a signal ends it.
+  them (pids, namespace paths in its own mount namespace and their inodes), until a signal ends it.
 """
 
 from harness.network.userns import enter_if_needed
@@ -56,8 +56,9 @@ def after_an_exception() -> dict:
 def hold() -> None:
     with pair(50.0) as topo:
         sleeper = topo.spawn("device", ["sleep", "600"])
-        inodes = [os.stat(namespaces.namespace_path(topo.netns(e))).st_ino for e in topo.endpoints]
-        print(json.dumps({"privilege": shaping.privilege(), "child": sleeper.pid, "netns_inodes": inodes,
+        paths = [namespaces.namespace_path(topo.netns(e)) for e in topo.endpoints]
+        print(json.dumps({"privilege": shaping.privilege(), "child": sleeper.pid, "netns_paths": paths,
+                          "netns_inodes": [os.stat(path).st_ino for path in paths],
                           "userns_inode": os.stat("/proc/self/ns/user").st_ino,
                           "namespace_directory": netns.NETNS_RUN_DIR}), flush=True)
         while True:

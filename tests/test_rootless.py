@@ -15,6 +15,7 @@ a shared server would, and the harness enters a user namespace of its own beneat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 import pandas as pd
@@ -144,6 +146,18 @@ def processes_in(kind: str, inodes: set[int]) -> list[int]:
     return found
 
 
+@contextlib.contextmanager
+def pinned(paths: list[str]) -> Iterator[None]:
+    """Hold each namespace open: one that has ended frees its inode number, which the kernel gives to the next
+    namespace made (a concurrent test's), so only a held namespace is still the one its inode names."""
+    fds = [os.open(path, os.O_RDONLY) for path in paths]
+    try:
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 @pytest.mark.e2e
 @needs_userns
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -155,16 +169,19 @@ def test_a_signal_to_a_rootless_holder_leaves_nothing(sig: signal.Signals) -> No
     try:
         held = json.loads(holder.stdout.readline() or "null") or pytest.fail(holder.communicate()[1][-3000:])
         assert held["privilege"] == "rootless"
-        assert processes_in("net", set(held["netns_inodes"])) == [held["child"]]
-        holder.send_signal(sig)
-        holder.wait(timeout=60)
+        # Its namespaces are bound in its private mount namespace: reached through its root.
+        namespaces_held = [f"/proc/{holder.pid}/root{path}" for path in held["netns_paths"]]
+        with pinned([*namespaces_held, f"/proc/{holder.pid}/ns/user"]):
+            assert processes_in("net", set(held["netns_inodes"])) == [held["child"]]
+            holder.send_signal(sig)
+            holder.wait(timeout=60)
+            assert holder.returncode != 0
+            assert processes_in("net", set(held["netns_inodes"])) == []
+            assert processes_in("user", {held["userns_inode"]}) == []
     finally:
         if holder.poll() is None:
             holder.kill()
             holder.wait()
-    assert holder.returncode != 0
-    assert processes_in("net", set(held["netns_inodes"])) == []
-    assert processes_in("user", {held["userns_inode"]}) == []
     assert not os.path.exists(held["namespace_directory"])
 
 
