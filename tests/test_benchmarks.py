@@ -99,3 +99,19 @@ def test_reality_holds_a_real_run_against_its_prediction(tmp_path: Path) -> None
     assert any(r["compute"] for r in rows)  # local_pair computes unpadded: real compute over the profile
     assert "| custom | device_only | - |" in out and "median |measured / predicted - 1|" in out
     assert "measured inferences per job: custom " in out  # at least 3, and 20 ms at its predicted latency
+
+
+@needs_root
+def test_after_idle_times_a_model_after_waiting_and_after_receiving_its_input_over_a_shaped_link(
+        tmp_path: Path) -> None:
+    out_json = tmp_path / "after_idle.json"
+    out = bench("after_idle.py", "--models", "custom", "--waits-ms", "1", "--pairs", "2", "--warmup", "1",
+                "--receive-mbps", "100", "--json", str(out_json)).stdout
+    row, = json.loads(out_json.read_text())
+    assert row["model"] == "custom" and row["back_to_back_ms"] > 0 and row["pairs"] == 2
+    assert set(row["after"]["1"]) == {"asleep", "spinning"}
+    assert all(0 < s["q1"] <= s["median"] <= s["q3"] for s in row["after"]["1"].values())
+    received = row["after_receiving"]["100"]
+    # The input (1x3x224x224 float32, 602112 bytes) crossed the shaped link: no faster than 100 Mbit/s allows.
+    assert received["wait_ms"] >= 602112 * 8 / 100e6 * 1e3 * 0.95 and received["median"] > 0
+    assert "| custom |" in out and "after receiving its input at 100 Mbit/s" in out
