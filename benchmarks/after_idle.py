@@ -109,7 +109,8 @@ def wait(way: str, seconds: float) -> None:
 
 
 def measure(name: str, waits_ms: list[float], pairs: int, warmup: int,
-            receivers: dict[float, Receiver] | None = None) -> dict[str, Any]:
+            link: tuple[Topology, Receiver] | None = None, receive_mbps: list[float] | None = None) -> dict[str, Any]:
+    """One model's pairs: for each wait and way, and, over ``link``, after receiving its input at each rate."""
     spec = spec_of(name)
     model = build_model(spec)
     keep_activations_resident()  # as a worker once its part is built: activations stay in the heap
@@ -121,31 +122,31 @@ def measure(name: str, waits_ms: list[float], pairs: int, warmup: int,
             model(x)
         return (time.perf_counter_ns() - start) / 1e6
 
+    def pair(between: Callable[[], Any]) -> tuple[float, float, Any]:
+        timed()  # the run a back-to-back run follows
+        warm = timed()
+        done = between()
+        return warm, timed() / warm, done
+
     for _ in range(warmup):
         timed()
     back_to_back: list[float] = []
-    after: dict[str, dict[str, list[float]]] = {}
+    after: dict[str, dict[str, dict[str, float]]] = {}
     for ms in waits_ms:
         for way in WAYS:
-            ratios = after.setdefault(f"{ms:g}", {}).setdefault(way, [])
-            for _ in range(pairs):
-                timed()  # the run a back-to-back run follows
-                warm = timed()
-                wait(way, ms / 1e3)
-                ratios.append(timed() / warm)
-                back_to_back.append(warm)
+            runs = [pair(lambda: wait(way, ms / 1e3)) for _ in range(pairs)]
+            back_to_back += [warm for warm, _, _ in runs]
+            after.setdefault(f"{ms:g}", {})[way] = summary([ratio for _, ratio, _ in runs])
     received: dict[str, dict[str, float]] = {}
-    for mbps, receiver in (receivers or {}).items():
-        ratios, waited = [], []
-        for _ in range(pairs):
-            timed()
-            warm = timed()
-            waited.append(receiver.receive())
-            ratios.append(timed() / warm)
-            back_to_back.append(warm)
-        received[f"{mbps:g}"] = {**summary(ratios), "wait_ms": statistics.median(waited)}
-    return {"model": name, "back_to_back_ms": statistics.median(back_to_back), "pairs": pairs,
-            "after": {ms: {way: summary(r) for way, r in by_way.items()} for ms, by_way in after.items()},
+    for mbps in receive_mbps or []:
+        assert link is not None, "receiving needs a link"
+        topology, receiver = link
+        topology.set_rate("device", "server", mbps)
+        runs = [pair(receiver.receive) for _ in range(pairs)]
+        back_to_back += [warm for warm, _, _ in runs]
+        received[f"{mbps:g}"] = {**summary([ratio for _, ratio, _ in runs]),
+                                 "wait_ms": statistics.median(waited for _, _, waited in runs)}
+    return {"model": name, "back_to_back_ms": statistics.median(back_to_back), "pairs": pairs, "after": after,
             "after_receiving": received}
 
 
@@ -177,25 +178,19 @@ def table(rows: list[dict[str, Any]], waits_ms: list[float], receive_mbps: list[
 
 
 def measure_with_links(name: str, args: Any) -> dict[str, Any]:
-    """:func:`measure`, with a device -> server link per ``--receive-mbps`` rate for the receiving way."""
+    """:func:`measure`, with a device -> server link for the receiving way where ``--receive-mbps`` asks for it."""
     if not args.receive_mbps:
         return measure(name, args.waits_ms, args.pairs, args.warmup)
-    rates = list(args.receive_mbps)
-    topology = Topology(["device", "server"], [("device", "server", LinkSpec(rates[0]))], prefix="sbai")
+    topology = Topology(["device", "server"], [("device", "server", LinkSpec(args.receive_mbps[0]))], prefix="sbai")
     with topology:
         if topology.backend not in KERNEL_RATE_BACKENDS:
             raise SystemExit(f"--receive-mbps needs a kernel-shaped link; this machine gives {topology.backend!r} "
                              f"(namespaces and one of {KERNEL_RATE_BACKENDS} are needed)")
         receiver = Receiver(topology, input_bytes(name))
         try:
-            row = measure(name, args.waits_ms, args.pairs, args.warmup)
-            for mbps in rates:  # one rate at a time on the same link: measure only the receiving way
-                topology.set_rate("device", "server", mbps)
-                receivers = {mbps: receiver}
-                row["after_receiving"].update(measure(name, [], args.pairs, args.warmup, receivers)["after_receiving"])
+            return measure(name, args.waits_ms, args.pairs, args.warmup, (topology, receiver), args.receive_mbps)
         finally:
             receiver.close()
-    return row
 
 
 def main() -> None:
