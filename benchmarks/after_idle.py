@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from benchmarks.reality import MODELS  # noqa: E402
 from harness.model.memory import keep_activations_resident  # noqa: E402
 from harness.model.models import ModelSpec, build_model, make_input  # noqa: E402
 from harness.network.link import LinkSpec  # noqa: E402
@@ -48,9 +49,6 @@ from harness.network.shaping import KERNEL_RATE_BACKENDS  # noqa: E402
 from harness.network.topology import Topology  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-MODELS = ("alexnet", "vgg16", "resnet50", "densenet121", "googlenet", "mobilenet_v2", "efficientnet_b0", "custom")
-# The reality benchmark's own model: a small residual CNN at 224x224, width 32.
-CUSTOM = ModelSpec("custom", "tests.user_models.build", (1, 3, 224, 224), args={"width": 32})
 WAYS = ("asleep", "spinning")
 PORT = 46990
 
@@ -92,7 +90,11 @@ class Receiver:
 
 
 def spec_of(name: str) -> ModelSpec:
-    return CUSTOM if name == "custom" else ModelSpec.from_config(OmegaConf.load(CONF / "model" / f"{name}.yaml"))
+    """The model as the reality benchmark runs it: its config, with that benchmark's overrides for it (the custom
+    model's factory, input and width)."""
+    overrides = [o.lstrip("+").removeprefix("model.") for o in MODELS.get(name, [])]
+    return ModelSpec.from_config(OmegaConf.merge(OmegaConf.load(CONF / "model" / f"{name}.yaml"),
+                                                 OmegaConf.from_dotlist(overrides)))
 
 
 def spin(seconds: float) -> None:
@@ -204,7 +206,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the workers on local_pair: 1)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    known = sorted({p.stem for p in (CONF / "model").glob("*.yaml")} | {"custom"})
+    known = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
     unknown = [m for m in args.models if m not in known]
     if unknown:
         parser.error(f"unknown models {unknown}; accepted: {known}")
