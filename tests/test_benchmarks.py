@@ -58,9 +58,14 @@ def test_emulation_fidelity_runs_a_dilated_split(tmp_path: Path) -> None:
           "--json", str(out_json))
     (row,) = json.loads(out_json.read_text())["rows"]
     assert row["backend"] in ("netem", "tbf", "htb")
-    assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
-    assert row["max_abs_error"] <= 1e-4 and row["real_s"] > 0
+    assert row["predicted_ms"] > 0 and row["real_s"] > 0
+    # A judged run records its tensors' deviation, valid or not; a crash records none (NaN) and fails here.
+    assert row["max_abs_error"] <= 1e-4
     assert isinstance(row["valid"], bool) and (row["valid"] or row["invalid_reason"])
+    # runtime.retries=0: beside a concurrent load the harness may refuse the run (an overrun), and rightly so.
+    assert ("measured_ms" in row) == row["valid"]
+    if row["valid"]:
+        assert row["measured_ms"] > 0 and row["ratio"] > 0
 
 
 @needs_root
