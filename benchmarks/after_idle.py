@@ -39,11 +39,10 @@ from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-from benchmarks.reality import MODELS  # noqa: E402
+from benchmarks.reality import MODELS, spec_of  # noqa: E402
 from harness.model.memory import keep_activations_resident  # noqa: E402
-from harness.model.models import ModelSpec, build_model, make_input  # noqa: E402
+from harness.model.models import build_model, make_input  # noqa: E402
 from harness.network.link import LinkSpec  # noqa: E402
 from harness.network.shaping import KERNEL_RATE_BACKENDS  # noqa: E402
 from harness.network.topology import Topology  # noqa: E402
@@ -87,14 +86,6 @@ class Receiver:
         self.go.put(None)
         self.tx.close()
         self.rx.close()
-
-
-def spec_of(name: str) -> ModelSpec:
-    """The model as the reality benchmark runs it: its config, with that benchmark's overrides for it (the custom
-    model's factory, input and width)."""
-    overrides = [o.lstrip("+").removeprefix("model.") for o in MODELS.get(name, [])]
-    return ModelSpec.from_config(OmegaConf.merge(OmegaConf.load(CONF / "model" / f"{name}.yaml"),
-                                                 OmegaConf.from_dotlist(overrides)))
 
 
 def spin(seconds: float) -> None:

@@ -13,6 +13,11 @@ predicted (median over the repeats), the spread between repeats ((max - min) / m
 repeats), which separates the profile's error from the rest (link, wire, process hops). Goal on a quiet machine:
 median |measured / predicted - 1| <= 3 %, every job within 10 %.
 
+Whether the machine was quiet is measured, not assumed: before each sweep and at the end, with no sweep running,
+the benchmark times one fixed model (the custom one, one thread, as a worker runs it) for ``--probe-seconds``. The
+spread of those medians over the run is how far the host's own speed moved while the jobs ran; where it moved more
+than a job's tolerance (10 %), the verdict says the host was not quiet: a miss there is not the cost model's alone.
+
     PYTHONPATH=. .venv/bin/python benchmarks/reality.py                        # 8 models, 5 repeats (~35 min)
     PYTHONPATH=. .venv/bin/python benchmarks/reality.py --models resnet18 --repeats 1 --inferences 4 --seconds 0
 """
@@ -32,8 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import torch
+from omegaconf import OmegaConf
 
 from benchmarks.sweeps import run_sweep, store_of
+from harness.model.memory import keep_activations_resident
+from harness.model.models import ModelSpec, build_model, make_input
 
 ROOT = Path(__file__).resolve().parent.parent
 # Chains, residual, dense, inception, depthwise (+ squeeze-excitation), and a user's own model (one residual block).
@@ -44,6 +53,52 @@ METHODS = ("device_only", "server_only", "dads")
 RATES_MBPS = (18.88, 100.0)
 GOAL_MEDIAN, GOAL_EACH = 0.03, 0.10
 MAX_INFERENCES = 300
+PROBE_MODEL = "custom"
+
+
+def spec_of(name: str) -> ModelSpec:
+    """The model as this benchmark runs it: its config, with the overrides in ``MODELS`` (the custom model's factory,
+    input and width)."""
+    overrides = [o.lstrip("+").removeprefix("model.") for o in MODELS.get(name, [])]
+    return ModelSpec.from_config(OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"),
+                                                 OmegaConf.from_dotlist(overrides)))
+
+
+class HostProbe:
+    """The host's own speed over the run: one fixed model timed now and then, between sweeps (never beside one)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.samples: list[dict[str, Any]] = []
+        if seconds > 0:
+            torch.set_num_threads(1)  # as a worker computes
+            spec = spec_of(PROBE_MODEL)
+            self.model, self.input = build_model(spec), make_input(spec)
+            keep_activations_resident()
+
+    def sample(self, when: str) -> None:
+        """Median time of the probe model over ``seconds`` of back-to-back runs, after two to warm it up."""
+        if self.seconds <= 0:
+            return
+        times: list[float] = []
+        with torch.no_grad():
+            for _ in range(2):
+                self.model(self.input)
+            end = time.perf_counter() + self.seconds
+            while time.perf_counter() < end or len(times) < 5:
+                start = time.perf_counter_ns()
+                self.model(self.input)
+                times.append((time.perf_counter_ns() - start) / 1e6)
+        self.samples.append({"when": when, "median_ms": statistics.median(times), "runs": len(times)})
+
+    def summary(self) -> dict[str, float] | None:
+        """The probes' median and their spread over the run, (max - min) / median; None without two probes."""
+        medians = [s["median_ms"] for s in self.samples]
+        if len(medians) < 2:
+            return None
+        middle = statistics.median(medians)
+        return {"median_ms": middle, "spread": (max(medians) - min(medians)) / middle,
+                "min_ms": min(medians), "max_ms": max(medians), "probes": len(medians)}
 
 
 def inferences_for(models: list[str], args: argparse.Namespace, folder: Path) -> dict[str, int]:
@@ -120,11 +175,14 @@ def main() -> None:
     parser.add_argument("--inferences", type=int, default=10, help="measured inferences per job, at least")
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="and enough for this long at the model's device-only latency (0: --inferences only)")
-    parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--probe-seconds", type=float, default=0.5,
+                        help="time the host probe this long before each sweep and at the end (0: no probe)")
+    parser.add_argument("--json", help="write the rows and the host's probes here")
     args = parser.parse_args()
     began = time.time()
     load = os.getloadavg()[0]
     all_rows: list[dict[str, Any]] = []
+    probe = HostProbe(args.probe_seconds)
     with tempfile.TemporaryDirectory(prefix="reality-") as tmp:
         counts = inferences_for(args.models, args, Path(tmp, "counts"))
         for repeat in range(args.repeats):
@@ -133,8 +191,10 @@ def main() -> None:
             for model in args.models:
                 print(f"repeat {repeat + 1}/{args.repeats}: {model}, {counts[model]} inferences a job "
                       f"({time.time() - began:.0f} s)", file=sys.stderr)
+                probe.sample(f"repeat {repeat + 1}, before {model}")
                 sweep(model, counts[model], args, folder)
             all_rows += runs(store_of(folder))
+        probe.sample("at the end")
     lines, errors = table(all_rows)
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, load average {load:.2f} at the start; hardware=local_pair "
           f"(TDF 1); measured inferences per job: {', '.join(f'{m} {n}' for m, n in counts.items())}; "
@@ -149,8 +209,23 @@ def main() -> None:
     print(f"\nmedian |measured / predicted - 1| = {100 * median_error:.1f} % (goal <= {100 * GOAL_MEDIAN:g} %), "
           f"worst {100 * worst:.1f} % (goal <= {100 * GOAL_EACH:g} %), {sum(e <= GOAL_EACH for e in errors)} of "
           f"{len(errors)} jobs within {100 * GOAL_EACH:g} %: goal {verdict}")
+    host = probe.summary()
+    if host is not None:
+        print(host_line(host))
     if args.json:
-        Path(args.json).write_text(json.dumps(all_rows, indent=1, default=str))
+        Path(args.json).write_text(json.dumps({"rows": all_rows, "host_probes": probe.samples, "host": host},
+                                              indent=1, default=str))
+
+
+def host_line(host: dict[str, float]) -> str:
+    """What the probes say of the host: how far its own speed moved over the run, and whether that was quiet."""
+    quiet = host["spread"] <= GOAL_EACH
+    return (f"host: the {PROBE_MODEL} model timed {host['probes']:.0f} times between sweeps (one thread, no sweep "
+            f"running): median {host['median_ms']:.2f} ms, {host['min_ms']:.2f}-{host['max_ms']:.2f} ms, spread "
+            f"{100 * host['spread']:.1f} % over the run: "
+            + ("quiet (within a job's tolerance)" if quiet else
+               f"NOT quiet (more than a job's tolerance of {100 * GOAL_EACH:g} %): the host's own speed moved as much "
+               f"as the goal allows a job to miss, so a miss here is not the cost model's alone"))
 
 
 if __name__ == "__main__":

@@ -96,14 +96,22 @@ def test_sweep_overhead_splits_each_job_and_counts_the_workers_it_started() -> N
 def test_reality_holds_a_real_run_against_its_prediction(tmp_path: Path) -> None:
     out_json = tmp_path / "reality.json"
     out = bench("reality.py", "--models", "custom", "--methods", "device_only", "server_only", "--rates", "100",
-                "--repeats", "1", "--inferences", "3", "--seconds", "0.02", "--json", str(out_json)).stdout
-    rows = json.loads(out_json.read_text())
+                "--repeats", "1", "--inferences", "3", "--seconds", "0.02", "--probe-seconds", "0.05",
+                "--json", str(out_json)).stdout
+    report = json.loads(out_json.read_text())
+    rows = report["rows"]
     assert {(r["model"], r["method"]) for r in rows} == {("custom", "device_only"), ("custom", "server_only")}
     assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 and r["ci"][0] <= r["measured_ms"] <= r["ci"][1]
                for r in rows)
     assert any(r["compute"] for r in rows)  # local_pair computes unpadded: real compute over the profile
     assert "| custom | device_only | - |" in out and "median |measured / predicted - 1|" in out
     assert "measured inferences per job: custom " in out  # at least 3, and 20 ms at its predicted latency
+    # The host probed before the sweep and at the end, with nothing else of the benchmark's running.
+    assert [p["when"] for p in report["host_probes"]] == ["repeat 1, before custom", "at the end"]
+    host = report["host"]
+    assert host["probes"] == 2 and 0 < host["min_ms"] <= host["median_ms"] <= host["max_ms"]
+    assert host["spread"] == pytest.approx((host["max_ms"] - host["min_ms"]) / host["median_ms"])
+    assert "host: the custom model timed 2 times between sweeps" in out and "quiet" in out
 
 
 @needs_root
@@ -120,3 +128,16 @@ def test_after_idle_times_a_model_after_waiting_and_after_receiving_its_input_ov
     # The input (1x3x224x224 float32, 602112 bytes) crossed the shaped link: no faster than 100 Mbit/s allows.
     assert received["wait_ms"] >= 602112 * 8 / 100e6 * 1e3 * 0.95 and received["median"] > 0
     assert "| custom |" in out and "after receiving its input at 100 Mbit/s" in out
+
+
+def test_the_reality_verdict_calls_a_host_quiet_only_while_its_own_speed_stays_within_a_jobs_tolerance() -> None:
+    from benchmarks.reality import HostProbe, host_line
+
+    probe = HostProbe(0)  # no model built: the samples are set here
+    probe.samples = [{"when": "a", "median_ms": 7.0, "runs": 70}, {"when": "b", "median_ms": 7.3, "runs": 68}]
+    steady = probe.summary()
+    assert steady is not None and steady["spread"] == pytest.approx(0.3 / 7.15)
+    assert ": quiet (within a job's tolerance)" in host_line(steady)
+    probe.samples.append({"when": "c", "median_ms": 9.1, "runs": 55})  # the host slowed by 30 % for a while
+    assert "NOT quiet" in host_line(probe.summary())
+    assert HostProbe(0).summary() is None  # nothing probed, nothing said
