@@ -97,8 +97,10 @@ class HostProbe:
         if len(medians) < 2:
             return None
         middle = statistics.median(medians)
+        deciles = statistics.quantiles(medians, n=10, method="inclusive")
         return {"median_ms": middle, "spread": (max(medians) - min(medians)) / middle,
-                "min_ms": min(medians), "max_ms": max(medians), "probes": len(medians)}
+                "min_ms": min(medians), "max_ms": max(medians), "p10_ms": deciles[0], "p90_ms": deciles[-1],
+                "probes": len(medians)}
 
 
 def inferences_for(models: list[str], args: argparse.Namespace, folder: Path) -> dict[str, int]:
@@ -221,7 +223,8 @@ def host_line(host: dict[str, float]) -> str:
     """What the probes say of the host: how far its own speed moved over the run, and whether that was quiet."""
     quiet = host["spread"] <= GOAL_EACH
     return (f"host: the {PROBE_MODEL} model timed {host['probes']:.0f} times between sweeps (one thread, no sweep "
-            f"running): median {host['median_ms']:.2f} ms, {host['min_ms']:.2f}-{host['max_ms']:.2f} ms, spread "
+            f"running): median {host['median_ms']:.2f} ms, 10-90 % of the probes {host['p10_ms']:.2f}-"
+            f"{host['p90_ms']:.2f} ms, all {host['min_ms']:.2f}-{host['max_ms']:.2f} ms, a spread of "
             f"{100 * host['spread']:.1f} % over the run: "
             + ("quiet (within a job's tolerance)" if quiet else
                f"NOT quiet (more than a job's tolerance of {100 * GOAL_EACH:g} %): the host's own speed moved as much "

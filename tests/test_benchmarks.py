@@ -109,7 +109,8 @@ def test_reality_holds_a_real_run_against_its_prediction(tmp_path: Path) -> None
     # The host probed before the sweep and at the end, with nothing else of the benchmark's running.
     assert [p["when"] for p in report["host_probes"]] == ["repeat 1, before custom", "at the end"]
     host = report["host"]
-    assert host["probes"] == 2 and 0 < host["min_ms"] <= host["median_ms"] <= host["max_ms"]
+    assert host["probes"] == 2 and 0 < host["min_ms"] <= host["p10_ms"] <= host["median_ms"] <= host["p90_ms"] \
+        <= host["max_ms"]
     assert host["spread"] == pytest.approx((host["max_ms"] - host["min_ms"]) / host["median_ms"])
     assert "host: the custom model timed 2 times between sweeps" in out and "quiet" in out
 
