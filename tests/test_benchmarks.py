@@ -73,9 +73,15 @@ def test_validity_runs_a_job_as_run_py_does(tmp_path: Path) -> None:
     out_json = tmp_path / "validity.json"
     out = bench("validity.py", "--models", "resnet18", "--scenarios", "single_stream", "--json", str(out_json)).stdout
     report = json.loads(out_json.read_text())
-    (row,) = report["rows"]
+    # A whole-run retry (the harness's answer to an overrun on a loaded machine) is a row of its own: the job is
+    # its last attempt, and every attempt before it was retried.
+    (row,) = [r for r in report["rows"] if not r["retried"]]
+    assert [r["attempt"] for r in report["rows"]] == list(range(1, row["attempt"] + 1))
+    first = report["rows"][0]
     assert row["model"] == "resnet18" and row["scenario"] == "single_stream"
-    assert row["tdf"] >= 1 and row["tdf_from_profile"] >= 1 and row["tdf_set_by"] in ("device", "server")
+    # The first attempt calibrates its TDF on the workers; a retry runs at a fixed, higher one.
+    assert first["tdf"] >= 1 and first["tdf_from_profile"] >= 1 and first["tdf_set_by"] in ("device", "server")
+    assert row["tdf"] >= first["tdf"]
     assert row["valid"] or row["invalid_reason"]
     assert report["summary"]["jobs"] == 1 and "| xavier_1080ti | single_stream | resnet18 |" in out
 
