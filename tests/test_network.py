@@ -346,7 +346,9 @@ def test_set_rate_changes_a_live_link_in_both_directions():
             changed.set()
             receiver.join(20)
             sender.join(5)
+            stalled = receiver.is_alive() or sender.is_alive()
         listener.close()
+        assert not stalled, f"the transfer stalled: {arrivals[-1][1] if arrivals else 0} of {total} bytes after 20 s"
         for end in ("device", "server"):
             ifname = topo._link("device", "server").ifname[end]
             assert qdisc_rate(topo.netns(end), ifname) == round(8e6 / 8 * 1514 / 1448)
