@@ -110,6 +110,10 @@ def test_dynamic_link_follows_the_trace_and_deadlines_count_right(tracking_uri: 
                                  lambda w: 0.10 if round(w["trace_mbps"], 2) in (18.88, 5.85, 1.1) else 0.15)
     decisions = artifact(tracking_uri, run["run_id"], "decisions.json", tmp_path)
     assert {d["true_mbps"] for d in decisions} == {18.88, 5.85, 1.1}
+    # When the trace's steps landed (18.88 -> 5.85 at 2 s, -> 1.1 at 4 s; the run ends after 6 s), and its summary.
+    steps = artifact(tracking_uri, run["run_id"], "trace_steps.json", tmp_path)
+    assert [(s["step_s"], s["mbps"]) for s in steps[:2]] == [(2.0, 5.85), (4.0, 1.1)], steps
+    assert run["metrics.trace_step_late_ms_max"] == max(s["late_ms"] for s in steps)
     assert sum(w["measured"] for w in windows) >= 5
     assert sum(w["transfers"] for w in windows) == 13  # one per measured inference
     assert {18.88, 5.85, 1.1} <= {round(w["trace_mbps"], 2) for w in windows if w["measured"]}, windows
@@ -309,6 +313,23 @@ def test_a_step_that_takes_time_to_apply_is_begun_early_enough_to_land_on_its_in
     late_ms = [(at - player.start_ns) / 1e6 - due * 1e3 for at, due in zip(landed[1:], steps[1:])]
     assert len(late_ms) == 5 and player.lead_s() == pytest.approx(0.03, abs=0.01)
     assert sorted(late_ms)[2] < 10, late_ms  # the median step: within a third of the change's own time
+
+
+def test_the_player_records_how_late_each_step_landed() -> None:
+    # The third change stalls for 40 ms (a host that stops the player's thread): it lands that late, the others not.
+    def set_rate(mbps: float) -> None:
+        if mbps == 3.0:
+            time.sleep(0.04)
+
+    player = TracePlayer(Trace("t", (0.0, 0.05, 0.1, 0.15), (1.0, 2.0, 3.0, 4.0), 10.0), set_rate, tdf=1.0).start()
+    try:
+        time.sleep(0.3)
+    finally:
+        player.stop()
+    assert [(step["step_s"], step["mbps"]) for step in player.landings] == [(0.05, 2.0), (0.1, 3.0), (0.15, 4.0)]
+    late = {step["mbps"]: step["late_ms"] for step in player.landings}
+    assert late[3.0] >= 35, late  # the stalled change
+    assert late[2.0] < 15 and late[3.0] - late[2.0] >= 30, late
 
 
 def _steps(decisions: list[dict]) -> list[list[dict]]:

@@ -134,3 +134,8 @@ class CutStrategy:
     def decisions(self) -> list[dict[str, Any]] | None:
         """The re-decisions of a dynamic run (None otherwise)."""
         return self.redecider.decisions if self.redecider is not None else None
+
+    def trace_steps(self) -> list[dict[str, float]] | None:
+        """When each step of a dynamic run's trace landed on the link (None where no trace was played)."""
+        player = self.redecider.player if self.redecider is not None else None
+        return player.landings if player is not None else None

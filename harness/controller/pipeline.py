@@ -75,6 +75,7 @@ def run_experiment(exp: Experiment, rec: RunRecord, graph: ModelGraph | None = N
     if (decisions := strategy.decisions()) is not None:
         record_decisions(rec, decisions, metrics)
         record_trace_following(rec, load_trace(exp.link.trace), result, decisions, metrics)
+        record_trace_steps(rec, strategy.trace_steps() or [], metrics)
     out = finish(exp, rec, graph, result, metrics, models.reference)
     if exp.method.kind == "spatial" and out.get("throughput_ips"):
         out["task_time_ms"] = 1e3 / out["throughput_ips"]
@@ -108,6 +109,18 @@ def record_trace_following(rec: RunRecord, trace: Trace, result: RunResult, deci
     windows = trace_windows(trace, result.spans, decisions, set(measured_seqs(result)))
     rec.artifact_json(windows, "trace_following.json")
     metrics.update(trace_following_metrics(windows))
+
+
+def record_trace_steps(rec: RunRecord, landings: list[dict[str, float]], metrics: dict[str, float]) -> None:
+    """When the trace's steps landed on the link (``trace_steps.json``; ``trace_step_late_ms_median`` and ``_max``,
+    emulated ms after each step's instant): the trace-following windows compare goodput with the trace as
+    scheduled, so a step the player landed late shows there as the link's error; these say how late it was."""
+    if not landings:
+        return
+    rec.artifact_json(landings, "trace_steps.json")
+    late = [step["late_ms"] for step in landings]
+    metrics["trace_step_late_ms_median"] = statistics.median(late)
+    metrics["trace_step_late_ms_max"] = max(late)
 
 
 def record_clocks_and_devices(rec: RunRecord, result: RunResult, metrics: dict[str, float]) -> None:

@@ -93,3 +93,6 @@ class SpatialStrategy:
 
     def decisions(self) -> list[dict[str, Any]] | None:
         return None
+
+    def trace_steps(self) -> list[dict[str, float]] | None:
+        return None

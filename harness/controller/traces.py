@@ -229,6 +229,7 @@ class TracePlayer:
         self.applied = threading.Condition()
         self.applied_steps = 0  # steps whose rate the link has (set_rate returned)
         self.call_s: deque[float] = deque(maxlen=self.LEAD_CALLS)  # real seconds each of the last set_rate calls took
+        self.landings: list[dict[str, float]] = []  # per step after the first: when the link had its rate
         self.thread = threading.Thread(target=self._play, daemon=True, name="trace-player")
 
     def start(self) -> "TracePlayer":
@@ -280,6 +281,8 @@ class TracePlayer:
                 self._apply(mbps)
             except RuntimeError:  # the topology went down: the run is over
                 return
+            # Emulated ms after its instant (negative: early): a late player, not the shaper, moves these.
+            self.landings.append({"step_s": t_s, "mbps": mbps, "late_ms": (self.emulated_s() - t_s) * 1e3})
             with self.applied:
                 self.applied_steps += 1
                 self.applied.notify_all()
