@@ -77,10 +77,11 @@ def test_a_worker_100000_s_ahead_gives_the_same_latency_and_no_record_holds_the_
     assert TOKEN not in outputs
     assert not [p.name for p in tmp_path.glob("*.log") if TOKEN in p.read_text(errors="replace")]
     # Last: the same latency on either clock (an offset missed anywhere would show as 10^8 ms). The two runs compute
-    # on two different worker processes, unshaped and undilated, whose real ResNet-18 times differ by 11-27 % on
-    # this machine (quiet to loaded): a factor of two bounds that noise, and is far inside a missed conversion.
+    # on two different worker processes, unshaped and undilated, whose real ResNet-18 times differed by 11-27 % on
+    # one machine (quiet to loaded) and by 2.1x on a shared host beside the suite's other tests (20.2 against
+    # 42.1 ms): a factor of five bounds that noise, and is still six orders of magnitude inside a missed conversion.
     ratio = moved["metrics.latency_p50_ms"] / ref["metrics.latency_p50_ms"]
-    assert 0.5 <= ratio <= 2, (moved["metrics.latency_p50_ms"], ref["metrics.latency_p50_ms"])
+    assert 0.2 <= ratio <= 5, (moved["metrics.latency_p50_ms"], ref["metrics.latency_p50_ms"])
 
 
 def test_a_secret_given_as_config_is_refused_before_hydra_records_it(tracking_uri: str, tmp_path: Path) -> None:
