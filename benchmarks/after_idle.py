@@ -40,9 +40,7 @@ from typing import Any, Callable  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.reality import MODELS, spec_of  # noqa: E402
-from harness.model.memory import keep_activations_resident  # noqa: E402
-from harness.model.models import build_model, make_input  # noqa: E402
+from benchmarks.reality import MODELS, as_a_worker_runs_it, spec_of  # noqa: E402
 from harness.network.link import LinkSpec  # noqa: E402
 from harness.network.shaping import KERNEL_RATE_BACKENDS  # noqa: E402
 from harness.network.topology import Topology  # noqa: E402
@@ -104,10 +102,7 @@ def wait(way: str, seconds: float) -> None:
 def measure(name: str, waits_ms: list[float], pairs: int, warmup: int,
             link: tuple[Topology, Receiver] | None = None, receive_mbps: list[float] | None = None) -> dict[str, Any]:
     """One model's pairs: for each wait and way, and, over ``link``, after receiving its input at each rate."""
-    spec = spec_of(name)
-    model = build_model(spec)
-    keep_activations_resident()  # as a worker once its part is built: activations stay in the heap
-    x = make_input(spec)
+    model, x = as_a_worker_runs_it(name)
 
     def timed() -> float:
         start = time.perf_counter_ns()

@@ -64,6 +64,15 @@ def spec_of(name: str) -> ModelSpec:
                                                  OmegaConf.from_dotlist(overrides)))
 
 
+def as_a_worker_runs_it(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The model and its input as a worker holds them once its part is built: the harness's seeded model, its
+    activations kept resident from then on."""
+    spec = spec_of(name)
+    model = build_model(spec)
+    keep_activations_resident()
+    return model, make_input(spec)
+
+
 class HostProbe:
     """The host's own speed over the run: one fixed model timed now and then, between sweeps (never beside one)."""
 
@@ -72,9 +81,7 @@ class HostProbe:
         self.samples: list[dict[str, Any]] = []
         if seconds > 0:
             torch.set_num_threads(1)  # as a worker computes
-            spec = spec_of(PROBE_MODEL)
-            self.model, self.input = build_model(spec), make_input(spec)
-            keep_activations_resident()
+            self.model, self.input = as_a_worker_runs_it(PROBE_MODEL)
 
     def sample(self, when: str) -> None:
         """Median time of the probe model over ``seconds`` of back-to-back runs, after two to warm it up."""
